@@ -1,0 +1,33 @@
+#!/bin/sh
+# deps.sh: install every Debian package kiln's build, tests and benchmarks need.
+# Idempotent: apt-get skips what is already installed. Uses sudo when not root.
+set -eu
+
+packages="
+  build-essential cmake pkg-config git ca-certificates
+  clang libclang-rt-14-dev
+  libprotobuf-c-dev protobuf-c-compiler
+  libonnx-dev libonnx-testdata
+  libopenblas-dev
+  python3 python3-numpy python3-onnx python3-torch
+  nodejs
+"
+
+if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+
+missing=""
+for p in $packages; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+# npm ships inside some nodejs builds (NodeSource's conflicts with Debian's npm package)
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
+if [ -z "$missing" ]; then
+  echo "deps: all packages present" >&2
+  exit 0
+fi
+echo "deps: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+echo "deps: done" >&2

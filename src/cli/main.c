@@ -1,0 +1,43 @@
+/* `kiln <command>`: dispatch to the subcommands. */
+#include "cli/cli.h"
+
+#include <string.h>
+
+static const struct {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *summary;
+} commands[] = {
+    {"info", cmd_info, "show a model's inputs, outputs, opsets, operators and parameters"},
+    {"run", cmd_run, "run a model once on .npy / .pb inputs and write its outputs as .npy"},
+    {"bench", cmd_bench, "measure latency and throughput on synthetic inputs"},
+    {"conformance", cmd_conformance, "run ONNX backend test cases and compare with their expected outputs"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: kiln <command> [flags]\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+  fprintf(f, "  %-12s %s\n\nRun 'kiln <command> --help' for a command's flags.\n", "version", "print the version");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    usage(stdout);
+    return EXIT_OK;
+  }
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    printf("kiln %s\n", kiln_version());
+    return EXIT_OK;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(cmd, commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "kiln: unknown command '%s'\n\n", cmd);
+  usage(stderr);
+  return EXIT_USAGE;
+}

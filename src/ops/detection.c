@@ -1,0 +1,6 @@
+/* detection kernels. */
+#include "ops/op.h"
+
+const kx_op kx_ops_detection[] = {
+    {0},
+};

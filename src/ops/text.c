@@ -1,0 +1,6 @@
+/* text kernels. */
+#include "ops/op.h"
+
+const kx_op kx_ops_text[] = {
+    {0},
+};

@@ -1,0 +1,151 @@
+/* Helpers shared by the op families (see util.h). */
+#include "ops/util.h"
+
+#include <math.h>
+#include <string.h>
+
+kiln_status kx_require(const kx_ctx *c, int i, const kiln_tensor **out) {
+  *out = kx_input(c, i);
+  if (!*out) return kiln_error(KILN_INVALID_ARGUMENT, "input %d is missing (or not a tensor)", i);
+  return NULL;
+}
+
+kiln_status kx_check_dtype(const kiln_tensor *t, int i, unsigned mask) {
+  if (!t || ((unsigned)t->dtype < 32 && (mask & KX_BIT(t->dtype)))) return NULL;
+  return kiln_error(KILN_UNIMPLEMENTED, "input %d has dtype %s, which this operator does not support", i,
+                    kiln_dtype_name(t->dtype));
+}
+
+kiln_status kx_axis(int64_t axis, int rank, int inclusive, int *out) {
+  int64_t r = rank + (inclusive ? 1 : 0);
+  if (axis < -r || axis >= r)
+    return kiln_error(KILN_INVALID_ARGUMENT, "axis %lld is out of range for rank %d", (long long)axis, rank);
+  *out = (int)(axis < 0 ? axis + r : axis);
+  return NULL;
+}
+
+kiln_status kx_broadcast(int n, const kiln_tensor *const *ts, int *rank, int64_t *dims) {
+  int r = 0;
+  for (int i = 0; i < n; i++)
+    if (ts[i]->rank > r) r = ts[i]->rank;
+  for (int d = 0; d < r; d++) dims[d] = 1;
+  for (int i = 0; i < n; i++) {
+    int off = r - ts[i]->rank;
+    for (int d = 0; d < ts[i]->rank; d++) {
+      int64_t x = ts[i]->dims[d], *y = &dims[off + d];
+      if (x == *y || x == 1) continue;
+      if (*y == 1) {
+        *y = x;
+        continue;
+      }
+      char a[96], b[96];
+      return kiln_error(KILN_INVALID_ARGUMENT, "shapes %s and %s cannot be broadcast together",
+                        kiln_tensor_describe(ts[0], a, sizeof a), kiln_tensor_describe(ts[i], b, sizeof b));
+    }
+  }
+  *rank = r;
+  return NULL;
+}
+
+void kx_broadcast_strides(const kiln_tensor *t, int rank, const int64_t *dims, int64_t *strides) {
+  int off = rank - t->rank;
+  int64_t s = 1;
+  for (int d = rank - 1; d >= 0; d--) {
+    int64_t own = d >= off ? t->dims[d - off] : 1;
+    strides[d] = own == 1 && dims[d] != 1 ? 0 : s;
+    if (own == 1 && dims[d] != 1) continue;
+    s *= own;
+  }
+}
+
+kiln_status kx_read_ints(const kiln_tensor *t, const char *what, int64_t *out, int max, int *count) {
+  if (t->dtype != KILN_INT64 && t->dtype != KILN_INT32)
+    return kiln_error(KILN_INVALID_ARGUMENT, "%s must be int64 or int32, got %s", what, kiln_dtype_name(t->dtype));
+  if (t->rank > 1) return kiln_error(KILN_INVALID_ARGUMENT, "%s must be a scalar or 1-D, got rank %d", what, t->rank);
+  int64_t n = kiln_tensor_numel(t);
+  if (n > max) return kiln_error(KILN_INVALID_ARGUMENT, "%s has %lld values, at most %d allowed", what, (long long)n, max);
+  for (int64_t i = 0; i < n; i++)
+    out[i] = t->dtype == KILN_INT64 ? ((const int64_t *)t->data)[i] : ((const int32_t *)t->data)[i];
+  *count = (int)n;
+  return NULL;
+}
+
+kiln_status kx_read_scalar(const kiln_tensor *t, const char *what, double *out) {
+  if (kiln_tensor_numel(t) != 1)
+    return kiln_error(KILN_INVALID_ARGUMENT, "%s must hold exactly one value, it holds %lld", what, (long long)kiln_tensor_numel(t));
+  if (t->dtype == KILN_STRING) return kiln_error(KILN_INVALID_ARGUMENT, "%s must be numeric", what);
+  *out = kiln_tensor_get_f64(t, 0);
+  return NULL;
+}
+
+void kx_set_f64(kiln_tensor *t, int64_t i, double v) {
+  void *p = t->data;
+  switch (t->dtype) {
+  case KILN_FLOAT: ((float *)p)[i] = (float)v; break;
+  case KILN_DOUBLE: ((double *)p)[i] = v; break;
+  case KILN_FLOAT16: ((uint16_t *)p)[i] = kiln_float_to_half((float)v); break;
+  case KILN_BFLOAT16: ((uint16_t *)p)[i] = kiln_float_to_bfloat16((float)v); break;
+  case KILN_INT8: ((int8_t *)p)[i] = (int8_t)v; break;
+  case KILN_UINT8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+  case KILN_BOOL: ((uint8_t *)p)[i] = v != 0; break;
+  case KILN_INT16: ((int16_t *)p)[i] = (int16_t)v; break;
+  case KILN_UINT16: ((uint16_t *)p)[i] = (uint16_t)v; break;
+  case KILN_INT32: ((int32_t *)p)[i] = (int32_t)v; break;
+  case KILN_UINT32: ((uint32_t *)p)[i] = (uint32_t)v; break;
+  case KILN_INT64: ((int64_t *)p)[i] = (int64_t)v; break;
+  case KILN_UINT64: ((uint64_t *)p)[i] = (uint64_t)v; break;
+  default: break;
+  }
+}
+
+void kx_to_float(kiln_dtype t, const void *src, float *dst, int64_t n) {
+  switch (t) {
+  case KILN_FLOAT16:
+    for (int64_t i = 0; i < n; i++) dst[i] = kiln_half_to_float(((const uint16_t *)src)[i]);
+    break;
+  case KILN_BFLOAT16:
+    for (int64_t i = 0; i < n; i++) dst[i] = kiln_bfloat16_to_float(((const uint16_t *)src)[i]);
+    break;
+  case KILN_DOUBLE:
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)((const double *)src)[i];
+    break;
+  default:
+    if (n) memcpy(dst, src, (size_t)n * sizeof(float));
+  }
+}
+
+void kx_from_float(kiln_dtype t, const float *src, void *dst, int64_t n) {
+  switch (t) {
+  case KILN_FLOAT16:
+    for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = kiln_float_to_half(src[i]);
+    break;
+  case KILN_BFLOAT16:
+    for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = kiln_float_to_bfloat16(src[i]);
+    break;
+  case KILN_DOUBLE:
+    for (int64_t i = 0; i < n; i++) ((double *)dst)[i] = src[i];
+    break;
+  default:
+    if (n) memcpy(dst, src, (size_t)n * sizeof(float));
+  }
+}
+
+void kx_strides(int rank, const int64_t *dims, int64_t *strides) {
+  int64_t s = 1;
+  for (int d = rank - 1; d >= 0; d--) {
+    strides[d] = s;
+    s *= dims[d];
+  }
+}
+
+int64_t kx_prod(const int64_t *dims, int from, int to) {
+  int64_t p = 1;
+  for (int d = from; d < to; d++) p *= dims[d];
+  return p;
+}
+
+const kx_graph *kx_node_subgraph(const kx_node *n, const char *attr) {
+  for (int i = 0; i < n->n_subgraphs; i++)
+    if (strcmp(n->subgraph_names[i], attr) == 0) return n->subgraphs[i];
+  return NULL;
+}

@@ -1,0 +1,43 @@
+/* Helpers every op family uses: axes, broadcasting, reading small integer tensors, dtype checks
+ * and float16/bfloat16 widening. */
+#ifndef KX_OPS_UTIL_H
+#define KX_OPS_UTIL_H
+
+#include "ops/op.h"
+
+#define KX_BIT(dtype) (1u << (dtype))
+#define KX_FLOATS (KX_BIT(KILN_FLOAT) | KX_BIT(KILN_DOUBLE) | KX_BIT(KILN_FLOAT16) | KX_BIT(KILN_BFLOAT16))
+#define KX_SIGNED_INTS (KX_BIT(KILN_INT8) | KX_BIT(KILN_INT16) | KX_BIT(KILN_INT32) | KX_BIT(KILN_INT64))
+#define KX_UNSIGNED_INTS (KX_BIT(KILN_UINT8) | KX_BIT(KILN_UINT16) | KX_BIT(KILN_UINT32) | KX_BIT(KILN_UINT64))
+#define KX_INTS (KX_SIGNED_INTS | KX_UNSIGNED_INTS)
+#define KX_NUMERIC (KX_FLOATS | KX_INTS)
+#define KX_ALL_TYPES (KX_NUMERIC | KX_BIT(KILN_BOOL) | KX_BIT(KILN_STRING))
+
+/* Input i must be present; returns an error naming it otherwise. */
+kiln_status kx_require(const kx_ctx *c, int i, const kiln_tensor **out);
+/* Input i (if present) must have one of the dtypes in mask. */
+kiln_status kx_check_dtype(const kiln_tensor *t, int i, unsigned mask);
+/* Normalizes axis (negative counts from the end) for a tensor of the given rank; `inclusive`
+ * allows axis == rank (Unsqueeze-style insertion points). */
+kiln_status kx_axis(int64_t axis, int rank, int inclusive, int *out);
+/* Numpy-style broadcast of n shapes. */
+kiln_status kx_broadcast(int n, const kiln_tensor *const *ts, int *rank, int64_t *dims);
+/* Element strides of t when broadcast to (rank, dims): 0 along broadcast dimensions. */
+void kx_broadcast_strides(const kiln_tensor *t, int rank, const int64_t *dims, int64_t *strides);
+/* Reads a scalar or 1-D int32/int64 tensor into out (at most max values); *count receives the
+ * number of values. `what` names the input in errors. */
+kiln_status kx_read_ints(const kiln_tensor *t, const char *what, int64_t *out, int max, int *count);
+/* Reads a one-element tensor of any numeric type as double / int64. */
+kiln_status kx_read_scalar(const kiln_tensor *t, const char *what, double *out);
+/* Writes a double into element i of a numeric tensor (saturating nothing: C conversion rules,
+ * float16/bfloat16 rounded to nearest even, bool = value != 0). */
+void kx_set_f64(kiln_tensor *t, int64_t i, double v);
+/* Widens n elements of a float16 / bfloat16 / float / double buffer to float, and narrows back. */
+void kx_to_float(kiln_dtype t, const void *src, float *dst, int64_t n);
+void kx_from_float(kiln_dtype t, const float *src, void *dst, int64_t n);
+/* Row-major element strides (in elements) of a shape. */
+void kx_strides(int rank, const int64_t *dims, int64_t *strides);
+/* Product of dims[from..to). */
+int64_t kx_prod(const int64_t *dims, int from, int to);
+
+#endif
