@@ -1,0 +1,110 @@
+/* The graph layer through the public API: loading, signature checks on run, memory plans. */
+#include "kiln/graph.h"
+#include "onnx_builder.h"
+#include "test.h"
+
+static kiln_model *add_model(void) {
+  tb_model *b = tb_new(13);
+  tb_input(b, "a", KILN_FLOAT, 2, (int64_t[]){-1, 3});
+  tb_input(b, "b", KILN_FLOAT, 2, (int64_t[]){-1, 3});
+  tb_output(b, "y", KILN_FLOAT);
+  tb_add_node(b, "Add", "a,b", "y");
+  kiln_model *m = NULL;
+  CHECK_OK(tb_load(b, &m));
+  tb_free(b);
+  return m;
+}
+
+static void test_run_and_plan(void) {
+  kiln_model *m = add_model();
+  if (!m) return;
+  CHECK(kiln_model_input_count(m) == 2);
+  CHECK(kiln_model_input(m, 0)->dims[0] == -1);
+  CHECK(strcmp(kiln_model_input(m, 0)->dim_names[0], "N") == 0);
+  kiln_session *s;
+  CHECK_OK(kiln_session_create(m, NULL, &s));
+  for (int64_t rows = 1; rows <= 3; rows++)
+    for (int rep = 0; rep < 3; rep++) { /* first run records, later runs use the plan */
+      kiln_tensor a, b;
+      CHECK_OK(kiln_tensor_alloc(&a, KILN_FLOAT, 2, (int64_t[]){rows, 3}));
+      CHECK_OK(kiln_tensor_alloc(&b, KILN_FLOAT, 2, (int64_t[]){rows, 3}));
+      for (int64_t i = 0; i < rows * 3; i++) {
+        ((float *)a.data)[i] = (float)i;
+        ((float *)b.data)[i] = (float)(10 * i + rep);
+      }
+      const kiln_tensor *in[2] = {&a, &b}, *out[1];
+      CHECK_OK(kiln_session_run_tensors(s, in, out));
+      CHECK(out[0]->rank == 2 && out[0]->dims[0] == rows && out[0]->dims[1] == 3);
+      for (int64_t i = 0; i < rows * 3; i++) CHECK(((float *)out[0]->data)[i] == (float)(11 * i + rep));
+      kiln_tensor_release(&a);
+      kiln_tensor_release(&b);
+    }
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
+static void test_bad_inputs(void) {
+  kiln_model *m = add_model();
+  if (!m) return;
+  kiln_session *s;
+  CHECK_OK(kiln_session_create(m, NULL, &s));
+  kiln_tensor good, wrong_dtype, wrong_rank, wrong_dim;
+  CHECK_OK(kiln_tensor_alloc(&good, KILN_FLOAT, 2, (int64_t[]){2, 3}));
+  CHECK_OK(kiln_tensor_alloc(&wrong_dtype, KILN_DOUBLE, 2, (int64_t[]){2, 3}));
+  CHECK_OK(kiln_tensor_alloc(&wrong_rank, KILN_FLOAT, 1, (int64_t[]){3}));
+  CHECK_OK(kiln_tensor_alloc(&wrong_dim, KILN_FLOAT, 2, (int64_t[]){2, 4}));
+  const kiln_tensor *out[1];
+  CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&good, &wrong_dtype}, out), KILN_INVALID_ARGUMENT,
+              "input 'b': expected float[N,3], got double[2,3] (wrong dtype)");
+  CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&wrong_rank, &good}, out), KILN_INVALID_ARGUMENT,
+              "input 'a': expected float[N,3], got float[3] (rank 1, expected 2)");
+  CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&good, &wrong_dim}, out), KILN_INVALID_ARGUMENT,
+              "dimension 1 is 4, expected 3");
+  CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&good, NULL}, out), KILN_INVALID_ARGUMENT,
+              "input 'b' is missing");
+  /* the session still works after rejected runs */
+  CHECK_OK(kiln_session_run_tensors(s, (const kiln_tensor *[]){&good, &good}, out));
+  kiln_tensor_release(&good);
+  kiln_tensor_release(&wrong_dtype);
+  kiln_tensor_release(&wrong_rank);
+  kiln_tensor_release(&wrong_dim);
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
+static void test_malformed_models(void) {
+  kiln_model *m = NULL;
+  kiln_load_options opt = {.name = "bad.onnx"};
+  CHECK_ERROR(kiln_model_load_buffer("", 0, &opt, &m), KILN_INVALID_ARGUMENT, "bad.onnx: empty file");
+  CHECK_ERROR(kiln_model_load_buffer("\x0a\xff\xff\xff\x0f", 5, &opt, &m), KILN_INVALID_ARGUMENT, "bad.onnx: not a valid ONNX model");
+
+  tb_model *b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 1, (int64_t[]){3});
+  tb_output(b, "y", KILN_FLOAT);
+  tb_add_node(b, "Add", "x,w", "y");
+  CHECK_ERROR(tb_load(b, &m), KILN_INVALID_ARGUMENT, "test.onnx: node 0 (Add): input 'w' is not produced by any node");
+  tb_free(b);
+
+  b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 1, (int64_t[]){3});
+  tb_output(b, "y", KILN_FLOAT);
+  tb_add_node(b, "Foo", "x", "y");
+  CHECK_ERROR(tb_load(b, &m), KILN_UNIMPLEMENTED, "test.onnx: unsupported operator 'Foo' (domain '', opset 13)");
+  tb_free(b);
+
+  b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 1, (int64_t[]){3});
+  tb_output(b, "y", KILN_FLOAT);
+  tb_add_node(b, "Add", "x,z", "y");
+  tb_add_node(b, "Add", "x,y", "z");
+  CHECK_ERROR(tb_load(b, &m), KILN_INVALID_ARGUMENT, "cycle");
+  tb_free(b);
+
+  b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 1, (int64_t[]){3});
+  tb_output(b, "nowhere", KILN_FLOAT);
+  CHECK_ERROR(tb_load(b, &m), KILN_INVALID_ARGUMENT, "graph output 'nowhere' is not produced by any node");
+  tb_free(b);
+}
+
+TEST_MAIN(TEST(test_run_and_plan), TEST(test_bad_inputs), TEST(test_malformed_models))
