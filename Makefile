@@ -28,7 +28,7 @@ demo: build
 	./scripts/demo.sh $(BUILD)
 
 bench: build
-	./bench/runtime/run.sh $(BUILD)
+	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

@@ -44,7 +44,12 @@ static int has_model(const char *dir) {
   return stat(path, &st) == 0;
 }
 
-static void note_missing(tally *t, const char *op) {
+/* Records the operator of an unsupported entry ("'Foo' (domain 'd', opset 13)") as "Foo", or
+ * "d.Foo" outside the default domain, once. */
+static void note_missing(tally *t, const char *entry) {
+  char name[128], domain[128] = "", op[260];
+  if (sscanf(entry, "'%127[^']' (domain '%127[^']'", name, domain) < 1) return;
+  snprintf(op, sizeof op, "%s%s%s", domain, domain[0] ? "." : "", name);
   for (int i = 0; i < t->n_missing; i++)
     if (strcmp(t->missing[i], op) == 0) return;
   char **m = realloc(t->missing, (size_t)(t->n_missing + 1) * sizeof *m);

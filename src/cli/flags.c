@@ -114,10 +114,10 @@ int cli_parse(const cli_spec *spec, int argc, char **argv, cli_list *positional)
     }
   }
   if (positional->count < spec->min_args || (spec->max_args >= 0 && positional->count > spec->max_args)) {
+    const char *what = positional->count < spec->min_args ? "missing arguments" : "too many arguments";
     cli_list_free(positional);
-    return usage_error(spec, "%s", spec->min_args && spec->min_args == spec->max_args
-                                         ? "wrong number of arguments"
-                                         : positional->count < spec->min_args ? "missing arguments" : "too many arguments");
+    fprintf(stderr, "%s: %s\nusage: %s %s\n", spec->command, what, spec->command, spec->usage);
+    return EXIT_USAGE;
   }
   return -1;
 }

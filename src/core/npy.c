@@ -109,14 +109,14 @@ kiln_status kiln_npy_parse(const void *buf, size_t len, const char *name, kiln_t
   if (c[0] == 'U' || c[0] == 'S') { /* fixed-width strings: UTF-32 ('U') or bytes ('S') */
     long width = strtol(c + 1, NULL, 10);
     size_t unit = c[0] == 'U' ? 4 : 1;
-    if (width < 0 || width > 1 << 20) return bad(name, "string width out of range");
+    if (width < 1 || width > 1 << 20) return bad(name, "string width out of range");
+    kiln_tensor shape = {0};
+    if ((s = kiln_tensor_set_shape(&shape, KILN_STRING, rank, dims))) return kiln_status_prefix(s, "%s: ", name);
+    int64_t n = kiln_tensor_numel(&shape);
+    if ((size_t)n > data_len / ((size_t)width * unit))
+      return kiln_error(KILN_INVALID_ARGUMENT, "%s: truncated data: %lld strings of width %ld need more than the %zu bytes the file has",
+                        name, (long long)n, width, data_len);
     if ((s = kiln_tensor_alloc(out, KILN_STRING, rank, dims))) return kiln_status_prefix(s, "%s: ", name);
-    int64_t n = kiln_tensor_numel(out);
-    if ((size_t)n * (size_t)width * unit > data_len) {
-      kiln_tensor_release(out);
-      return kiln_error(KILN_INVALID_ARGUMENT, "%s: truncated data: %lld strings of width %ld need %zu bytes, file has %zu",
-                        name, (long long)n, width, (size_t)n * (size_t)width * unit, data_len);
-    }
     char **str = out->data;
     for (int64_t i = 0; i < n; i++) {
       const unsigned char *e = data + (size_t)i * (size_t)width * unit;

@@ -37,7 +37,8 @@ kiln_status kiln_tensor_set_shape(kiln_tensor *t, kiln_dtype dtype, int rank, co
   for (int i = rank - 1; i >= 0; i--) {
     t->dims[i] = dims[i];
     t->strides[i] = stride;
-    stride *= dims[i];
+    /* only a tensor with a zero dimension (no elements) can overflow here; its strides are moot */
+    if (__builtin_mul_overflow(stride, dims[i], &stride)) stride = 0;
   }
   for (int i = rank; i < KILN_MAX_RANK; i++) t->dims[i] = t->strides[i] = 0;
   return NULL;

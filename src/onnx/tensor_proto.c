@@ -163,37 +163,37 @@ kiln_status kx_tensor_from_proto(const Onnx__TensorProto *p, const kx_tensor_sou
     return NULL;
   }
 
-  /* typed fields */
+  /* typed fields: check the count before allocating, so a hostile shape costs nothing */
+  const char *field;
+  size_t have;
+  int64_t want = n;
+  switch (dtype) {
+  case KILN_FLOAT: case KILN_COMPLEX64: field = "float_data"; have = p->n_float_data; want = dtype == KILN_FLOAT ? n : 2 * n; break;
+  case KILN_DOUBLE: case KILN_COMPLEX128: field = "double_data"; have = p->n_double_data; want = dtype == KILN_DOUBLE ? n : 2 * n; break;
+  case KILN_INT64: field = "int64_data"; have = p->n_int64_data; break;
+  case KILN_UINT32: case KILN_UINT64: field = "uint64_data"; have = p->n_uint64_data; break;
+  case KILN_STRING: field = "string_data"; have = p->n_string_data; break;
+  default: field = "int32_data"; have = p->n_int32_data; /* int32 and narrower, bool, float16, bfloat16 */
+  }
+  if ((int64_t)have != want) return count_mismatch(p, field, have, want);
   if ((s = kiln_tensor_alloc(&t, (kiln_dtype)dtype, (int)p->n_dims, p->dims))) return s;
   switch (dtype) {
-  case KILN_FLOAT:
-  case KILN_COMPLEX64: {
-    int64_t want = dtype == KILN_FLOAT ? n : 2 * n;
-    if ((int64_t)p->n_float_data != want) { s = count_mismatch(p, "float_data", p->n_float_data, want); break; }
+  case KILN_FLOAT: case KILN_COMPLEX64:
     if (want) memcpy(t.data, p->float_data, (size_t)want * sizeof(float));
     break;
-  }
-  case KILN_DOUBLE:
-  case KILN_COMPLEX128: {
-    int64_t want = dtype == KILN_DOUBLE ? n : 2 * n;
-    if ((int64_t)p->n_double_data != want) { s = count_mismatch(p, "double_data", p->n_double_data, want); break; }
+  case KILN_DOUBLE: case KILN_COMPLEX128:
     if (want) memcpy(t.data, p->double_data, (size_t)want * sizeof(double));
     break;
-  }
   case KILN_INT64:
-    if ((int64_t)p->n_int64_data != n) { s = count_mismatch(p, "int64_data", p->n_int64_data, n); break; }
     if (n) memcpy(t.data, p->int64_data, (size_t)n * sizeof(int64_t));
     break;
-  case KILN_UINT32:
-  case KILN_UINT64:
-    if ((int64_t)p->n_uint64_data != n) { s = count_mismatch(p, "uint64_data", p->n_uint64_data, n); break; }
+  case KILN_UINT32: case KILN_UINT64:
     for (int64_t i = 0; i < n; i++) {
       if (dtype == KILN_UINT32) ((uint32_t *)t.data)[i] = (uint32_t)p->uint64_data[i];
       else ((uint64_t *)t.data)[i] = p->uint64_data[i];
     }
     break;
   case KILN_STRING:
-    if ((int64_t)p->n_string_data != n) { s = count_mismatch(p, "string_data", p->n_string_data, n); break; }
     for (int64_t i = 0; i < n; i++) {
       char *str = malloc(p->string_data[i].len + 1);
       if (!str) { s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory"); break; }
@@ -202,8 +202,7 @@ kiln_status kx_tensor_from_proto(const Onnx__TensorProto *p, const kx_tensor_sou
       ((char **)t.data)[i] = str;
     }
     break;
-  default: /* int32, int16, int8, uint16, uint8, bool, float16, bfloat16: stored in int32_data */
-    if ((int64_t)p->n_int32_data != n) { s = count_mismatch(p, "int32_data", p->n_int32_data, n); break; }
+  default:
     for (int64_t i = 0; i < n; i++) {
       int32_t v = p->int32_data[i];
       switch (dtype) {
@@ -233,7 +232,7 @@ kiln_status kx_value_from_sequence_proto(const Onnx__SequenceProto *p, kiln_valu
     return kiln_error(KILN_UNIMPLEMENTED, "sequence element type %d is not supported", p->elem_type);
   kx_tensor_source src = {0};
   for (size_t i = 0; i < p->n_tensor_values; i++) {
-    kiln_tensor t;
+    kiln_tensor t = {0};
     kiln_status s = kx_tensor_from_proto(p->tensor_values[i], &src, &t);
     if (!s) s = kiln_value_seq_append(&v, &t, 1);
     if (s) {

@@ -1,0 +1,104 @@
+#!/usr/bin/python3
+"""Writes the seed inputs of the fuzz targets into tests/fuzz/corpus/{model,npy,proto}.
+Seeds are small, valid or nearly valid inputs that reach every branch of the parsers; regression
+inputs (crashes found so far) sit beside them under names starting with "crash-".
+
+    /usr/bin/python3 tests/fuzz/make_corpus.py
+"""
+import io
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(kind, name, data):
+    path = os.path.join(HERE, "corpus", kind, name)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def model(nodes, inputs, outputs, inits=(), opset=13, extra_opsets=()):
+    graph = helper.make_graph(nodes, "seed", inputs, outputs, list(inits))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] + list(extra_opsets))
+    return m.SerializeToString()
+
+
+def vi(name, dtype=TensorProto.FLOAT, shape=("N", 4)):
+    return helper.make_tensor_value_info(name, dtype, list(shape) if shape is not None else None)
+
+
+def models():
+    f32 = np.arange(16, dtype=np.float32).reshape(4, 4)
+    yield "gemm_relu", model([helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])],
+                             [vi("x")], [vi("y")], [numpy_helper.from_array(f32, "w"), numpy_helper.from_array(f32[0], "b")])
+    typed = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], f32.flatten().tolist())
+    yield "typed_init", model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x")], [vi("y")], [typed])
+    ext = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4], data_location=TensorProto.EXTERNAL)
+    for k, v in [("location", "weights.bin"), ("offset", "64"), ("length", "64")]:
+        ext.external_data.add(key=k, value=v)
+    yield "external", model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x")], [vi("y")], [ext])
+    esc = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4], data_location=TensorProto.EXTERNAL)
+    esc.external_data.add(key="location", value="../../etc/passwd")
+    yield "external_escape", model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x")], [vi("y")], [esc])
+    yield "conv", model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], group=1)],
+                        [vi("x", shape=(1, 2, 8, 8))], [vi("y", shape=None)],
+                        [numpy_helper.from_array(np.ones((4, 2, 3, 3), np.float32), "w")])
+    yield "constants", model([helper.make_node("Constant", [], ["s"], value_ints=[2, 8]),
+                              helper.make_node("Constant", [], ["f"], value_float=1.5),
+                              helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.ones(3, np.int32))),
+                              helper.make_node("Reshape", ["x", "s"], ["y"])],
+                             [vi("x")], [vi("y", shape=None)])
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "then", [], [vi("r", shape=None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["n"])], "else", [], [vi("n", shape=None)])
+    yield "if", model([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+                      [vi("c", TensorProto.BOOL, ()), vi("x")], [vi("y", shape=None)])
+    body = helper.make_graph([helper.make_node("Add", ["acc", "x"], ["acc2"]), helper.make_node("Identity", ["cond"], ["cond2"])],
+                             "body", [vi("i", TensorProto.INT64, ()), vi("cond", TensorProto.BOOL, ()), vi("acc", shape=None)],
+                             [vi("cond2", TensorProto.BOOL, ()), vi("acc2", shape=None)])
+    yield "loop", model([helper.make_node("Loop", ["m", "", "x"], ["y"], body=body)],
+                        [vi("m", TensorProto.INT64, ()), vi("x")], [vi("y", shape=None)])
+    yield "strings", model([helper.make_node("StringNormalizer", ["x"], ["y"], case_change_action="UPPER", stopwords=["a"])],
+                           [vi("x", TensorProto.STRING, (3,))], [vi("y", TensorProto.STRING, None)], opset=10)
+    seq_t = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None)
+    yield "sequence", model([helper.make_node("SequenceConstruct", ["x", "x"], ["s"])], [vi("x")], [seq_t])
+    yield "unsupported", model([helper.make_node("Foo", ["x"], ["y"], domain="com.example")], [vi("x")], [vi("y")],
+                               extra_opsets=[helper.make_opsetid("com.example", 1)])
+    yield "legacy_ir3", model([helper.make_node("Add", ["x", "w"], ["y"], broadcast=1)], [vi("x"), vi("w", shape=(4,))], [vi("y")],
+                              [numpy_helper.from_array(f32[0], "w")], opset=6)
+
+
+def npys():
+    for name, arr in [("f4", np.arange(6, dtype=np.float32).reshape(2, 3)), ("i8", np.array([1, -2], np.int64)),
+                      ("bool", np.array([True, False])), ("scalar", np.float64(3.5)), ("empty", np.zeros((0, 4), np.float16)),
+                      ("unicode", np.array(["héllo", ""])), ("bytes", np.array([b"ab", b"c"]))]:
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        yield name, buf.getvalue()
+
+
+def protos():
+    yield "tensor_raw", b"\x00" + numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "t").SerializeToString()
+    yield "tensor_typed", b"\x00" + helper.make_tensor("t", TensorProto.INT64, [3], [1, 2, 3]).SerializeToString()
+    yield "tensor_string", b"\x00" + helper.make_tensor("t", TensorProto.STRING, [2], [b"a", b"bc"]).SerializeToString()
+    yield "tensor_f16", b"\x00" + helper.make_tensor("t", TensorProto.FLOAT16, [2], [15360, 16384]).SerializeToString()
+    seq = onnx.SequenceProto(name="s", elem_type=onnx.SequenceProto.TENSOR)
+    seq.tensor_values.extend([numpy_helper.from_array(np.ones(2, np.float32)), numpy_helper.from_array(np.zeros(3, np.float32))])
+    yield "sequence", b"\x01" + seq.SerializeToString()
+    opt = onnx.OptionalProto(name="o", elem_type=onnx.OptionalProto.TENSOR, tensor_value=numpy_helper.from_array(np.ones(2, np.int32)))
+    yield "optional", b"\x02" + opt.SerializeToString()
+    yield "optional_empty", b"\x02" + onnx.OptionalProto(name="o").SerializeToString()
+
+
+def main():
+    for kind, gen in [("model", models), ("npy", npys), ("proto", protos)]:
+        os.makedirs(os.path.join(HERE, "corpus", kind), exist_ok=True)
+        for name, data in gen():
+            write(kind, "seed-" + name, data)
+
+
+if __name__ == "__main__":
+    main()
