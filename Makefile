@@ -2,9 +2,10 @@
 # integration, sanitizer build), `make demo` runs kiln's main job on built-in defaults.
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
 JOBS ?= $(shell nproc)
 
-.PHONY: all build test test-fast asan demo bench fuzz clean format
+.PHONY: all build test test-fast asan fuzz demo bench clean
 
 all: build
 
@@ -12,9 +13,12 @@ build:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build asan
+# Everything CI runs: unit, conformance and integration tests on the Release build, the unit
+# tests again under ASan+UBSan, and each fuzz target for a bounded time on its committed corpus.
+test: build asan fuzz
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -L fuzz
 
 # Unit tests only, in the Release build
 test-fast: build
@@ -24,6 +28,10 @@ asan:
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
+fuzz:
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
 demo: build
 	./scripts/demo.sh $(BUILD)
 
@@ -31,4 +39,4 @@ bench: build
 	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
