@@ -21,6 +21,7 @@ static const struct {
 } excluded[] = {
     {"test_bernoulli*", "random outputs cannot match a reference"},
     {"test_gradient_of_*", "the training-domain Gradient operator is out of scope"},
+    {"test_adam_multiple", "its reference outputs were computed with epsilon=1e-2, which its model does not set"},
 };
 
 typedef struct tally {
