@@ -53,7 +53,10 @@ kiln_status kx_frame_create(const kx_graph *g, kiln_pool *pool, int threads, kx_
   f->rec_scratch = calloc(nn, sizeof *f->rec_scratch);
   f->in_ptrs = calloc((size_t)g->max_node_inputs + 1, sizeof *f->in_ptrs);
   f->children = calloc(nn, sizeof *f->children);
-  if (!f->values || !f->owned || !f->rec_size || !f->rec_scratch || !f->in_ptrs || !f->children) {
+  /* allocated up front: a graph without inputs has an empty key, still compared and copied */
+  f->key_cap = 32;
+  f->key = malloc((size_t)f->key_cap * sizeof *f->key);
+  if (!f->values || !f->owned || !f->rec_size || !f->rec_scratch || !f->in_ptrs || !f->children || !f->key) {
     kx_frame_free(f);
     return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   }
