@@ -96,6 +96,14 @@ kiln_status kiln_session_run(kiln_session *s, const kiln_value *const *inputs, c
 /* The same for models whose inputs and outputs are all tensors. */
 kiln_status kiln_session_run_tensors(kiln_session *s, const kiln_tensor *const *inputs, const kiln_tensor **outputs);
 
+/* What a session holds, for metrics and tests. */
+typedef struct kiln_session_stats {
+  size_t arena_bytes;           /* the planned arena shared by every plan */
+  int plans;                    /* memory plans cached (one per distinct input shape) */
+  int64_t last_run_allocations; /* buffers the last run allocated outside the arena: 0 once planned */
+} kiln_session_stats;
+void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

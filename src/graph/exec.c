@@ -36,6 +36,7 @@ struct kx_frame {
   int pos; /* node being run */
   int64_t *key;
   int key_len, key_cap;
+  int64_t allocations; /* buffers this run took outside the arena (outputs and scratch) */
 };
 
 static char empty_buffer[ARENA_ALIGN] __attribute__((aligned(ARENA_ALIGN)));
@@ -137,6 +138,7 @@ static kiln_status api_output(kx_ctx *c, int i, kiln_dtype dtype, int rank, cons
     t->data = f->arena + f->plan->offset[v];
   } else {
     if (f->plan) f->stale = 1;
+    f->allocations++;
     t->data = t->owner = malloc(bytes);
     if (!t->data) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory allocating %zu bytes for output %d", bytes, i);
     f->owned[v] = 1;
@@ -188,6 +190,7 @@ static void *api_scratch(kx_ctx *c, size_t bytes) {
   if (f->plan && f->plan->scratch_offset[pos] != SIZE_MAX && bytes <= f->plan->scratch_size[pos])
     return f->arena + f->plan->scratch_offset[pos];
   if (f->plan) f->stale = 1;
+  f->allocations++;
   free(f->scratch_dyn);
   f->scratch_dyn = malloc(bytes);
   return f->scratch_dyn;
@@ -373,6 +376,7 @@ kiln_status kx_frame_run(kx_frame *f, const kiln_value *const *inputs, const kil
   }
   f->plan = plan;
   f->stale = 0;
+  f->allocations = 0;
   memset(f->rec_size, 0, (size_t)g->n_vals * sizeof *f->rec_size);
   memset(f->rec_scratch, 0, (size_t)g->n_nodes * sizeof *f->rec_scratch);
 
@@ -395,4 +399,13 @@ kiln_status kx_frame_run(kx_frame *f, const kiln_value *const *inputs, const kil
   }
   for (int i = 0; i < g->n_outputs; i++) outputs[i] = &f->values[g->outputs[i]];
   return NULL;
+}
+
+void kx_frame_stats(const kx_frame *f, kiln_session_stats *out) {
+  out->arena_bytes += f->arena_cap;
+  out->plans += f->n_plans;
+  out->last_run_allocations += f->allocations;
+  for (int pos = 0; pos < f->g->n_nodes; pos++)
+    for (int j = 0; f->children[pos] && j < f->g->nodes[pos].n_subgraphs; j++)
+      if (f->children[pos][j]) kx_frame_stats(f->children[pos][j], out);
 }

@@ -88,5 +88,7 @@ void kx_frame_free(kx_frame *f);
  * (NULL for a main graph). outputs[i] are valid until the next run of this frame. */
 kiln_status kx_frame_run(kx_frame *f, const kiln_value *const *inputs, const kiln_value *const *outer,
                          const kiln_value **outputs);
+/* Adds this frame's and its subgraph frames' figures to out. */
+void kx_frame_stats(const kx_frame *f, kiln_session_stats *out);
 
 #endif

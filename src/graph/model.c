@@ -287,6 +287,11 @@ kiln_status kiln_session_run(kiln_session *s, const kiln_value *const *inputs, c
   return NULL;
 }
 
+void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *out) {
+  memset(out, 0, sizeof *out);
+  kx_frame_stats(s->frame, out);
+}
+
 kiln_status kiln_session_run_tensors(kiln_session *s, const kiln_tensor *const *inputs, const kiln_tensor **outputs) {
   const kx_graph *g = s->model->graph;
   for (int i = 0; i < g->n_inputs; i++) {

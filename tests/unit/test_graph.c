@@ -107,4 +107,43 @@ static void test_malformed_models(void) {
   tb_free(b);
 }
 
-TEST_MAIN(TEST(test_run_and_plan), TEST(test_bad_inputs), TEST(test_malformed_models))
+/* A chain of ten Adds: the plan reuses buffers (the arena holds a few tensors, not ten), and once a
+ * shape has run, runs with it allocate nothing. */
+static void test_memory_plan_reuse(void) {
+  tb_model *b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 1, (int64_t[]){-1});
+  tb_output(b, "y9", KILN_FLOAT);
+  char in[16], out[16], names[40];
+  for (int i = 0; i < 10; i++) {
+    snprintf(in, sizeof in, i ? "y%d" : "x", i - 1);
+    snprintf(out, sizeof out, "y%d", i);
+    snprintf(names, sizeof names, "%s,%s", in, in);
+    tb_add_node(b, "Add", names, out);
+  }
+  kiln_model *m;
+  CHECK_OK(tb_load(b, &m));
+  tb_free(b);
+  kiln_session *s;
+  CHECK_OK(kiln_session_create(m, NULL, &s));
+  kiln_session_stats st;
+  for (int64_t n = 1000; n <= 2000; n += 1000) {
+    kiln_tensor x;
+    CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 1, &n));
+    for (int64_t i = 0; i < n; i++) ((float *)x.data)[i] = (float)i;
+    const kiln_tensor *in_t[1] = {&x}, *out_t[1];
+    for (int rep = 0; rep < 3; rep++) {
+      CHECK_OK(kiln_session_run_tensors(s, in_t, out_t));
+      kiln_session_stats_get(s, &st);
+      CHECK(st.last_run_allocations == (rep == 0 ? 10 : 0));
+      for (int64_t i = 0; i < n; i += 97) CHECK(((float *)out_t[0]->data)[i] == 1024.0f * (float)i);
+    }
+    size_t bytes = (size_t)n * sizeof(float);
+    CHECK(st.arena_bytes >= 2 * bytes && st.arena_bytes <= 3 * bytes + 256);
+    kiln_tensor_release(&x);
+  }
+  CHECK(st.plans == 2);
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
+TEST_MAIN(TEST(test_run_and_plan), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
