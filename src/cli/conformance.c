@@ -20,6 +20,10 @@ static const struct {
   const char *reason;
 } excluded[] = {
     {"test_bernoulli*", "random outputs cannot match a reference"},
+    {"test_training_dropout", "random outputs cannot match a reference"},
+    {"test_training_dropout_default", "random outputs cannot match a reference"},
+    {"test_training_dropout_default_mask", "random outputs cannot match a reference"},
+    {"test_training_dropout_mask", "random outputs cannot match a reference"},
     {"test_gradient_of_*", "the training-domain Gradient operator is out of scope"},
     {"test_adam_multiple", "its reference outputs were computed with epsilon=1e-2, which its model does not set"},
 };

@@ -38,7 +38,8 @@ kiln_status kx_plan_build(const kx_graph *g, const size_t *value_size, const siz
     p->offset[v] = SIZE_MAX;
     p->size[v] = value_size[v];
     const kx_val *val = &g->vals[v];
-    if (val->kind != KX_VAL_NODE || val->view_of >= 0 || value_size[v] == 0) continue;
+    /* a view records no size; a view op that had to copy (training Dropout) gets a slot */
+    if (val->kind != KX_VAL_NODE || value_size[v] == 0) continue;
     items[count++] = (item){(value_size[v] + ALIGN - 1) / ALIGN * ALIGN, val->producer, val->last_use, &p->offset[v]};
   }
   for (int i = 0; i < g->n_nodes; i++) {
