@@ -25,6 +25,8 @@ static const struct {
     {"test_training_dropout_default_mask", "random outputs cannot match a reference"},
     {"test_training_dropout_mask", "random outputs cannot match a reference"},
     {"test_gradient_of_*", "the training-domain Gradient operator is out of scope"},
+    {"test_castlike_BFLOAT16_to_FLOAT*", "its test data feeds input 'like' as [1] where the model declares [3,4]"},
+    {"test_castlike_FLOAT_to_BFLOAT16*", "its test data feeds input 'like' as [1] where the model declares [3,4]"},
     {"test_adam_multiple", "its reference outputs were computed with epsilon=1e-2, which its model does not set"},
 };
 
@@ -95,6 +97,13 @@ static kiln_proto_kind proto_kind(const kiln_value_info *info) {
   return info->kind == KILN_VALUE_SEQUENCE ? KILN_PROTO_SEQUENCE : KILN_PROTO_TENSOR;
 }
 
+/* ONNX 1.12's test generator stores bfloat16 data as uint16 (numpy has no bfloat16): where the
+ * model declares bfloat16, take its word for it. */
+static void retag_bfloat16(kiln_value *v, const kiln_value_info *declared) {
+  if (v->kind == KILN_VALUE_TENSOR && v->tensor.dtype == KILN_UINT16 && declared->dtype == KILN_BFLOAT16)
+    v->tensor.dtype = KILN_BFLOAT16;
+}
+
 /* Runs one test_data_set_N folder; NULL when every output matches. */
 static kiln_status run_data_set(const kiln_model *m, kiln_session *session, const char *dir) {
   int n_in = kiln_model_input_count(m), n_out = kiln_model_output_count(m);
@@ -108,11 +117,13 @@ static kiln_status run_data_set(const kiln_model *m, kiln_session *session, cons
     struct stat st;
     if (stat(path, &st) != 0) continue; /* an optional input the case leaves out */
     s = kiln_proto_value_read(path, proto_kind(kiln_model_input(m, i)), &inputs[i]);
+    retag_bfloat16(&inputs[i], kiln_model_input(m, i));
     in_ptrs[i] = &inputs[i];
   }
   for (int i = 0; i < n_out && !s; i++) {
     cli_path(path, sizeof path, "%s/output_%d.pb", dir, i);
     s = kiln_proto_value_read(path, proto_kind(kiln_model_output(m, i)), &expected[i]);
+    retag_bfloat16(&expected[i], kiln_model_output(m, i));
   }
   if (!s) s = kiln_session_run(session, in_ptrs, outputs);
   for (int i = 0; i < n_out && !s; i++) {

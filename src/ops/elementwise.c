@@ -1,6 +1,294 @@
-/* elementwise kernels. */
-#include "ops/op.h"
+/* Unary math kernels, y = f(x) elementwise: Abs, Neg, Sign, Reciprocal, Sqrt, Exp, Log, the
+ * trigonometric and hyperbolic functions, Erf, Floor, Ceil, Round, IsNaN, IsInf and Not.
+ *
+ * Each op has one typed loop per supported dtype; float16/bfloat16 are widened to float in blocks,
+ * computed with the float loop and narrowed back. Loops are split over the pool. float32 Exp and
+ * Erf use the branch-free approximations below so that gcc vectorizes them; everything else calls
+ * libm (through <tgmath.h>, so one expression serves float and double). */
+#include "ops/util.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <tgmath.h>
+
+/* ------------------------------------------------------------------ float32 approximations */
+
+static inline float float_from_bits(uint32_t b) {
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+static inline uint32_t float_bits(float f) {
+  uint32_t b;
+  memcpy(&b, &f, sizeof b);
+  return b;
+}
+
+/* e^x with a relative error below 2e-7 (about 2 ulp) over the whole float range, subnormal
+ * results included; +-inf and NaN behave as in libm. x = k ln2 + r with |r| <= ln2/2 (Cody-Waite:
+ * ln2 split in a part exact in k * hi and a correction); e^r by a degree-6 minimax polynomial;
+ * 2^k applied as two power-of-two factors so that neither leaves the normal range. Rounding
+ * x/ln2 to an integer uses the 1.5 * 2^23 trick, which also leaves k in the low mantissa bits. */
+static inline float fast_expf(float x) {
+  const float round_magic = 12582912.0f;
+  float xc = x < -104.0f ? -104.0f : x; /* e^-104 rounds to 0, e^88.8 to inf */
+  xc = xc > 88.8f ? 88.8f : xc;
+  float t = xc * 1.44269504f + round_magic;
+  float k = t - round_magic;
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 0.0013836834f;
+  p = p * r + 0.008374822f;
+  p = p * r + 0.041668225f;
+  p = p * r + 0.1666642f;
+  p = p * r + 0.4999999f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t ki = (int32_t)float_bits(t) - (int32_t)float_bits(round_magic), k1 = ki / 2;
+  return p * float_from_bits((uint32_t)(k1 + 127) << 23) * float_from_bits((uint32_t)(ki - k1 + 127) << 23);
+}
+
+/* erf(x) with a relative error below 2e-7. |x| < 1: x * P(x^2), a degree-6 minimax fit of
+ * erf(x)/x. 1 <= |x| < 3.92: 1 - e^-x^2 * Q(1/|x|), Q a degree-7 fit of erfcx = e^x^2 erfc(x);
+ * from 3.92 on, erf rounds to +-1. Both branches are computed and one selected (no branches). */
+static inline float fast_erff(float x) {
+  float a = fabsf(x), u = x * x;
+  float p = 7.853858e-05f;
+  p = p * u + -0.00080101925f;
+  p = p * u + 0.0051883277f;
+  p = p * u + -0.026853811f;
+  p = p * u + 0.112835854f;
+  p = p * u + -0.37612626f;
+  p = p * u + 1.1283791f;
+  float small = x * p;
+  float ac = a > 3.92f ? 3.92f : a < 1.0f ? 1.0f : a;
+  float t = 1.0f / ac;
+  float q = -0.017136415f;
+  q = q * t + 0.117817365f;
+  q = q * t + -0.3494357f;
+  q = q * t + 0.57147706f;
+  q = q * t + -0.50364393f;
+  q = q * t + 0.050307654f;
+  q = q * t + 0.55785555f;
+  q = q * t + 0.00034202146f;
+  float e = a >= 3.92f ? 1.0f : 1.0f - fast_expf(-ac * ac) * q;
+  float large = x < 0 ? -e : e;
+  return a < 1.0f ? small : large; /* NaN takes the second branch, where it propagates */
+}
+
+/* ------------------------------------------------------------------ typed loops */
+
+typedef void (*unary_fn)(const void *x, void *y, int64_t n);
+
+#define UNARY_LOOP(name, TX, TY, EXPR)                    \
+  static void name(const void *px, void *py, int64_t n) { \
+    const TX *vx = px;                                    \
+    TY *vy = py;                                          \
+    for (int64_t i = 0; i < n; i++) {                     \
+      TX x = vx[i];                                       \
+      (void)x; /* IsInf detecting nothing ignores it */   \
+      vy[i] = (EXPR);                                     \
+    }                                                     \
+  }
+
+/* Type lists: X(op, dtype, suffix, C type, W), W being the unsigned type integer arithmetic
+ * wraps in (so that negating INT_MIN is defined). */
+#define SIGNED_TYPES(X, op)                 \
+  X(op, KILN_INT8, i8, int8_t, uint32_t)    \
+  X(op, KILN_INT16, i16, int16_t, uint32_t) \
+  X(op, KILN_INT32, i32, int32_t, uint32_t) \
+  X(op, KILN_INT64, i64, int64_t, uint64_t)
+#define UNSIGNED_TYPES(X, op)                 \
+  X(op, KILN_UINT8, u8, uint8_t, uint32_t)    \
+  X(op, KILN_UINT16, u16, uint16_t, uint32_t) \
+  X(op, KILN_UINT32, u32, uint32_t, uint32_t) \
+  X(op, KILN_UINT64, u64, uint64_t, uint64_t)
+#define REAL_TYPES(X, op)              \
+  X(op, KILN_FLOAT, f32, float, float) \
+  X(op, KILN_DOUBLE, f64, double, double)
+
+#define ENTRY(op, D, S, T, W) [D] = op##_##S,
+#define REAL_ENTRIES(op) [KILN_FLOAT] = op##_f32, [KILN_DOUBLE] = op##_f64
+
+/* A float and a double loop from one type-generic expression. */
+#define REAL_LOOPS(op, EXPR)               \
+  UNARY_LOOP(op##_f32, float, float, EXPR) \
+  UNARY_LOOP(op##_f64, double, double, EXPR)
+
+#define DEF_ABS_SIGNED(op, D, S, T, W) UNARY_LOOP(op##_##S, T, T, (T)(x < 0 ? 0 - (W)x : (W)x))
+#define DEF_IDENTITY(op, D, S, T, W) UNARY_LOOP(op##_##S, T, T, x)
+#define DEF_NEG_SIGNED(op, D, S, T, W) UNARY_LOOP(op##_##S, T, T, (T)(0 - (W)x))
+#define DEF_SIGN_SIGNED(op, D, S, T, W) UNARY_LOOP(op##_##S, T, T, (T)((x > 0) - (x < 0)))
+#define DEF_SIGN_UNSIGNED(op, D, S, T, W) UNARY_LOOP(op##_##S, T, T, (T)(x > 0))
+SIGNED_TYPES(DEF_ABS_SIGNED, abs)
+UNSIGNED_TYPES(DEF_IDENTITY, abs)
+REAL_LOOPS(abs, fabs(x))
+SIGNED_TYPES(DEF_NEG_SIGNED, neg)
+REAL_LOOPS(neg, -x)
+SIGNED_TYPES(DEF_SIGN_SIGNED, sign)
+UNSIGNED_TYPES(DEF_SIGN_UNSIGNED, sign)
+REAL_LOOPS(sign, x > 0 ? 1 : x < 0 ? -1 : x) /* keeps +-0 and NaN, like numpy */
+
+REAL_LOOPS(reciprocal, 1 / x)
+REAL_LOOPS(sqrt, sqrt(x))
+REAL_LOOPS(log, log(x))
+REAL_LOOPS(sin, sin(x))
+REAL_LOOPS(cos, cos(x))
+REAL_LOOPS(tan, tan(x))
+REAL_LOOPS(asin, asin(x))
+REAL_LOOPS(acos, acos(x))
+REAL_LOOPS(atan, atan(x))
+REAL_LOOPS(sinh, sinh(x))
+REAL_LOOPS(cosh, cosh(x))
+REAL_LOOPS(asinh, asinh(x))
+REAL_LOOPS(acosh, acosh(x))
+REAL_LOOPS(atanh, atanh(x))
+REAL_LOOPS(floor, floor(x))
+REAL_LOOPS(ceil, ceil(x))
+REAL_LOOPS(round, rint(x)) /* the default rounding mode: halves to even */
+UNARY_LOOP(exp_f32, float, float, fast_expf(x))
+UNARY_LOOP(exp_f64, double, double, exp(x))
+UNARY_LOOP(erf_f32, float, float, fast_erff(x))
+UNARY_LOOP(erf_f64, double, double, erf(x))
+
+UNARY_LOOP(isnan_f32, float, uint8_t, x != x)
+UNARY_LOOP(isnan_f64, double, uint8_t, x != x)
+UNARY_LOOP(isinf_f32, float, uint8_t, fabs(x) == INFINITY)
+UNARY_LOOP(isinf_f64, double, uint8_t, fabs(x) == INFINITY)
+UNARY_LOOP(isposinf_f32, float, uint8_t, x == INFINITY)
+UNARY_LOOP(isposinf_f64, double, uint8_t, x == INFINITY)
+UNARY_LOOP(isneginf_f32, float, uint8_t, x == -INFINITY)
+UNARY_LOOP(isneginf_f64, double, uint8_t, x == -INFINITY)
+UNARY_LOOP(never_f32, float, uint8_t, 0)
+UNARY_LOOP(never_f64, double, uint8_t, 0)
+
+UNARY_LOOP(not_bool, uint8_t, uint8_t, x == 0)
+
+/* ------------------------------------------------------------------ op descriptions */
+
+typedef struct unary_op {
+  const char *name;
+  double cost;                    /* rough scalar operations per element */
+  int to_bool;                    /* IsNaN, IsInf: the output is bool */
+  unary_fn fns[KILN_DTYPE_COUNT]; /* by input dtype; float16/bfloat16 use fns[KILN_FLOAT] */
+} unary_op;
+
+static const unary_op unary_ops[] = {
+    {"Abs", 1, 0, {SIGNED_TYPES(ENTRY, abs) UNSIGNED_TYPES(ENTRY, abs) REAL_ENTRIES(abs)}},
+    {"Neg", 1, 0, {SIGNED_TYPES(ENTRY, neg) REAL_ENTRIES(neg)}},
+    {"Sign", 1, 0, {SIGNED_TYPES(ENTRY, sign) UNSIGNED_TYPES(ENTRY, sign) REAL_ENTRIES(sign)}},
+    {"Reciprocal", 2, 0, {REAL_ENTRIES(reciprocal)}},
+    {"Sqrt", 4, 0, {REAL_ENTRIES(sqrt)}},
+    {"Exp", 8, 0, {REAL_ENTRIES(exp)}},
+    {"Log", 20, 0, {REAL_ENTRIES(log)}},
+    {"Sin", 20, 0, {REAL_ENTRIES(sin)}},
+    {"Cos", 20, 0, {REAL_ENTRIES(cos)}},
+    {"Tan", 30, 0, {REAL_ENTRIES(tan)}},
+    {"Asin", 30, 0, {REAL_ENTRIES(asin)}},
+    {"Acos", 30, 0, {REAL_ENTRIES(acos)}},
+    {"Atan", 30, 0, {REAL_ENTRIES(atan)}},
+    {"Sinh", 30, 0, {REAL_ENTRIES(sinh)}},
+    {"Cosh", 30, 0, {REAL_ENTRIES(cosh)}},
+    {"Asinh", 30, 0, {REAL_ENTRIES(asinh)}},
+    {"Acosh", 30, 0, {REAL_ENTRIES(acosh)}},
+    {"Atanh", 30, 0, {REAL_ENTRIES(atanh)}},
+    {"Erf", 10, 0, {REAL_ENTRIES(erf)}},
+    {"Floor", 1, 0, {REAL_ENTRIES(floor)}},
+    {"Ceil", 1, 0, {REAL_ENTRIES(ceil)}},
+    {"Round", 1, 0, {REAL_ENTRIES(round)}},
+    {"IsNaN", 1, 1, {REAL_ENTRIES(isnan)}},
+    {"Not", 1, 0, {[KILN_BOOL] = not_bool}},
+};
+
+/* IsInf, by (detect_positive, detect_negative). */
+static const unary_op isinf_ops[2][2] = {
+    {{"IsInf", 1, 1, {REAL_ENTRIES(never)}}, {"IsInf", 1, 1, {REAL_ENTRIES(isneginf)}}},
+    {{"IsInf", 1, 1, {REAL_ENTRIES(isposinf)}}, {"IsInf", 1, 1, {REAL_ENTRIES(isinf)}}},
+};
+
+typedef struct unary_params {
+  const unary_op *op;
+} unary_params;
+
+/* ------------------------------------------------------------------ running */
+
+enum { HALF_BLOCK = 256 };
+
+typedef struct unary_job {
+  unary_fn fn;
+  const char *x;
+  char *y;
+  size_t x_size, y_size;
+  kiln_dtype half; /* float16/bfloat16 input: fn is the float loop */
+  int to_bool;
+} unary_job;
+
+static void unary_range(void *arg, int64_t begin, int64_t end) {
+  const unary_job *j = arg;
+  if (!j->half) {
+    j->fn(j->x + (size_t)begin * j->x_size, j->y + (size_t)begin * j->y_size, end - begin);
+    return;
+  }
+  float fx[HALF_BLOCK], fy[HALF_BLOCK];
+  for (int64_t i = begin; i < end; i += HALF_BLOCK) {
+    int64_t m = end - i < HALF_BLOCK ? end - i : HALF_BLOCK;
+    char *y = j->y + (size_t)i * j->y_size;
+    kx_to_float(j->half, j->x + (size_t)i * j->x_size, fx, m);
+    j->fn(fx, j->to_bool ? (void *)y : fy, m);
+    if (!j->to_bool) kx_from_float(j->half, fy, y, m);
+  }
+}
+
+static kiln_status unary_run(kx_ctx *c) {
+  const unary_op *op = ((const unary_params *)c->node->params)->op;
+  const kiln_tensor *x;
+  kiln_status s;
+  if ((s = kx_require(c, 0, &x))) return s;
+  int half = x->dtype == KILN_FLOAT16 || x->dtype == KILN_BFLOAT16;
+  unary_fn fn = (unsigned)x->dtype < KILN_DTYPE_COUNT ? op->fns[half ? KILN_FLOAT : x->dtype] : NULL;
+  if (!fn)
+    return kiln_error(KILN_INVALID_ARGUMENT, "%s does not support %s inputs", op->name, kiln_dtype_name(x->dtype));
+  kiln_tensor *y;
+  if ((s = kx_output(c, 0, op->to_bool ? KILN_BOOL : x->dtype, x->rank, x->dims, &y))) return s;
+  unary_job j = {
+      fn, x->data, y->data, kiln_dtype_size(x->dtype), kiln_dtype_size(y->dtype), half ? x->dtype : 0, op->to_bool};
+  kx_parallel(c, kiln_tensor_numel(x), op->cost, unary_range, &j);
+  return NULL;
+}
+
+static kiln_status unary_prepare(kx_node *n) {
+  const unary_op *op = NULL;
+  if (strcmp(n->op_type, "IsInf") == 0) {
+    int pos = kx_attr_int(n->proto, "detect_positive", 1) != 0, neg = kx_attr_int(n->proto, "detect_negative", 1) != 0;
+    op = &isinf_ops[pos][neg];
+  }
+  for (size_t i = 0; i < sizeof unary_ops / sizeof unary_ops[0] && !op; i++)
+    if (strcmp(unary_ops[i].name, n->op_type) == 0) op = &unary_ops[i];
+  if (!op) return kiln_error(KILN_INTERNAL, "no unary kernel named %s", n->op_type);
+  if (n->n_in != 1) return kiln_error(KILN_INVALID_ARGUMENT, "%s takes 1 input, got %d", op->name, n->n_in);
+  unary_params *p = malloc(sizeof *p);
+  if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  p->op = op;
+  n->params = p;
+  return NULL;
+}
+
+#define UNARY(name, since) \
+  { "", name, since, 0, unary_prepare, unary_run, NULL, 0 }
 
 const kx_op kx_ops_elementwise[] = {
-    {0},
+    UNARY("Abs", 1),   UNARY("Neg", 1),
+    UNARY("Sign", 9),  UNARY("Reciprocal", 1),
+    UNARY("Sqrt", 1),  UNARY("Exp", 1),
+    UNARY("Log", 1),   UNARY("Sin", 7),
+    UNARY("Cos", 7),   UNARY("Tan", 7),
+    UNARY("Asin", 7),  UNARY("Acos", 7),
+    UNARY("Atan", 7),  UNARY("Sinh", 9),
+    UNARY("Cosh", 9),  UNARY("Asinh", 9),
+    UNARY("Acosh", 9), UNARY("Atanh", 9),
+    UNARY("Erf", 9),   UNARY("Floor", 1),
+    UNARY("Ceil", 1),  UNARY("Round", 11),
+    UNARY("IsNaN", 9), UNARY("IsInf", 10),
+    UNARY("Not", 1),   {0},
 };
