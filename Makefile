@@ -13,11 +13,12 @@ build:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Everything CI runs: unit, conformance and integration tests on the Release build, the unit
-# tests again under ASan+UBSan, and each fuzz target for a bounded time on its committed corpus.
+# Everything CI runs: unit, conformance and integration tests on the Release build, the unit and
+# conformance tests again under ASan+UBSan, and each fuzz target for a bounded time on its
+# committed corpus.
 test: build asan fuzz
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
-	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'unit|conformance'
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -L fuzz
 
 # Unit tests only, in the Release build

@@ -28,7 +28,7 @@ function synthetic(meta) {
   const loadMs = Number(process.hrtime.bigint() - t0) / 1e6;
   const feeds = {};
   for (const meta of session.inputMetadata) feeds[meta.name] = synthetic(meta);
-  const warmup = Math.max(2, Math.floor(iters / 10));
+  const warmup = Math.min(10, Math.max(2, Math.floor(iters / 10))); // as kiln bench
   let firstUs = 0;
   for (let i = 0; i < warmup; i++) {
     const a = process.hrtime.bigint();

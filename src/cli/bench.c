@@ -60,7 +60,7 @@ int cmd_bench(int argc, char **argv) {
       {"batch", CLI_INT, &batch, "N", "batch size: the value of each input's symbolic first dimension (default 1)"},
       {"threads", CLI_INT, &threads, "T", "threads (default $KILN_NUM_THREADS, else the CPU count)"},
       {"iters", CLI_INT, &iters, "K", "timed runs (default 100)"},
-      {"warmup", CLI_INT, &warmup, "W", "untimed runs first (default K/10, at least 2)"},
+      {"warmup", CLI_INT, &warmup, "W", "untimed runs first (default K/10, between 2 and 10)"},
       {"max-seconds", CLI_DOUBLE, &max_seconds, "S", "stop timing after S seconds even if fewer than K runs were made (default 60)"},
       {"shape", CLI_LIST, &shapes, "NAME=D0,D1,..", "the full shape of an input with other symbolic dimensions"},
       {"json", CLI_BOOL, &json, NULL, "print exactly one JSON object on stdout"},
@@ -83,7 +83,7 @@ int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "kiln bench: --batch and --iters must be at least 1, --threads non-negative\n");
     return EXIT_USAGE;
   }
-  if (warmup < 0) warmup = iters / 10 > 2 ? iters / 10 : 2;
+  if (warmup < 0) warmup = iters / 10 < 2 ? 2 : iters / 10 > 10 ? 10 : iters / 10;
 
   kiln_model *m = NULL;
   kiln_session *session = NULL;
