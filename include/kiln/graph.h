@@ -84,6 +84,7 @@ kiln_status kiln_tensor_synthetic(const kiln_value_info *info, int64_t batch, co
 typedef struct kiln_session_options {
   kiln_pool *pool; /* shared thread pool; NULL runs every kernel on the calling thread */
   int threads;     /* most pool threads one run uses; <= 0: all of them */
+  int profile;     /* time every node of the main graph (kiln_session_profile) */
 } kiln_session_options;
 
 kiln_status kiln_session_create(const kiln_model *m, const kiln_session_options *opt, kiln_session **out);
@@ -103,6 +104,18 @@ typedef struct kiln_session_stats {
   int64_t last_run_allocations; /* buffers the last run allocated outside the arena: 0 once planned */
 } kiln_session_stats;
 void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *out);
+
+/* Time spent in one node of the main graph over all runs since the session was created (a node
+ * running a subgraph includes the subgraph's time). Needs kiln_session_options.profile. */
+typedef struct kiln_node_profile {
+  int index;      /* position in the model's node list */
+  const char *op; /* op_type */
+  const char *name;
+  int64_t calls;
+  double total_us;
+} kiln_node_profile;
+/* Fills up to max entries in execution order; returns the number of nodes (0 without profiling). */
+int kiln_session_profile(const kiln_session *s, kiln_node_profile *out, int max);
 
 #ifdef __cplusplus
 }

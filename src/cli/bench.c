@@ -51,10 +51,50 @@ static kiln_status parse_shapes(const kiln_model *m, const cli_list *specs, int6
   return NULL;
 }
 
+static int by_time(const void *a, const void *b) {
+  double x = ((const kiln_node_profile *)a)->total_us, y = ((const kiln_node_profile *)b)->total_us;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Per operator type, then the 15 slowest nodes; times per run (warm-up included in the mean). */
+static void print_profile(const kiln_session *session) {
+  int n = kiln_session_profile(session, NULL, 0);
+  kiln_node_profile *nodes = calloc((size_t)n + 1, sizeof *nodes), *ops = calloc((size_t)n + 1, sizeof *ops);
+  if (!nodes || !ops) {
+    free(nodes);
+    free(ops);
+    return;
+  }
+  kiln_session_profile(session, nodes, n);
+  int n_ops = 0;
+  double total = 0;
+  for (int i = 0; i < n; i++) {
+    int k = 0;
+    while (k < n_ops && strcmp(ops[k].op, nodes[i].op) != 0) k++;
+    if (k == n_ops) ops[n_ops++] = (kiln_node_profile){.op = nodes[i].op};
+    ops[k].calls++;
+    ops[k].total_us += nodes[i].total_us;
+    total += nodes[i].total_us;
+  }
+  qsort(ops, (size_t)n_ops, sizeof *ops, by_time);
+  qsort(nodes, (size_t)n, sizeof *nodes, by_time);
+  int64_t runs = n ? nodes[0].calls : 1;
+  fprintf(stderr, "\nper operator (mean per run, %lld runs):\n", (long long)runs);
+  for (int i = 0; i < n_ops; i++)
+    fprintf(stderr, "  %-24s %4lld nodes %10.1f us %5.1f %%\n", ops[i].op, (long long)ops[i].calls,
+            ops[i].total_us / (double)runs, 100 * ops[i].total_us / (total > 0 ? total : 1));
+  fprintf(stderr, "slowest nodes:\n");
+  for (int i = 0; i < n && i < 15; i++)
+    fprintf(stderr, "  node %-5d %-20s %-30s %10.1f us\n", nodes[i].index, nodes[i].op, nodes[i].name,
+            nodes[i].total_us / (double)(nodes[i].calls ? nodes[i].calls : 1));
+  free(nodes);
+  free(ops);
+}
+
 int cmd_bench(int argc, char **argv) {
   long batch = 1, threads = 0, iters = 100, warmup = -1;
   double max_seconds = 60;
-  int json = 0;
+  int json = 0, profile = 0;
   cli_list shapes = {0};
   const cli_flag flags[] = {
       {"batch", CLI_INT, &batch, "N", "batch size: the value of each input's symbolic first dimension (default 1)"},
@@ -64,6 +104,7 @@ int cmd_bench(int argc, char **argv) {
       {"max-seconds", CLI_DOUBLE, &max_seconds, "S", "stop timing after S seconds even if fewer than K runs were made (default 60)"},
       {"shape", CLI_LIST, &shapes, "NAME=D0,D1,..", "the full shape of an input with other symbolic dimensions"},
       {"json", CLI_BOOL, &json, NULL, "print exactly one JSON object on stdout"},
+      {"profile", CLI_BOOL, &profile, NULL, "also print where the time goes, per operator and per node (stderr)"},
       {0},
   };
   const cli_spec spec = {"kiln bench", "MODEL [--batch N] [--threads T] [--iters K] [--json]",
@@ -114,7 +155,7 @@ int cmd_bench(int argc, char **argv) {
     in_ptrs[i] = &inputs[i];
   }
   if (!s) s = kiln_pool_create(threads > 0 ? (int)threads : kiln_default_threads(), &pool);
-  kiln_session_options so = {.pool = pool};
+  kiln_session_options so = {.pool = pool, .profile = profile};
   if (!s) s = kiln_session_create(m, &so, &session);
   double first_us = 0;
   for (long i = 0; !s && i < warmup; i++) {
@@ -151,6 +192,7 @@ int cmd_bench(int argc, char **argv) {
       printf("load:        %.2f ms (first run %.1f us)\npeak RSS:    %.1f MB\n", load_ms, first_us, (double)ru.ru_maxrss / 1024);
     }
   }
+  if (!s && profile) print_profile(session);
   for (int i = 0; inputs && i < n_in; i++) kiln_tensor_release(&inputs[i]);
   free(inputs);
   free(in_ptrs);

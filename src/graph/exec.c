@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_PLANS 8
 #define ARENA_ALIGN 64
@@ -37,6 +38,8 @@ struct kx_frame {
   int64_t *key;
   int key_len, key_cap;
   int64_t allocations; /* buffers this run took outside the arena (outputs and scratch) */
+  double *node_us;     /* with profiling: per node, total time and calls */
+  int64_t *node_calls;
 };
 
 static char empty_buffer[ARENA_ALIGN] __attribute__((aligned(ARENA_ALIGN)));
@@ -102,7 +105,25 @@ void kx_frame_free(kx_frame *f) {
   free(f->in_ptrs);
   free(f->arena);
   free(f->key);
+  free(f->node_us);
+  free(f->node_calls);
   free(f);
+}
+
+kiln_status kx_frame_profile(kx_frame *f) {
+  f->node_us = calloc((size_t)f->g->n_nodes + 1, sizeof *f->node_us);
+  f->node_calls = calloc((size_t)f->g->n_nodes + 1, sizeof *f->node_calls);
+  if (!f->node_us || !f->node_calls) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  return NULL;
+}
+
+const double *kx_frame_node_us(const kx_frame *f) { return f->node_us; }
+const int64_t *kx_frame_node_calls(const kx_frame *f) { return f->node_calls; }
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
 /* ---- the kernel-facing API */
@@ -337,7 +358,12 @@ static kiln_status run_nodes(kx_frame *f) {
       f->in_ptrs[k] = v >= 0 ? &f->values[v] : NULL;
     }
     c.node = n;
+    double start = f->node_us ? now_us() : 0;
     kiln_status s = n->op->run(&c);
+    if (f->node_us) {
+      f->node_us[pos] += now_us() - start;
+      f->node_calls[pos]++;
+    }
     for (int i = 0; i < f->n_tmp; i++) kiln_tensor_release(&f->tmp_out[i]);
     f->n_tmp = 0;
     if (f->scratch_dyn) {

@@ -83,6 +83,11 @@ void kx_plan_release(kx_plan *p);
 /* ---- execution */
 typedef struct kx_frame kx_frame;
 kiln_status kx_frame_create(const kx_graph *g, kiln_pool *pool, int threads, kx_frame **out);
+/* Starts timing every node of this frame (not of its subgraph frames). */
+kiln_status kx_frame_profile(kx_frame *f);
+/* Per node: total microseconds and calls since profiling started; NULL without profiling. */
+const double *kx_frame_node_us(const kx_frame *f);
+const int64_t *kx_frame_node_calls(const kx_frame *f);
 void kx_frame_free(kx_frame *f);
 /* Runs the graph: inputs feed g->inputs, outer holds the parent's values for g->outer_parent
  * (NULL for a main graph). outputs[i] are valid until the next run of this frame. */

@@ -215,6 +215,7 @@ kiln_status kiln_session_create(const kiln_model *m, const kiln_session_options 
   kiln_status st = NULL;
   if (!s->inputs || !s->outputs || !s->tensor_inputs) st = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   if (!st) st = kx_frame_create(m->graph, opt->pool, opt->threads, &s->frame);
+  if (!st && opt->profile) st = kx_frame_profile(s->frame);
   if (st) {
     kiln_session_free(s);
     return st;
@@ -285,6 +286,16 @@ kiln_status kiln_session_run(kiln_session *s, const kiln_value *const *inputs, c
   if (st) return st;
   for (int i = 0; i < g->n_outputs; i++) outputs[i] = s->outputs[i];
   return NULL;
+}
+
+int kiln_session_profile(const kiln_session *s, kiln_node_profile *out, int max) {
+  const double *us = kx_frame_node_us(s->frame);
+  const int64_t *calls = kx_frame_node_calls(s->frame);
+  const kx_graph *g = s->model->graph;
+  if (!us) return 0;
+  for (int i = 0; i < g->n_nodes && i < max; i++)
+    out[i] = (kiln_node_profile){g->nodes[i].index, g->nodes[i].op_type, g->nodes[i].name, calls[i], us[i]};
+  return g->n_nodes;
 }
 
 void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *out) {

@@ -44,7 +44,7 @@ static kiln_status run(tb_model *b, kiln_pool *pool, const kiln_tensor *const *i
   tb_free(b);
   if (s) return s;
   kiln_session *ss = NULL;
-  kiln_session_options opt = {pool, 0};
+  kiln_session_options opt = {.pool = pool};
   s = kiln_session_create(m, &opt, &ss);
   const kiln_tensor *ins[16], *outs[4];
   int k = 0;
