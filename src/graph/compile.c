@@ -359,6 +359,63 @@ static kiln_status sort_nodes(const kx_graph *g, const pending *pend, int n, con
   return st;
 }
 
+static void free_node_arrays(kx_node *n) {
+  for (int j = 0; j < n->n_subgraphs; j++) kx_graph_free(n->subgraphs[j]);
+  free(n->subgraphs);
+  free(n->subgraph_names);
+  free((void *)n->in);
+  free((void *)n->out);
+  free((void *)n->consts);
+}
+
+/* Folds an activation node into the node producing its input, when that producer's kernel applies
+ * fused activations and nothing else reads the intermediate value: Conv -> Relu becomes one
+ * Conv whose output is the Relu's. Nodes are in execution order, so the producer still runs
+ * before every reader of its new output. */
+static void fuse_activations(kx_graph *g) {
+  int *readers = calloc((size_t)g->n_vals + 1, sizeof *readers);
+  unsigned char *gone = calloc((size_t)g->n_nodes + 1, 1);
+  if (!readers || !gone) { /* fusion is an optimization: without memory, skip it */
+    free(readers);
+    free(gone);
+    return;
+  }
+  for (int pos = 0; pos < g->n_nodes; pos++) {
+    for (int k = 0; k < g->nodes[pos].n_in; k++)
+      if (g->nodes[pos].in[k] >= 0) readers[g->nodes[pos].in[k]]++;
+    for (const int *v = g->implicit[pos]; v && *v >= 0; v++) readers[*v] += 2; /* captured: never fuse */
+  }
+  for (int i = 0; i < g->n_outputs; i++) readers[g->outputs[i]] += 2;
+  for (int pos = 0; pos < g->n_nodes; pos++) {
+    kx_node *n = &g->nodes[pos];
+    if (!n->op || !n->op->fuse_activation || n->n_out < 1 || n->out[0] < 0 || readers[n->out[0]] != 1) continue;
+    for (int q = pos + 1; q < g->n_nodes; q++) {
+      kx_node *a = &g->nodes[q];
+      kx_activation act;
+      if (gone[q] || a->n_in < 1 || a->in[0] != n->out[0]) continue;
+      if (a->op && a->op->as_activation && a->n_out == 1 && a->out[0] >= 0 && a->op->as_activation(a, &act)) {
+        n->post = act;
+        ((int *)n->out)[0] = a->out[0];
+        gone[q] = 1;
+      }
+      break;
+    }
+  }
+  int kept = 0;
+  for (int pos = 0; pos < g->n_nodes; pos++) {
+    if (gone[pos]) {
+      free_node_arrays(&g->nodes[pos]);
+      free(g->implicit[pos]);
+      continue;
+    }
+    g->nodes[kept] = g->nodes[pos];
+    g->implicit[kept++] = g->implicit[pos];
+  }
+  g->n_nodes = kept;
+  free(readers);
+  free(gone);
+}
+
 kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, const kx_graph *parent,
                              void *parent_scope, kx_graph **out) {
   kx_graph *g = calloc(1, sizeof *g);
@@ -531,9 +588,25 @@ kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, co
     memset(p, 0, sizeof *p); /* ownership moved */
     g->n_nodes = pos + 1;
     if (n->n_in > g->max_node_inputs) g->max_node_inputs = n->n_in;
-    for (int k = 0; k < n->n_out; k++)
-      if (n->out[k] >= 0) g->vals[n->out[k]].producer = pos;
   }
+
+  /* constant inputs (the fusion below reads Clip's bounds from them) */
+  for (int pos = 0; pos < g->n_nodes && !st; pos++) {
+    kx_node *n = &g->nodes[pos];
+    const kiln_tensor **consts = calloc((size_t)n->n_in + 1, sizeof *consts);
+    if (!consts) {
+      st = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    for (int k = 0; k < n->n_in; k++)
+      if (n->in[k] >= 0 && g->vals[n->in[k]].kind == KX_VAL_CONST) consts[k] = &g->vals[n->in[k]].konst.tensor;
+    n->consts = consts;
+  }
+  if (st) goto done;
+  fuse_activations(g);
+  for (int pos = 0; pos < g->n_nodes; pos++)
+    for (int k = 0; k < g->nodes[pos].n_out; k++)
+      if (g->nodes[pos].out[k] >= 0) g->vals[g->nodes[pos].out[k]].producer = pos;
 
   /* lifetimes: the last reader of each value; outputs live past the last node */
   for (int pos = 0; pos < g->n_nodes; pos++) {
@@ -554,17 +627,9 @@ kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, co
     if (view->last_use > base->last_use) base->last_use = view->last_use;
   }
 
-  /* constant inputs, then the kernels' own checks */
+  /* the kernels' own checks */
   for (int pos = 0; pos < g->n_nodes && !st; pos++) {
     kx_node *n = &g->nodes[pos];
-    const kiln_tensor **consts = calloc((size_t)n->n_in + 1, sizeof *consts);
-    if (!consts) {
-      st = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-      break;
-    }
-    for (int k = 0; k < n->n_in; k++)
-      if (n->in[k] >= 0 && g->vals[n->in[k]].kind == KX_VAL_CONST) consts[k] = &g->vals[n->in[k]].konst.tensor;
-    n->consts = consts;
     if (n->op && n->op->prepare && (st = n->op->prepare(n)))
       st = kiln_status_prefix(st, "%s: ", kx_node_label(n, label, sizeof label));
   }
@@ -592,12 +657,7 @@ void kx_graph_free(kx_graph *g) {
       if (n->op && n->op->release) n->op->release(n->params);
       else free(n->params);
     }
-    for (int j = 0; j < n->n_subgraphs; j++) kx_graph_free(n->subgraphs[j]);
-    free(n->subgraphs);
-    free(n->subgraph_names);
-    free((void *)n->in);
-    free((void *)n->out);
-    free((void *)n->consts);
+    free_node_arrays(n);
     free(g->implicit[pos]);
   }
   for (int v = 0; v < g->n_vals; v++)

@@ -5,6 +5,7 @@
  * its planned slot (data-dependent shapes) is allocated on its own and the plan is rebuilt after
  * the run, so a steady state always reaches zero allocations. */
 #include "graph/graph.h"
+#include "ops/util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -358,8 +359,13 @@ static kiln_status run_nodes(kx_frame *f) {
       f->in_ptrs[k] = v >= 0 ? &f->values[v] : NULL;
     }
     c.node = n;
+    c.post_applied = 0;
     double start = f->node_us ? now_us() : 0;
     kiln_status s = n->op->run(&c);
+    if (!s && n->post.kind != KX_ACT_NONE && !c.post_applied) {
+      kiln_value *y = &f->values[n->out[0]];
+      if (y->kind == KILN_VALUE_TENSOR) kx_post_apply(&c, &y->tensor);
+    }
     if (f->node_us) {
       f->node_us[pos] += now_us() - start;
       f->node_calls[pos]++;

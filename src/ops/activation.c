@@ -362,12 +362,44 @@ static kiln_status clip_prepare(kx_node *n) {
   return NULL;
 }
 
+/* Relu and LeakyRelu run fused into their producer when it allows (kx_op.fuse_activation). */
+static int relu_as_activation(const kx_node *n, kx_activation *out) {
+  *out = (kx_activation){.kind = KX_ACT_RELU};
+  return n->n_in == 1;
+}
+
+static int leaky_relu_as_activation(const kx_node *n, kx_activation *out) {
+  *out = (kx_activation){.kind = KX_ACT_LEAKY_RELU, .alpha = kx_attr_float(n->proto, "alpha", 0.01f)};
+  return n->n_in == 1;
+}
+
+/* Clip fuses when its bounds are known at load: attributes before opset 11, constant float
+ * inputs (or none) after. */
+static int clip_as_activation(const kx_node *n, kx_activation *out) {
+  *out = (kx_activation){.kind = KX_ACT_CLIP, .lo = -INFINITY, .hi = INFINITY};
+  if (n->opset < 11) {
+    out->lo = kx_attr_float(n->proto, "min", -FLT_MAX);
+    out->hi = kx_attr_float(n->proto, "max", FLT_MAX);
+    return n->n_in == 1;
+  }
+  for (int i = 1; i < n->n_in && i < 3; i++) {
+    if (n->in[i] < 0) continue;
+    const kiln_tensor *t = n->consts[i];
+    if (!t || kiln_tensor_numel(t) != 1 || (t->dtype != KILN_FLOAT && !is_half(t->dtype))) return 0;
+    float v;
+    kx_to_float(t->dtype, t->data, &v, 1);
+    if (i == 1) out->lo = v;
+    else out->hi = v;
+  }
+  return n->n_in <= 3;
+}
+
 #define ACTIVATION(name, since) \
-  { "", name, since, 0, act_prepare, act_run, NULL, 0 }
+  { "", name, since, 0, act_prepare, act_run, NULL, 0, 0, NULL }
 
 const kx_op kx_ops_activation[] = {
-    ACTIVATION("Relu", 1),
-    ACTIVATION("LeakyRelu", 1),
+    {"", "Relu", 1, 0, act_prepare, act_run, NULL, 0, 0, relu_as_activation},
+    {"", "LeakyRelu", 1, 0, act_prepare, act_run, NULL, 0, 0, leaky_relu_as_activation},
     ACTIVATION("Elu", 1),
     ACTIVATION("Selu", 1),
     ACTIVATION("Celu", 12),
@@ -379,6 +411,6 @@ const kx_op kx_ops_activation[] = {
     ACTIVATION("ThresholdedRelu", 10),
     ACTIVATION("Shrink", 9),
     ACTIVATION("Tanh", 1),
-    {"", "Clip", 1, 0, clip_prepare, clip_run, NULL, 0},
+    {"", "Clip", 1, 0, clip_prepare, clip_run, NULL, 0, 0, clip_as_activation},
     {0},
 };

@@ -736,7 +736,7 @@ static kiln_status where_prepare(kx_node *n) {
 }
 
 const kx_op kx_ops_binary[] = {
-    {"", "Add", 1, 0, binary_prepare, binary_run, NULL, 0},
+    {"", "Add", 1, 0, binary_prepare, binary_run, NULL, 0, 1},
     {"", "Sub", 1, 0, binary_prepare, binary_run, NULL, 0},
     {"", "Mul", 1, 0, binary_prepare, binary_run, NULL, 0},
     {"", "Div", 1, 0, binary_prepare, binary_run, NULL, 0},

@@ -1044,7 +1044,7 @@ static kiln_status conv_run_any(kx_ctx *c) {
 }
 
 const kx_op kx_ops_conv[] = {
-    {"", "Conv", 1, 0, conv_prepare, conv_run_any, NULL, 0},
-    {"", "ConvTranspose", 1, 0, conv_transpose_prepare, conv_run_any, NULL, 0},
+    {"", "Conv", 1, 0, conv_prepare, conv_run_any, NULL, 0, 1},
+    {"", "ConvTranspose", 1, 0, conv_transpose_prepare, conv_run_any, NULL, 0, 1},
     {0},
 };

@@ -721,8 +721,8 @@ static kiln_status einsum_run(kx_ctx *c) {
 }
 
 const kx_op kx_ops_matmul[] = {
-    {"", "MatMul", 1, 0, NULL, matmul_run, NULL, 0},
-    {"", "Gemm", 1, 0, gemm_prepare, gemm_run, NULL, 0},
+    {"", "MatMul", 1, 0, NULL, matmul_run, NULL, 0, 1},
+    {"", "Gemm", 1, 0, gemm_prepare, gemm_run, NULL, 0, 1},
     {"", "Einsum", 12, 0, einsum_prepare, einsum_run, NULL, 0},
     {0},
 };

@@ -18,6 +18,16 @@ typedef struct kx_graph kx_graph; /* a compiled (sub)graph; opaque outside the g
 typedef struct kx_ctx kx_ctx;
 typedef struct kx_node kx_node;
 
+/* A pointwise activation fused into the node that produces its input: Conv -> Relu runs as one
+ * Conv node whose kernel applies the activation to output 0 while the data is hot (in registers
+ * or cache), instead of a second pass over memory. */
+typedef enum kx_act_kind { KX_ACT_NONE = 0, KX_ACT_RELU, KX_ACT_CLIP, KX_ACT_LEAKY_RELU } kx_act_kind;
+typedef struct kx_activation {
+  kx_act_kind kind;
+  float lo, hi; /* KX_ACT_CLIP: the bounds (-inf / +inf when absent) */
+  float alpha;  /* KX_ACT_LEAKY_RELU: the slope below 0 */
+} kx_activation;
+
 typedef struct kx_op {
   const char *domain; /* "" for the default ai.onnx domain */
   const char *name;
@@ -30,6 +40,13 @@ typedef struct kx_op {
   /* Output 0 always views input 0's buffer (Reshape, Squeeze, Identity...): the kernel calls
    * kx_output_view for it instead of kx_output, and the planner extends input 0's lifetime. */
   int view_output;
+  /* The graph compiler may fuse a following activation into this node (n->post). The kernel
+   * applies it where it can while writing output 0 and then sets c->post_applied; otherwise the
+   * executor applies it to output 0 after the kernel returns. */
+  int fuse_activation;
+  /* For activation ops: whether this node can run as `out` inside its producer (Relu, LeakyRelu,
+   * Clip with constant float bounds). */
+  int (*as_activation)(const kx_node *n, kx_activation *out);
 } kx_op;
 
 struct kx_node {
@@ -47,6 +64,7 @@ struct kx_node {
   int n_subgraphs;
   const char **subgraph_names; /* the graph attributes, compiled: "then_branch", "body", ... */
   kx_graph **subgraphs;
+  kx_activation post; /* fused activation for output 0 (kind KX_ACT_NONE: none) */
 };
 
 /* What the executor offers a running kernel. Reached through the inline helpers below. */
@@ -67,7 +85,8 @@ struct kx_ctx {
   const kx_exec_api *api;
   void *exec; /* the executor's own state */
   kiln_pool *pool;
-  int threads; /* the most threads this run may use */
+  int threads;      /* the most threads this run may use */
+  int post_applied; /* set by a kernel that applied node->post itself */
 };
 
 /* Input i as a tensor; NULL when absent (or when it is a sequence / empty optional). */

@@ -149,3 +149,36 @@ const kx_graph *kx_node_subgraph(const kx_node *n, const char *attr) {
     if (strcmp(n->subgraph_names[i], attr) == 0) return n->subgraphs[i];
   return NULL;
 }
+
+void kx_activation_apply(const kx_activation *a, kiln_tensor *t, int64_t begin, int64_t end) {
+  if (a->kind == KX_ACT_NONE) return;
+  if (t->dtype == KILN_FLOAT) {
+    kx_activation_f32(a, (float *)t->data + begin, end - begin);
+    return;
+  }
+  /* other dtypes through double; only elements the activation changes are written back, so
+   * integers beyond double's 53 bits pass through exactly */
+  for (int64_t i = begin; i < end; i++) {
+    double v = kiln_tensor_get_f64(t, i);
+    if (a->kind == KX_ACT_RELU && v < 0) kx_set_f64(t, i, 0);
+    else if (a->kind == KX_ACT_CLIP && v < a->lo) kx_set_f64(t, i, a->lo);
+    else if (a->kind == KX_ACT_CLIP && v > a->hi) kx_set_f64(t, i, a->hi);
+    else if (a->kind == KX_ACT_LEAKY_RELU && v < 0) kx_set_f64(t, i, v * a->alpha);
+  }
+}
+
+typedef struct post_job {
+  const kx_activation *a;
+  kiln_tensor *t;
+} post_job;
+
+static void post_range(void *arg, int64_t begin, int64_t end) {
+  const post_job *j = arg;
+  kx_activation_apply(j->a, j->t, begin, end);
+}
+
+void kx_post_apply(const kx_ctx *c, kiln_tensor *y) {
+  if (c->node->post.kind == KX_ACT_NONE) return;
+  post_job j = {&c->node->post, y};
+  kx_parallel(c, kiln_tensor_numel(y), 1, post_range, &j);
+}

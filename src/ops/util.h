@@ -35,6 +35,27 @@ void kx_set_f64(kiln_tensor *t, int64_t i, double v);
 /* Widens n elements of a float16 / bfloat16 / float / double buffer to float, and narrows back. */
 void kx_to_float(kiln_dtype t, const void *src, float *dst, int64_t n);
 void kx_from_float(kiln_dtype t, const float *src, void *dst, int64_t n);
+/* Applies a fused activation to elements [begin, end) of t (any numeric dtype). */
+void kx_activation_apply(const kx_activation *a, kiln_tensor *t, int64_t begin, int64_t end);
+/* The float32 case, for kernels applying it to blocks as they finish them. */
+static inline void kx_activation_f32(const kx_activation *a, float *y, int64_t n) {
+  switch (a->kind) {
+  case KX_ACT_NONE: break;
+  case KX_ACT_RELU:
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] > 0 ? y[i] : 0;
+    break;
+  case KX_ACT_CLIP:
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] < a->lo ? a->lo : y[i] > a->hi ? a->hi : y[i];
+    break;
+  case KX_ACT_LEAKY_RELU:
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] >= 0 ? y[i] : y[i] * a->alpha;
+    break;
+  }
+}
+/* Applies c->node->post to all of output tensor y, over the pool: for kernels whose fast paths do
+ * not fuse it into their own loops. */
+void kx_post_apply(const kx_ctx *c, kiln_tensor *y);
+
 /* Row-major element strides (in elements) of a shape. */
 void kx_strides(int rank, const int64_t *dims, int64_t *strides);
 /* Product of dims[from..to). */

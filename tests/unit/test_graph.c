@@ -146,4 +146,85 @@ static void test_memory_plan_reuse(void) {
   kiln_model_free(m);
 }
 
-TEST_MAIN(TEST(test_run_and_plan), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
+/* Runs a one-input model built by `build` and returns output 0 (copied) and the number of nodes
+ * the session runs after fusion. */
+static int run_counting_nodes(tb_model *b, const kiln_tensor *x, kiln_tensor *y) {
+  kiln_model *m;
+  kiln_session *s = NULL;
+  kiln_session_options opt = {.profile = 1};
+  CHECK_OK(tb_load(b, &m));
+  tb_free(b);
+  CHECK_OK(kiln_session_create(m, &opt, &s));
+  const kiln_tensor *in[1] = {x}, *out[2];
+  CHECK_OK(kiln_session_run_tensors(s, in, out));
+  CHECK_OK(kiln_tensor_copy(y, out[0]));
+  int nodes = kiln_session_profile(s, NULL, 0);
+  kiln_session_free(s);
+  kiln_model_free(m);
+  return nodes;
+}
+
+/* An activation after Conv / MatMul / Add runs inside its producer, with the same result as the
+ * unfused pair (the intermediate made a graph output keeps them apart). */
+static void test_activation_fusion(void) {
+  kiln_tensor x, w, lo, hi;
+  CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 4, (int64_t[]){1, 2, 5, 5}));
+  CHECK_OK(kiln_tensor_alloc(&w, KILN_FLOAT, 4, (int64_t[]){3, 2, 3, 3}));
+  CHECK_OK(kiln_tensor_alloc(&lo, KILN_FLOAT, 0, NULL));
+  CHECK_OK(kiln_tensor_alloc(&hi, KILN_FLOAT, 0, NULL));
+  for (int i = 0; i < 50; i++) ((float *)x.data)[i] = (float)((i * 37) % 11) - 5.0f;
+  for (int i = 0; i < 54; i++) ((float *)w.data)[i] = (float)((i * 13) % 7) - 3.0f;
+  *(float *)lo.data = -2.0f;
+  *(float *)hi.data = 6.0f;
+  const char *acts[] = {"Relu", "LeakyRelu", "Clip"};
+  for (int a = 0; a < 3; a++)
+    for (int producer = 0; producer < 2; producer++) {
+      kiln_tensor fused, apart;
+      for (int keep_apart = 0; keep_apart < 2; keep_apart++) {
+        tb_model *b = tb_new(13);
+        tb_input(b, "x", KILN_FLOAT, 4, (int64_t[]){1, 2, 5, 5});
+        tb_output(b, "y", KILN_FLOAT);
+        if (keep_apart) tb_output(b, "h", KILN_FLOAT);
+        tb_initializer(b, "w", &w);
+        if (producer == 0) tb_add_node(b, "Conv", "x,w", "h");
+        else tb_add_node(b, "Add", "x,x", "h");
+        if (a == 2) {
+          tb_initializer(b, "lo", &lo);
+          tb_initializer(b, "hi", &hi);
+          tb_add_node(b, "Clip", "h,lo,hi", "y");
+        } else {
+          tb_attr_float(tb_add_node(b, acts[a], "h", "y"), "alpha", 0.25f);
+        }
+        int nodes = run_counting_nodes(b, &x, keep_apart ? &apart : &fused);
+        CHECK(nodes == (keep_apart ? 2 : 1));
+      }
+      CHECK_OK(kiln_tensor_compare(&fused, &apart, 0, 0));
+      kiln_tensor_release(&fused);
+      kiln_tensor_release(&apart);
+    }
+  /* Clip with bounds that are graph inputs stays a node of its own */
+  tb_model *b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 4, (int64_t[]){1, 2, 5, 5});
+  tb_input(b, "lo", KILN_FLOAT, 0, NULL);
+  tb_output(b, "y", KILN_FLOAT);
+  tb_add_node(b, "Add", "x,x", "h");
+  tb_add_node(b, "Clip", "h,lo", "y");
+  kiln_model *m;
+  CHECK_OK(tb_load(b, &m));
+  tb_free(b);
+  kiln_session *s;
+  kiln_session_options opt = {.profile = 1};
+  CHECK_OK(kiln_session_create(m, &opt, &s));
+  const kiln_tensor *in[2] = {&x, &lo}, *out[1];
+  CHECK_OK(kiln_session_run_tensors(s, in, out));
+  CHECK(kiln_session_profile(s, NULL, 0) == 2);
+  for (int i = 0; i < 50; i++) CHECK(((float *)out[0]->data)[i] == fmaxf(2 * ((float *)x.data)[i], -2.0f));
+  kiln_session_free(s);
+  kiln_model_free(m);
+  kiln_tensor_release(&x);
+  kiln_tensor_release(&w);
+  kiln_tensor_release(&lo);
+  kiln_tensor_release(&hi);
+}
+
+TEST_MAIN(TEST(test_run_and_plan), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
