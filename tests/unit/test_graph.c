@@ -1,4 +1,6 @@
 /* The graph layer through the public API: loading, signature checks on run, memory plans. */
+#include <pthread.h>
+
 #include "kiln/graph.h"
 #include "onnx_builder.h"
 #include "test.h"
@@ -227,4 +229,92 @@ static void test_activation_fusion(void) {
   kiln_tensor_release(&hi);
 }
 
-TEST_MAIN(TEST(test_run_and_plan), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
+/* One loaded model, many threads: each runs its own session on a shared pool, with inputs of
+ * its own shape, and must get the result a lone session gets. */
+typedef struct worker {
+  const kiln_model *m;
+  kiln_pool *pool;
+  int64_t rows;
+  const kiln_tensor *want;
+  int bad;
+} worker;
+
+static kiln_model *conv_gemm_model(void) {
+  tb_model *b = tb_new(13);
+  tb_input(b, "x", KILN_FLOAT, 4, (int64_t[]){-1, 3, 32, 32});
+  tb_output(b, "y", KILN_FLOAT);
+  kiln_tensor w, fc;
+  /* big enough that convolution and product split across the pool's threads */
+  CHECK_OK(kiln_tensor_alloc(&w, KILN_FLOAT, 4, (int64_t[]){16, 3, 3, 3}));
+  CHECK_OK(kiln_tensor_alloc(&fc, KILN_FLOAT, 2, (int64_t[]){16 * 32 * 32, 5}));
+  for (int i = 0; i < 16 * 27; i++) ((float *)w.data)[i] = (float)(i % 7) / 7.0f - 0.4f;
+  for (int i = 0; i < 16 * 1024 * 5; i++) ((float *)fc.data)[i] = (float)(i % 13) / 13.0f - 0.5f;
+  tb_initializer(b, "w", &w);
+  tb_initializer(b, "fc", &fc);
+  tb_attr_ints(tb_add_node(b, "Conv", "x,w", "c"), "pads", 4, (int64_t[]){1, 1, 1, 1});
+  tb_add_node(b, "Relu", "c", "r");
+  tb_add_node(b, "Flatten", "r", "f");
+  tb_add_node(b, "MatMul", "f,fc", "y");
+  kiln_model *m = NULL;
+  CHECK_OK(tb_load(b, &m));
+  tb_free(b);
+  kiln_tensor_release(&w);
+  kiln_tensor_release(&fc);
+  return m;
+}
+
+static kiln_tensor input_rows(int64_t rows) {
+  kiln_tensor x;
+  CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 4, (int64_t[]){rows, 3, 32, 32}));
+  for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = (float)((i * 31) % 17) / 17.0f - 0.5f;
+  return x;
+}
+
+static void *concurrent_runs(void *arg) {
+  worker *w = arg;
+  kiln_session *s = NULL;
+  kiln_session_options opt = {.pool = w->pool};
+  kiln_tensor x = input_rows(w->rows);
+  if (kiln_session_create(w->m, &opt, &s)) w->bad++;
+  for (int i = 0; s && i < 50; i++) {
+    const kiln_tensor *in[1] = {&x}, *out[1];
+    kiln_status st = kiln_session_run_tensors(s, in, out);
+    if (st || kiln_tensor_compare(out[0], w->want, 0, 0)) w->bad++;
+    kiln_status_free(st);
+  }
+  kiln_session_free(s);
+  kiln_tensor_release(&x);
+  return NULL;
+}
+
+static void test_concurrent_sessions(void) {
+  kiln_model *m = conv_gemm_model();
+  if (!m) return;
+  kiln_pool *pool;
+  CHECK_OK(kiln_pool_create(2, &pool));
+  enum { THREADS = 4 };
+  kiln_tensor want[THREADS];
+  worker workers[THREADS];
+  pthread_t threads[THREADS];
+  for (int t = 0; t < THREADS; t++) {
+    kiln_session *s;
+    CHECK_OK(kiln_session_create(m, NULL, &s));
+    kiln_tensor x = input_rows(t + 1);
+    const kiln_tensor *in[1] = {&x}, *out[1];
+    CHECK_OK(kiln_session_run_tensors(s, in, out));
+    CHECK_OK(kiln_tensor_copy(&want[t], out[0]));
+    kiln_tensor_release(&x);
+    kiln_session_free(s);
+    workers[t] = (worker){m, pool, t + 1, &want[t], 0};
+  }
+  for (int t = 0; t < THREADS; t++) pthread_create(&threads[t], NULL, concurrent_runs, &workers[t]);
+  for (int t = 0; t < THREADS; t++) {
+    pthread_join(threads[t], NULL);
+    CHECK(workers[t].bad == 0);
+    kiln_tensor_release(&want[t]);
+  }
+  kiln_pool_free(pool);
+  kiln_model_free(m);
+}
+
+TEST_MAIN(TEST(test_run_and_plan), TEST(test_concurrent_sessions), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
