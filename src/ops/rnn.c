@@ -1,10 +1,16 @@
 /* Recurrent layers: LSTM, GRU and RNN.
  *
- * The three share one driver. Before the recurrence, one GEMM projects the inputs of every time
- * step for every direction (X.W^T, W of all directions stacked). Each step then does one GEMM
- * H_{t-1}.R^T for the whole batch (GRU with linear_before_reset=0 needs a second one, because
- * its candidate gate multiplies (r . H_{t-1}) by Rh) and applies the gate equations row by row,
- * one row per batch entry, the rows split over the pool.
+ * The three share one driver. W and R are packed once (at load when they are constants) into
+ * panels grouped by blocks of hidden units (see pack_panels). Each step multiplies H_{t-1} by
+ * R^T, and X_t by W^T, with 6x16 register tiles, block by block: a block's product yields all
+ * of its gates, and the cell update follows while they are in cache. Batches too small to fill
+ * tiles (below FUSE_MIN_BATCH) take X.W^T for all steps up front instead, as one product.
+ *
+ * Threads: batch rows never interact, so a batch of 12 rows or more is split by rows, each
+ * thread running every step for its rows with no barrier in between. A smaller batch splits
+ * each step by blocks of hidden units, with a barrier per step, when the step is large enough to
+ * repay it (MIN_SPLIT_MADDS). GRU with linear_before_reset=0 takes two passes per step, because
+ * its candidate gate multiplies (r . H_{t-1}) by Rh and needs every unit of r first.
  *
  * sequence_lens: a batch entry b runs for lens[b] steps. Its outputs past that are zero, Y_h and
  * Y_c hold its state after its last step (zero when lens[b] is 0, as ONNX Runtime does), and the
@@ -12,12 +18,12 @@
  *
  * Everything is computed in float32: float16, bfloat16 and double inputs are widened into
  * scratch and the outputs narrowed back. */
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "ops/gemm.h"
 #include "ops/util.h"
 
 typedef enum cell_kind { CELL_RNN, CELL_GRU, CELL_LSTM } cell_kind;
@@ -76,6 +82,7 @@ typedef struct rnn_params {
   int input_forget;
   int linear_before_reset;
   act acts[2][MAX_ACTS];
+  float *packed_w, *packed_r; /* constant W and R packed at load (see pack_panels), or NULL */
 } rnn_params;
 
 /* ------------------------------------------------------------------ attributes */
@@ -155,12 +162,67 @@ static kiln_status rnn_parse(const kx_node *n, cell_kind cell, rnn_params *p) {
   return parse_activations(n, p);
 }
 
+/* ------------------------------------------------------------------ packed weights */
+
+enum { IN_X, IN_W, IN_R, IN_B, IN_LENS, IN_H0, IN_C0, IN_P };
+
+/* The products of a step read W and R as panels of HB columns, one panel per gate of each block
+ * of HB hidden units: panel[k * HB + q] = R[g * H + hb * HB + q][k] (W likewise), zero past H.
+ * A block's gate panels are consecutive, so the product for a block of units yields all of its
+ * gates in one pass over H_{t-1}, and whoever computes them can finish those units' cell update
+ * without waiting for the other blocks. */
+#define HB 16
+
+static int64_t hidden_blocks(int64_t H) { return (H + HB - 1) / HB; }
+
+static int64_t packed_floats(int64_t D, int64_t G, int64_t H, int64_t K) { return D * hidden_blocks(H) * G * K * HB; }
+
+/* src: [D, G*H, K] (W: K = input_size, R: K = H) -> dst: [D][block][gate] panels of [K][HB]. */
+static void pack_panels(const float *src, int64_t D, int64_t G, int64_t H, int64_t K, float *dst) {
+  for (int64_t d = 0; d < D; d++)
+    for (int64_t hb = 0; hb < hidden_blocks(H); hb++)
+      for (int64_t g = 0; g < G; g++, dst += K * HB)
+        for (int64_t q = 0; q < HB; q++) {
+          int64_t unit = hb * HB + q;
+          if (unit >= H) {
+            for (int64_t k = 0; k < K; k++) dst[k * HB + q] = 0;
+            continue;
+          }
+          const float *row = src + ((d * G + g) * H + unit) * K;
+          for (int64_t k = 0; k < K; k++) dst[k * HB + q] = row[k];
+        }
+}
+
+static void rnn_release(void *params) {
+  rnn_params *p = params;
+  free(p->packed_w);
+  free(p->packed_r);
+  free(p);
+}
+
+/* Packs input `in` (W or R) once at load when it is a constant float tensor; the run packs any
+ * other into its scratch. A wrong shape is left for the run to report. */
+static kiln_status pack_constant(const kx_node *n, const rnn_params *p, int in, float **out) {
+  const kiln_tensor *t = n->n_in > in ? n->consts[in] : NULL;
+  if (!t || t->dtype != KILN_FLOAT || t->rank != 3) return NULL;
+  const int64_t D = t->dims[0], H = t->dims[1] / p->gates, K = t->dims[2];
+  if (D != p->directions || t->dims[1] != p->gates * H || H < 1 || H > INT32_MAX / 8 || K < 1 || K > INT32_MAX ||
+      (p->hidden >= 0 && p->hidden != H) || (in == IN_R && K != H))
+    return NULL;
+  *out = malloc((size_t)packed_floats(D, p->gates, H, K) * sizeof(float));
+  if (!*out) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory packing %s", in == IN_R ? "R" : "W");
+  pack_panels(t->data, D, p->gates, H, K, *out);
+  return NULL;
+}
+
 static kiln_status rnn_prepare(kx_node *n, cell_kind cell) {
   rnn_params *p = calloc(1, sizeof *p);
   if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   kiln_status s = rnn_parse(n, cell, p);
+  if (!s) s = pack_constant(n, p, IN_W, &p->packed_w);
+  if (!s) s = pack_constant(n, p, IN_R, &p->packed_r);
   if (s) {
-    free(p);
+    rnn_release(p);
     return s;
   }
   n->params = p;
@@ -173,83 +235,70 @@ static kiln_status simple_rnn_prepare(kx_node *n) { return rnn_prepare(n, CELL_R
 
 /* ------------------------------------------------------------------ activations */
 
-/* Sigmoid and tanh dominate the gate work, and gcc at -O2 vectorizes no loop whose trip count
- * it does not know, so they are written on 8-float vectors (GCC/Clang vector extensions; plain
- * SSE/scalar code where AVX is unavailable). Both are the rational approximations ONNX Runtime
- * (MLAS) and Eigen use: a few ulp from the exact functions over the clamped range. */
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+/* Sigmoid and tanh dominate the gate work, so they are written on AVX vectors with FMA (C11
+ * contracts nothing by itself). Both are the rational approximations ONNX Runtime (MLAS) and
+ * Eigen use: a few ulp from the exact functions over the clamped range. */
 
-static inline v8f v8_splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
-
-/* Clamps to [lo, hi]; NaN stays NaN. */
-static inline v8f v8_clamp(v8f x, float lo, float hi) {
-  v8i below = x<v8_splat(lo), above = x> v8_splat(hi);
-  v8i r = (below & (v8i)v8_splat(lo)) | (above & (v8i)v8_splat(hi)) | (~(below | above) & (v8i)x);
-  return (v8f)r;
+/* Clamps to [lo, hi]. max and min return their second operand when either is NaN, so NaN stays
+ * NaN. */
+static inline __m256 clamp8(__m256 x, float lo, float hi) {
+  return _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x));
 }
 
-static inline v8f v8_sigmoid(v8f x) {
-  x = v8_clamp(x, -18.0f, 18.0f);
-  v8f x2 = x * x;
-  v8f p = x2 * 4.37031012579801e-11f + 1.15627324459942e-07f;
-  p = p * x2 + 6.08574864600143e-05f;
-  p = p * x2 + 8.51377133304701e-03f;
-  p = p * x2 + 2.48287947061529e-01f;
-  p = p * x;
-  v8f q = x2 * 6.10247389755681e-13f + 5.76102136993427e-09f;
-  q = q * x2 + 6.29106785017040e-06f;
-  q = q * x2 + 1.70198817374094e-03f;
-  q = q * x2 + 1.16817656904453e-01f;
-  q = q * x2 + 9.93151921023180e-01f;
-  return p / q + 0.5f;
+/* p * x2 + c */
+static inline __m256 horner8(__m256 p, __m256 x2, float c) { return _mm256_fmadd_ps(p, x2, _mm256_set1_ps(c)); }
+
+static inline __m256 sigmoid8(__m256 x) {
+  x = clamp8(x, -18.0f, 18.0f);
+  __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = horner8(_mm256_set1_ps(4.37031012579801e-11f), x2, 1.15627324459942e-07f);
+  p = horner8(p, x2, 6.08574864600143e-05f);
+  p = horner8(p, x2, 8.51377133304701e-03f);
+  p = horner8(p, x2, 2.48287947061529e-01f);
+  p = _mm256_mul_ps(p, x);
+  __m256 q = horner8(_mm256_set1_ps(6.10247389755681e-13f), x2, 5.76102136993427e-09f);
+  q = horner8(q, x2, 6.29106785017040e-06f);
+  q = horner8(q, x2, 1.70198817374094e-03f);
+  q = horner8(q, x2, 1.16817656904453e-01f);
+  q = horner8(q, x2, 9.93151921023180e-01f);
+  return _mm256_add_ps(_mm256_div_ps(p, q), _mm256_set1_ps(0.5f));
 }
 
-static inline v8f v8_tanh(v8f x) {
-  x = v8_clamp(x, -9.0f, 9.0f);
-  v8f x2 = x * x;
-  v8f p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  v8f q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
+static inline __m256 tanh8(__m256 x) {
+  x = clamp8(x, -9.0f, 9.0f);
+  __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = horner8(_mm256_set1_ps(-2.76076847742355e-16f), x2, 2.00018790482477e-13f);
+  p = horner8(p, x2, -8.60467152213735e-11f);
+  p = horner8(p, x2, 5.12229709037114e-08f);
+  p = horner8(p, x2, 1.48572235717979e-05f);
+  p = horner8(p, x2, 6.37261928875436e-04f);
+  p = horner8(p, x2, 4.89352455891786e-03f);
+  p = _mm256_mul_ps(p, x);
+  __m256 q = horner8(_mm256_set1_ps(1.19825839466702e-06f), x2, 1.18534705686654e-04f);
+  q = horner8(q, x2, 2.26843463243900e-03f);
+  q = horner8(q, x2, 4.89352518554385e-03f);
+  return _mm256_div_ps(p, q);
 }
 
 /* x = sigmoid(x) / tanh(x) in place; the tail goes through a zero-padded vector. */
 static void sigmoid_inplace(float *x, int64_t n) {
   int64_t i = 0;
-  v8f v;
-  for (; i + 8 <= n; i += 8) {
-    memcpy(&v, x + i, sizeof v);
-    v = v8_sigmoid(v);
-    memcpy(x + i, &v, sizeof v);
-  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, sigmoid8(_mm256_loadu_ps(x + i)));
   if (i == n) return;
-  v = v8_splat(0);
-  memcpy(&v, x + i, (size_t)(n - i) * sizeof *x);
-  v = v8_sigmoid(v);
-  memcpy(x + i, &v, (size_t)(n - i) * sizeof *x);
+  float tail[8] = {0};
+  memcpy(tail, x + i, (size_t)(n - i) * sizeof *x);
+  _mm256_storeu_ps(tail, sigmoid8(_mm256_loadu_ps(tail)));
+  memcpy(x + i, tail, (size_t)(n - i) * sizeof *x);
 }
 
 static void tanh_inplace(float *x, int64_t n) {
   int64_t i = 0;
-  v8f v;
-  for (; i + 8 <= n; i += 8) {
-    memcpy(&v, x + i, sizeof v);
-    v = v8_tanh(v);
-    memcpy(x + i, &v, sizeof v);
-  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, tanh8(_mm256_loadu_ps(x + i)));
   if (i == n) return;
-  v = v8_splat(0);
-  memcpy(&v, x + i, (size_t)(n - i) * sizeof *x);
-  v = v8_tanh(v);
-  memcpy(x + i, &v, (size_t)(n - i) * sizeof *x);
+  float tail[8] = {0};
+  memcpy(tail, x + i, (size_t)(n - i) * sizeof *x);
+  _mm256_storeu_ps(tail, tanh8(_mm256_loadu_ps(tail)));
+  memcpy(x + i, tail, (size_t)(n - i) * sizeof *x);
 }
 
 static void activate(const act *a, float *x, int64_t n) {
@@ -295,26 +344,161 @@ static void clip_inplace(float *x, int64_t n, float clip) {
   for (int64_t i = 0; i < n; i++) x[i] = x[i] < -clip ? -clip : x[i] > clip ? clip : x[i];
 }
 
+/* ------------------------------------------------------------------ the products */
+
+/* Batch rows of one register tile. */
+#define TILE_ROWS 6
+
+/* One gate's values for the rows of a tile: row r holds units [r * HB, r * HB + HB). */
+typedef float gate_tile[TILE_ROWS * HB];
+
+/* out[r * HB + q] = a[r][0..K) . panel column q for `rows` rows (2, 4 or 6, a constant
+ * where this is inlined): at most twelve accumulators, gemm.c's 6x16 tile with the rows read in
+ * place and the weights already packed. */
+static inline __attribute__((always_inline)) void rows_tile(const float *const *a, int rows, const float *panel,
+                                                            int64_t K, float *out) {
+  __m256 c[TILE_ROWS][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < rows; r++)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) c[r][h] = _mm256_setzero_ps();
+  const float *a0 = a[0], *a1 = a[1], *a2 = a[rows > 2 ? 2 : 0], *a3 = a[rows > 2 ? 3 : 0];
+  const float *a4 = a[rows > 4 ? 4 : 0], *a5 = a[rows > 4 ? 5 : 0];
+  for (int64_t k = 0; k < K; k++, panel += HB) {
+    __m256 b0 = _mm256_loadu_ps(panel), b1 = _mm256_loadu_ps(panel + 8);
+    __m256 x = _mm256_broadcast_ss(a0 + k);
+    c[0][0] = _mm256_fmadd_ps(x, b0, c[0][0]);
+    c[0][1] = _mm256_fmadd_ps(x, b1, c[0][1]);
+    x = _mm256_broadcast_ss(a1 + k);
+    c[1][0] = _mm256_fmadd_ps(x, b0, c[1][0]);
+    c[1][1] = _mm256_fmadd_ps(x, b1, c[1][1]);
+    if (rows > 2) {
+      x = _mm256_broadcast_ss(a2 + k);
+      c[2][0] = _mm256_fmadd_ps(x, b0, c[2][0]);
+      c[2][1] = _mm256_fmadd_ps(x, b1, c[2][1]);
+      x = _mm256_broadcast_ss(a3 + k);
+      c[3][0] = _mm256_fmadd_ps(x, b0, c[3][0]);
+      c[3][1] = _mm256_fmadd_ps(x, b1, c[3][1]);
+    }
+    if (rows > 4) {
+      x = _mm256_broadcast_ss(a4 + k);
+      c[4][0] = _mm256_fmadd_ps(x, b0, c[4][0]);
+      c[4][1] = _mm256_fmadd_ps(x, b1, c[4][1]);
+      x = _mm256_broadcast_ss(a5 + k);
+      c[5][0] = _mm256_fmadd_ps(x, b0, c[5][0]);
+      c[5][1] = _mm256_fmadd_ps(x, b1, c[5][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < rows; r++)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) _mm256_storeu_ps(out + r * HB + 8 * h, c[r][h]);
+}
+
+/* pre[p][0..HB) = a[0..K) . panel p for np consecutive panels (1 to 4, a constant where this
+ * is inlined): one row against all of a block's gates, so a batch of one still runs up to eight
+ * independent accumulator chains. */
+static inline __attribute__((always_inline)) void row_tile(const float *a, const float *panels, int64_t K, int np,
+                                                           gate_tile *pre) {
+  const int64_t ps = K * HB; /* panel stride */
+  __m256 c[4][2];
+#pragma GCC unroll 4
+  for (int p = 0; p < np; p++)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) c[p][h] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k++) {
+    const float *b = panels + k * HB;
+    __m256 x = _mm256_broadcast_ss(a + k);
+    c[0][0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b), c[0][0]);
+    c[0][1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 8), c[0][1]);
+    if (np > 1) {
+      c[1][0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + ps), c[1][0]);
+      c[1][1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + ps + 8), c[1][1]);
+    }
+    if (np > 2) {
+      c[2][0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 2 * ps), c[2][0]);
+      c[2][1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 2 * ps + 8), c[2][1]);
+    }
+    if (np > 3) {
+      c[3][0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 3 * ps), c[3][0]);
+      c[3][1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 3 * ps + 8), c[3][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < np; p++)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) _mm256_storeu_ps(pre[p] + 8 * h, c[p][h]);
+}
+
+/* pre[p] = rows a[0..rows) . panel p, for np <= 4 consecutive panels of K rows; rows is 1, 2,
+ * 4 or 6. */
+static void tile_product(const float *const *a, int rows, const float *panels, int64_t K, int np, gate_tile *pre) {
+  if (rows == 1) {
+    switch (np) {
+    case 1: row_tile(a[0], panels, K, 1, pre); break;
+    case 2: row_tile(a[0], panels, K, 2, pre); break;
+    case 3: row_tile(a[0], panels, K, 3, pre); break;
+    default: row_tile(a[0], panels, K, 4, pre); break;
+    }
+    return;
+  }
+  for (int p = 0; p < np; p++, panels += K * HB) {
+    if (rows == 6) rows_tile(a, 6, panels, K, pre[p]);
+    else if (rows == 4) rows_tile(a, 4, panels, K, pre[p]);
+    else rows_tile(a, 2, panels, K, pre[p]);
+  }
+}
+
+/* Batch rows of the next tile out of `left` (tiles come in 6, 4, 2 and 1 rows): 6 where it
+ * can, but 4 rather than leave 2 behind, whose tile runs at half speed (4 accumulator chains do
+ * not cover the FMA latency). */
+static int tile_rows(int64_t left) {
+  if (left >= 6 && left % 6 != 2) return 6;
+  return left >= 4 ? 4 : left >= 2 ? 2 : 1;
+}
+
 /* ------------------------------------------------------------------ one step */
 
-/* What the row functions of one step of one direction need. */
-typedef struct rnn_step {
+typedef struct rnn_step rnn_step;
+
+/* Finishes a tile, rows [b0, b0 + rows) of block hb: rec holds its gates' recurrent part
+ * (H_{t-1}.R^T), in their input part (X_t.W^T + biases), in the gate order of the pass. */
+typedef void (*cell_fn)(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in);
+
+/* A step of one direction, split into (block of hidden units, batch rows) pieces: each computes
+ * its part of the products and that part's cell update, so a step needs no barrier inside it
+ * (GRU without linear_before_reset needs one between its two passes). H_t goes to the other
+ * buffer of h because other pieces still read H_{t-1}. State rows are Hp (H rounded up to HB)
+ * floats long. */
+struct rnn_step {
   const rnn_params *p;
-  int64_t T, B, H, D;
+  int64_t T, B, I, H, Hp, D, G;
   int d, reverse;
-  int64_t s;           /* the step, counted from this direction's start */
-  const int32_t *lens; /* [B] */
-  const float *xw;     /* this direction's column block of X.W^T */
+  int64_t s;             /* the step, counted from this direction's start */
+  const int32_t *lens;   /* [B] */
+  const float *x;        /* X: [T*B, I], or [B*T, I] under layout 1 */
+  const float *packed_w; /* this direction's panels of W when the step multiplies X_t by W... */
+  const float *bias;     /* ...and its biases then, in block order (see input_projection) */
+  const float *xw;       /* else this direction's columns of X.W^T + biases of all steps */
   int64_t xw_ld;
-  const float *bias; /* [G*H] Wb + Rb (GRU with linear_before_reset: Wb alone for the h gate) */
-  const float *rb_h; /* GRU with linear_before_reset: Rb of the h gate */
-  const float *peep; /* LSTM: P of this direction, or NULL */
-  float *gates;      /* [B, G*H]: H_{t-1}.R^T of this step */
-  float *h, *c;      /* [B, H] the states, updated in place */
-  float *rh;         /* GRU without linear_before_reset: [B, H] r . H_{t-1} */
-  float *y;          /* the Y output, or NULL */
-  const act *acts;   /* this direction's activations */
-} rnn_step;
+  const float *packed_r; /* this direction's panels of R */
+  const float *rb_h;     /* GRU with linear_before_reset: Rb of the h gate [Hp] */
+  const float *peep;     /* LSTM: P of this direction as [3][Hp], or NULL */
+  float *h[2];           /* step s reads H_{t-1} from h[s % 2] and writes H_t to the other */
+  const float *h_prev;
+  float *h_next;
+  float *c;              /* LSTM: the cell state, updated in place */
+  float *rh, *z;         /* GRU without linear_before_reset: r . H_{t-1}, and z */
+  float *y;              /* the Y output, or NULL */
+  const act *acts;       /* this direction's activations */
+  int64_t steps;         /* the longest sequence */
+  cell_fn step_cell;     /* the cell of a step's single (or first) pass */
+  int two_pass;          /* GRU without linear_before_reset */
+  /* the pass: its gates, the rows its recurrent product reads (H_{t-1} or r . H_{t-1}), its cell */
+  int first_gate, n_gates;
+  const float *src;
+  cell_fn cell;
+};
 
 /* The time index batch entry b works on at this step; -1 once its sequence has ended. */
 static int64_t step_time(const rnn_step *j, int64_t b) {
@@ -323,183 +507,268 @@ static int64_t step_time(const rnn_step *j, int64_t b) {
   return j->reverse ? len - 1 - j->s : j->s;
 }
 
-static const float *xw_row(const rnn_step *j, int64_t t, int64_t b) {
-  return j->xw + (j->p->layout ? b * j->T + t : t * j->B + b) * j->xw_ld;
+/* Row (t, b) of X and of X.W^T. */
+static int64_t input_row(const rnn_step *j, int64_t t, int64_t b) { return j->p->layout ? b * j->T + t : t * j->B + b; }
+
+/* x += y over the first `rows` rows of a tile */
+static void add_tile(float *restrict x, const float *restrict y, int rows) {
+  for (int k = 0; k < rows * HB; k++) x[k] += y[k];
 }
 
-static void write_y(const rnn_step *j, int64_t t, int64_t b, const float *h) {
-  if (!j->y) return;
+/* clip, then the activation, over a tile's values of one gate */
+static void activate_tile(const rnn_step *j, const act *a, float *x, int rows) {
+  clip_inplace(x, rows * HB, j->p->clip);
+  activate(a, x, rows * HB);
+}
+
+/* Sets units [u0, u0 + HB) of row b of H_t to h when the row runs at this step, else carries
+ * H_{t-1} over; Y gets the units that exist. */
+static void set_h(const rnn_step *j, int64_t b, int64_t u0, const float *h) {
+  const int64_t at = b * j->Hp + u0, t = step_time(j, b);
+  memcpy(j->h_next + at, t < 0 ? j->h_prev + at : h, HB * sizeof *h);
+  if (t < 0 || !j->y) return;
   int64_t row = j->p->layout ? (b * j->T + t) * j->D + j->d : (t * j->D + j->d) * j->B + b;
-  memcpy(j->y + row * j->H, h, (size_t)j->H * sizeof *h);
+  int64_t units = j->H - u0 < HB ? j->H - u0 : HB;
+  memcpy(j->y + row * j->H + u0, h, (size_t)units * sizeof *h);
 }
 
-/* g = g + xw + bias: the gates' pre-activations. */
-static void add_input(float *restrict g, const float *restrict xw, const float *restrict bias, int64_t n) {
-  for (int64_t i = 0; i < n; i++) g[i] += xw[i] + bias[i];
-}
-
-static void rnn_rows(void *arg, int64_t b0, int64_t b1) {
-  const rnn_step *j = arg;
-  const int64_t H = j->H;
-  for (int64_t b = b0; b < b1; b++) {
-    int64_t t = step_time(j, b);
-    if (t < 0) continue;
-    float *g = j->gates + b * H, *h = j->h + b * H;
-    add_input(g, xw_row(j, t, b), j->bias, H);
-    clip_inplace(g, H, j->p->clip);
-    activate(&j->acts[0], g, H);
-    memcpy(h, g, (size_t)H * sizeof *h);
-    write_y(j, t, b, h);
-  }
+static void rnn_cell(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  add_tile(rec[0], in[0], rows);
+  activate_tile(j, &j->acts[0], rec[0], rows);
+  for (int r = 0; r < rows; r++) set_h(j, b0 + r, hb * HB, rec[0] + r * HB);
 }
 
 /* i, o, f, c~ = f(..), f(..), f(..), g(..); C = f.C + i.c~; H = o.h(C), with the peepholes
  * adding P.C_{t-1} to i and f and P.C_t to o. */
-static void lstm_rows(void *arg, int64_t b0, int64_t b1) {
-  const rnn_step *j = arg;
-  const int64_t H = j->H;
-  const float clip = j->p->clip;
-  for (int64_t b = b0; b < b1; b++) {
-    int64_t t = step_time(j, b);
-    if (t < 0) continue;
-    float *gi = j->gates + b * 4 * H, *go = gi + H, *gf = gi + 2 * H, *gc = gi + 3 * H;
-    float *restrict c = j->c + b * H, *restrict h = j->h + b * H;
-    add_input(gi, xw_row(j, t, b), j->bias, 4 * H);
-    if (j->peep)
-      for (int64_t k = 0; k < H; k++) {
-        gi[k] += j->peep[k] * c[k];
-        gf[k] += j->peep[2 * H + k] * c[k];
-      }
-    clip_inplace(gi, H, clip);
-    activate(&j->acts[0], gi, H);
-    if (j->p->input_forget) { /* coupled gates: f = 1 - i */
-      for (int64_t k = 0; k < H; k++) gf[k] = 1 - gi[k];
-    } else {
-      clip_inplace(gf, H, clip);
-      activate(&j->acts[0], gf, H);
-    }
-    clip_inplace(gc, H, clip);
-    activate(&j->acts[1], gc, H);
-    for (int64_t k = 0; k < H; k++) c[k] = gf[k] * c[k] + gi[k] * gc[k];
-    if (j->peep)
-      for (int64_t k = 0; k < H; k++) go[k] += j->peep[H + k] * c[k];
-    clip_inplace(go, H, clip);
-    activate(&j->acts[0], go, H);
-    /* h(C) goes where c~ was; C itself is kept unclipped */
-    memcpy(gc, c, (size_t)H * sizeof *c);
-    clip_inplace(gc, H, clip);
-    activate(&j->acts[2], gc, H);
-    for (int64_t k = 0; k < H; k++) h[k] = go[k] * gc[k];
-    write_y(j, t, b, h);
-  }
-}
-
-/* z and r of a GRU row: f(H_{t-1}.R^T + X.W^T + biases), the first 2H gates. */
-static void gru_update_reset(const rnn_step *j, float *g, const float *xw) {
-  add_input(g, xw, j->bias, 2 * j->H);
-  clip_inplace(g, 2 * j->H, j->p->clip);
-  activate(&j->acts[0], g, 2 * j->H);
-}
-
-/* Without linear_before_reset, before the second GEMM: z, r, and r . H_{t-1}. */
-static void gru_reset_rows(void *arg, int64_t b0, int64_t b1) {
-  const rnn_step *j = arg;
-  const int64_t H = j->H;
-  for (int64_t b = b0; b < b1; b++) {
-    int64_t t = step_time(j, b);
-    if (t < 0) continue;
-    float *g = j->gates + b * 3 * H, *rh = j->rh + b * H;
-    const float *r = g + H, *h = j->h + b * H;
-    gru_update_reset(j, g, xw_row(j, t, b));
-    for (int64_t k = 0; k < H; k++) rh[k] = r[k] * h[k];
-  }
-}
-
-/* h~ = g(..) and H = (1 - z).h~ + z.H_{t-1}. With linear_before_reset, z and r come first and
- * h~ = g(Xh.Wh^T + Wbh + r.(H_{t-1}.Rh^T + Rbh)); without, gru_reset_rows has done z and r and
- * the second GEMM left (r . H_{t-1}).Rh^T in the h block. */
-static void gru_rows(void *arg, int64_t b0, int64_t b1) {
-  const rnn_step *j = arg;
-  const int64_t H = j->H;
-  for (int64_t b = b0; b < b1; b++) {
-    int64_t t = step_time(j, b);
-    if (t < 0) continue;
-    float *g = j->gates + b * 3 * H, *z = g, *r = g + H, *gh = g + 2 * H;
-    float *restrict h = j->h + b * H;
-    const float *xw = xw_row(j, t, b), *bias = j->bias;
-    if (j->p->linear_before_reset) {
-      gru_update_reset(j, g, xw);
-      for (int64_t k = 0; k < H; k++) gh[k] = xw[2 * H + k] + bias[2 * H + k] + r[k] * (gh[k] + j->rb_h[k]);
-    } else {
-      add_input(gh, xw + 2 * H, bias + 2 * H, H);
-    }
-    clip_inplace(gh, H, j->p->clip);
-    activate(&j->acts[1], gh, H);
-    for (int64_t k = 0; k < H; k++) h[k] = (1 - z[k]) * gh[k] + z[k] * h[k];
-    write_y(j, t, b, h);
-  }
-}
-
-/* ------------------------------------------------------------------ H_{t-1}.R^T */
-
-/* Up to this batch size the recurrent product does not go through BLAS: OpenBLAS's sgemm packs
- * R (G*H x H floats) on every call, which for a few rows costs more than the product itself
- * (H 256, one thread: batch 1 ~125 us against ~25 us here; the two meet near batch 4-8). */
-#define SMALL_BATCH 4
-
-typedef struct recur_job {
-  const float *h, *r; /* [B, K], [N, K] */
-  float *out;         /* [B, N] with leading dimension ldc */
-  int64_t B, K, ldc;
-} recur_job;
-
-static inline float v8_sum(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
-
-/* out[b, j] = h[b, :] . r[j, :] for rows j of R in [j0, j1): each row of R is read once and used
- * for every batch row while it is in L1. */
-static void recur_range(void *arg, int64_t j0, int64_t j1) {
-  const recur_job *q = arg;
-  const int64_t K = q->K;
-  for (int64_t j = j0; j < j1; j++) {
-    const float *r = q->r + j * K;
-    for (int64_t b = 0; b < q->B; b++) {
-      const float *h = q->h + b * K;
-      v8f acc0 = v8_splat(0), acc1 = v8_splat(0), hv, rv;
-      int64_t k = 0;
-      for (; k + 16 <= K; k += 16) {
-        memcpy(&hv, h + k, sizeof hv);
-        memcpy(&rv, r + k, sizeof rv);
-        acc0 += hv * rv;
-        memcpy(&hv, h + k + 8, sizeof hv);
-        memcpy(&rv, r + k + 8, sizeof rv);
-        acc1 += hv * rv;
-      }
-      for (; k + 8 <= K; k += 8) {
-        memcpy(&hv, h + k, sizeof hv);
-        memcpy(&rv, r + k, sizeof rv);
-        acc0 += hv * rv;
-      }
-      float sum = v8_sum(acc0 + acc1);
-      for (; k < K; k++) sum += h[k] * r[k];
-      q->out[b * q->ldc + j] = sum;
+static void lstm_cell(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  const int64_t Hp = j->Hp, u0 = hb * HB;
+  const float *pi = j->peep ? j->peep + u0 : NULL, *po = pi ? pi + Hp : NULL, *pf = pi ? pi + 2 * Hp : NULL;
+  float *gi = rec[0], *go = rec[1], *gf = rec[2], *gc = rec[3];
+  gate_tile hc; /* h(C) */
+  for (int g = 0; g < 4; g++) add_tile(rec[g], in[g], rows);
+  for (int r = 0; pi && r < rows; r++) {
+    const float *c = j->c + (b0 + r) * Hp + u0;
+    for (int q = 0; q < HB; q++) {
+      gi[r * HB + q] += pi[q] * c[q];
+      gf[r * HB + q] += pf[q] * c[q];
     }
   }
+  activate_tile(j, &j->acts[0], gi, rows);
+  if (j->p->input_forget) /* coupled gates: f = 1 - i */
+    for (int k = 0; k < rows * HB; k++) gf[k] = 1 - gi[k];
+  else
+    activate_tile(j, &j->acts[0], gf, rows);
+  activate_tile(j, &j->acts[1], gc, rows);
+  for (int r = 0; r < rows; r++) {
+    float *restrict c = j->c + (b0 + r) * Hp + u0;
+    if (step_time(j, b0 + r) >= 0) {
+      for (int q = 0; q < HB; q++) c[q] = gf[r * HB + q] * c[q] + gi[r * HB + q] * gc[r * HB + q];
+      if (po)
+        for (int q = 0; q < HB; q++) go[r * HB + q] += po[q] * c[q];
+    }
+    memcpy(hc + r * HB, c, sizeof(float) * HB); /* C itself stays unclipped */
+  }
+  activate_tile(j, &j->acts[0], go, rows);
+  activate_tile(j, &j->acts[2], hc, rows);
+  for (int k = 0; k < rows * HB; k++) go[k] *= hc[k];
+  for (int r = 0; r < rows; r++) set_h(j, b0 + r, u0, go + r * HB);
 }
 
-/* out[B, N] (leading dimension ldc) = h[B, K] . R[N, K]^T */
-static void recurrent_product(kx_ctx *c, const float *h, int64_t B, int64_t K, const float *R, int64_t N, float *out,
-                              int64_t ldc) {
-  if (B > SMALL_BATCH) {
-    kx_sgemm(c, 0, 1, B, N, K, 1, h, K, R, K, 0, out, ldc);
+/* z and r = f(..) of a GRU tile, its first two gates. */
+static void gru_update_reset(const rnn_step *j, int rows, gate_tile *rec, gate_tile *in) {
+  for (int g = 0; g < 2; g++) {
+    add_tile(rec[g], in[g], rows);
+    activate_tile(j, &j->acts[0], rec[g], rows);
+  }
+}
+
+/* h~ = g(gh) and H = (1 - z).h~ + z.H_{t-1}; z's rows are z_ld apart. */
+static void gru_finish(const rnn_step *j, int64_t b0, int rows, int64_t u0, const float *z, int64_t z_ld, float *gh) {
+  activate_tile(j, &j->acts[1], gh, rows);
+  for (int r = 0; r < rows; r++) {
+    const float *zr = z + r * z_ld, *h = j->h_prev + (b0 + r) * j->Hp + u0;
+    float *restrict out = gh + r * HB;
+    for (int q = 0; q < HB; q++) out[q] = (1 - zr[q]) * out[q] + zr[q] * h[q];
+    set_h(j, b0 + r, u0, out);
+  }
+}
+
+/* linear_before_reset: h~ = g(Xh.Wh^T + Wbh + r.(H_{t-1}.Rh^T + Rbh)). */
+static void gru_cell(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  const int64_t u0 = hb * HB;
+  const float *r = rec[1], *rb = j->rb_h + u0;
+  float *gh = rec[2];
+  gru_update_reset(j, rows, rec, in);
+  for (int i = 0; i < rows; i++)
+    for (int q = 0; q < HB; q++) gh[i * HB + q] = in[2][i * HB + q] + r[i * HB + q] * (gh[i * HB + q] + rb[q]);
+  gru_finish(j, b0, rows, u0, rec[0], HB, gh);
+}
+
+/* Without linear_before_reset, the first pass of a step: z, and r . H_{t-1} for the product
+ * with Rh, which needs every unit of it. */
+static void gru_reset_cell(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  const int64_t Hp = j->Hp, u0 = hb * HB;
+  const float *z = rec[0], *r = rec[1];
+  gru_update_reset(j, rows, rec, in);
+  for (int i = 0; i < rows; i++) {
+    const int64_t at = (b0 + i) * Hp + u0;
+    memcpy(j->z + at, z + i * HB, sizeof(float) * HB);
+    for (int q = 0; q < HB; q++) j->rh[at + q] = r[i * HB + q] * j->h_prev[at + q];
+  }
+}
+
+/* The second pass, for the h gate alone: rec is (r . H_{t-1}).Rh^T. */
+static void gru_candidate_cell(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  const int64_t u0 = hb * HB;
+  add_tile(rec[0], in[0], rows);
+  gru_finish(j, b0, rows, u0, j->z + b0 * j->Hp + u0, j->Hp, rec[0]);
+}
+
+/* The default LSTM and GRU (sigmoid and tanh, no clip; LSTM without peepholes or coupled gates;
+ * GRU with linear_before_reset, as PyTorch exports it) take one pass over each row in registers
+ * instead of a pass per gate and equation: with a batch of one, a tile is a single row and the
+ * passes' overhead would be most of the gate work. */
+static int plain_activations(const rnn_params *p, const act *a) {
+  return p->clip == INFINITY && a[0].kind == ACT_SIGMOID && a[1].kind == ACT_TANH &&
+         (p->cell != CELL_LSTM || a[2].kind == ACT_TANH);
+}
+
+static inline __m256 gate8(const gate_tile *rec, const gate_tile *in, int g, int k) {
+  return _mm256_add_ps(_mm256_loadu_ps(rec[g] + k), _mm256_loadu_ps(in[g] + k));
+}
+
+static void lstm_cell_plain(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  const int64_t u0 = hb * HB;
+  for (int r = 0; r < rows; r++) {
+    float h[HB];
+    if (step_time(j, b0 + r) >= 0) {
+      float *c = j->c + (b0 + r) * j->Hp + u0;
+      for (int q = 0; q < HB; q += 8) {
+        const int k = r * HB + q;
+        __m256 i = sigmoid8(gate8(rec, in, 0, k)), o = sigmoid8(gate8(rec, in, 1, k));
+        __m256 f = sigmoid8(gate8(rec, in, 2, k)), g = tanh8(gate8(rec, in, 3, k));
+        __m256 cv = _mm256_fmadd_ps(f, _mm256_loadu_ps(c + q), _mm256_mul_ps(i, g));
+        _mm256_storeu_ps(c + q, cv);
+        _mm256_storeu_ps(h + q, _mm256_mul_ps(o, tanh8(cv)));
+      }
+    }
+    set_h(j, b0 + r, u0, h);
+  }
+}
+
+static void gru_cell_plain(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *rec, gate_tile *in) {
+  const int64_t u0 = hb * HB;
+  for (int r = 0; r < rows; r++) {
+    const float *h_prev = j->h_prev + (b0 + r) * j->Hp + u0;
+    float h[HB];
+    for (int q = 0; q < HB; q += 8) {
+      const int k = r * HB + q;
+      __m256 z = sigmoid8(gate8(rec, in, 0, k)), rg = sigmoid8(gate8(rec, in, 1, k));
+      __m256 rec_h = _mm256_add_ps(_mm256_loadu_ps(rec[2] + k), _mm256_loadu_ps(j->rb_h + u0 + q));
+      __m256 n = tanh8(_mm256_fmadd_ps(rg, rec_h, _mm256_loadu_ps(in[2] + k)));
+      /* (1 - z).n + z.H_{t-1} */
+      _mm256_storeu_ps(h + q, _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(h_prev + q), n), n));
+    }
+    set_h(j, b0 + r, u0, h);
+  }
+}
+
+/* in[g] = X_t.W^T + biases for a tile's rows and the pass's gates: multiplied here when the
+ * step is fused, else copied from X.W^T of all steps. A row past its sequence's end takes the
+ * row of time 0 (its results are not used). */
+static void input_part(const rnn_step *j, int64_t b0, int rows, int64_t hb, gate_tile *in) {
+  const int64_t block = (hb * j->G + j->first_gate) * HB; /* the pass's first gate of block hb */
+  if (!j->packed_w) {
+    for (int r = 0; r < rows; r++) {
+      int64_t t = step_time(j, b0 + r);
+      const float *xw = j->xw + input_row(j, t < 0 ? 0 : t, b0 + r) * j->xw_ld + block;
+      for (int g = 0; g < j->n_gates; g++) memcpy(in[g] + r * HB, xw + g * HB, sizeof(float) * HB);
+    }
     return;
   }
-  recur_job q = {h, R, out, B, K, ldc};
-  kx_parallel(c, N, 2.0 * (double)(B * K), recur_range, &q);
+  const float *a[TILE_ROWS];
+  for (int r = 0; r < rows; r++) {
+    int64_t t = step_time(j, b0 + r);
+    a[r] = j->x + input_row(j, t < 0 ? 0 : t, b0 + r) * j->I;
+  }
+  tile_product(a, rows, j->packed_w + block * j->I, j->I, j->n_gates, in);
+  for (int g = 0; g < j->n_gates; g++)
+    for (int r = 0; r < rows; r++)
+      for (int q = 0; q < HB; q++) in[g][r * HB + q] += j->bias[block + g * HB + q];
+}
+
+/* The current pass over rows [b0, b1) of block hb. */
+static void step_block(const rnn_step *j, int64_t hb, int64_t b0, int64_t b1) {
+  const float *panels = j->packed_r + (hb * j->G + j->first_gate) * j->H * HB;
+  for (int64_t b = b0; b < b1;) {
+    const int rows = tile_rows(b1 - b);
+    const float *a[TILE_ROWS];
+    gate_tile rec[4], in[4];
+    input_part(j, b, rows, hb, in);
+    for (int r = 0; r < rows; r++) a[r] = j->src + (b + r) * j->Hp;
+    tile_product(a, rows, panels, j->H, j->n_gates, rec);
+    j->cell(j, b, rows, hb, rec, in);
+    b += rows;
+  }
+}
+
+/* Step s's first pass: every gate, or z and r when the GRU takes two. */
+static void first_pass(rnn_step *j, int64_t s) {
+  j->s = s;
+  j->h_prev = j->h[s % 2];
+  j->h_next = j->h[(s + 1) % 2];
+  j->src = j->h_prev;
+  j->first_gate = 0;
+  j->n_gates = j->two_pass ? 2 : (int)j->G;
+  j->cell = j->two_pass ? gru_reset_cell : j->step_cell;
+}
+
+/* The GRU's second pass: the h gate, from r . H_{t-1}. */
+static void second_pass(rnn_step *j) {
+  j->src = j->rh;
+  j->first_gate = 2;
+  j->n_gates = 1;
+  j->cell = gru_candidate_cell;
+}
+
+/* The current pass over blocks [hb0, hb1) of every row. */
+static void pass_blocks(void *arg, int64_t hb0, int64_t hb1) {
+  for (int64_t hb = hb0; hb < hb1; hb++) step_block(arg, hb, 0, ((const rnn_step *)arg)->B);
+}
+
+/* Small batches split each pass by blocks of hidden units (each thread reads its part of R),
+ * with a barrier per pass, once a pass has this many multiply-adds: below, the pool's hand-off
+ * (microseconds, far more when the other cores are busy) costs more than it saves. A step of
+ * LSTM(hidden 128) at batch 1 has 65536. */
+#define MIN_SPLIT_MADDS (1 << 20)
+
+static void run_pass(kx_ctx *c, rnn_step *j) {
+  const int64_t blocks = hidden_blocks(j->H), K = j->H + (j->packed_w ? j->I : 0);
+  const double madds = (double)j->B * j->n_gates * HB * K * blocks;
+  if (madds < MIN_SPLIT_MADDS) pass_blocks(j, 0, blocks);
+  else kx_parallel(c, blocks, 2 * madds / blocks, pass_blocks, j);
+}
+
+/* Larger batches: every step for rows [ROW_UNIT * u0, ROW_UNIT * u1). Batch rows never meet,
+ * so splitting them between threads needs no barrier between steps: a thread that falls behind
+ * (on a busy machine) delays the end of the run, not every step. Units of 4 rows let the pool
+ * cut a batch of 64 into 8 equal parts of two full tiles each. */
+#define ROW_UNIT 4
+
+static void run_rows(void *arg, int64_t u0, int64_t u1) {
+  rnn_step j = *(const rnn_step *)arg; /* this thread's step counter */
+  const int64_t b0 = ROW_UNIT * u0, b1 = ROW_UNIT * u1 < j.B ? ROW_UNIT * u1 : j.B;
+  for (int64_t s = 0; s < j.steps; s++) {
+    first_pass(&j, s);
+    for (int64_t hb = 0; hb < hidden_blocks(j.H); hb++) step_block(&j, hb, b0, b1);
+    if (!j.two_pass) continue;
+    second_pass(&j);
+    for (int64_t hb = 0; hb < hidden_blocks(j.H); hb++) step_block(&j, hb, b0, b1);
+  }
 }
 
 /* ------------------------------------------------------------------ the operator */
 
-enum { IN_X, IN_W, IN_R, IN_B, IN_LENS, IN_H0, IN_C0, IN_P };
 
 typedef struct rnn_inputs {
   const kiln_tensor *x, *w, *r, *b, *lens, *h0, *c0, *p;
@@ -578,7 +847,7 @@ static kiln_status rnn_check(const kx_ctx *c, const rnn_params *p, rnn_inputs *i
                           (long long)b, (long long)v, (long long)T);
     }
   }
-  /* OpenBLAS takes int dimensions; T*B rows and D*G*H columns are the largest */
+  /* bounds the sizes so that every product of them below fits in int64_t */
   int64_t rows;
   if (__builtin_mul_overflow(T, B, &rows) || rows > INT32_MAX || D * GH > INT32_MAX || in->I > INT32_MAX ||
       H > INT32_MAX)
@@ -606,26 +875,44 @@ static float *carve_floats(carve *cv, int64_t n) {
   return p;
 }
 
+
+/* From this batch size on, each step multiplies X_t by W itself, with the same tiles as
+ * H_{t-1}.R^T, instead of reading X.W^T computed for all steps at once: that buffer (T*B*4*H
+ * floats for an LSTM) outgrows the caches and costs more to write and read back than W's panels
+ * cost to stream. Smaller batches would read W once per step for few rows. */
+#define FUSE_MIN_BATCH 4
+
 /* The run's working memory, all float32. Pointers to inputs are views when X is float. */
 typedef struct rnn_work {
   const float *x, *w, *r, *b, *h0, *c0, *p;
-  float *y, *yh, *yc; /* where outputs are computed (the outputs themselves when float) */
-  float *xw;          /* [T*B, D*G*H] */
-  float *bias;        /* [D, G*H] */
-  float *rb_h;        /* [D, H]: GRU with linear_before_reset: Rb of the h gate (zero without B) */
-  float *gates, *h, *c, *rh;
+  int fused;                       /* B >= FUSE_MIN_BATCH */
+  const float *packed_w, *packed_r; /* [D] W and R as panels: the node's, or in scratch */
+  float *y, *yh, *yc;              /* where outputs are computed (the outputs themselves when float) */
+  float *xw;                       /* unless fused: [T*B, D*G*Hp] X.W^T + biases (see input_projection) */
+  float *bias;                     /* [D*G*Hp]: Wb + Rb in that column order (GRU linear_before_reset: Wbh alone) */
+  float *rb_h;                     /* [D, Hp]: GRU with linear_before_reset: Rb of the h gate (zero without B) */
+  float *peep;                     /* [D, 3, Hp]: P zero-padded, or NULL */
+  float *h[2], *c, *rh, *z;        /* [B, Hp] states: H_{t-1} and H_t alternate between h[0] and h[1] */
+  float *w_buf, *r_buf;            /* for W and R when the node has no packed copy */
   int32_t *lens;
 } rnn_work;
 
-static void carve_work(carve *cv, const rnn_inputs *in, int widen, int want_y, rnn_work *w) {
-  const int64_t T = in->T, B = in->B, I = in->I, H = in->H, D = in->D, GH = in->G * H;
-  w->xw = carve_floats(cv, T * B * D * GH);
-  w->bias = carve_floats(cv, D * GH);
-  w->rb_h = carve_floats(cv, D * H);
-  w->gates = carve_floats(cv, B * GH);
-  w->h = carve_floats(cv, B * H);
-  w->c = carve_floats(cv, B * H);
-  w->rh = carve_floats(cv, B * H);
+static void carve_work(carve *cv, const kx_ctx *c, const rnn_inputs *in, int widen, int want_y, rnn_work *w) {
+  const rnn_params *p = c->node->params;
+  const int64_t T = in->T, B = in->B, I = in->I, H = in->H, D = in->D, G = in->G, GH = G * H;
+  const int64_t Hp = hidden_blocks(H) * HB;
+  w->fused = B >= FUSE_MIN_BATCH;
+  w->xw = w->fused ? NULL : carve_floats(cv, T * B * D * G * Hp);
+  w->w_buf = p->packed_w ? NULL : carve_floats(cv, packed_floats(D, G, H, I));
+  w->r_buf = p->packed_r ? NULL : carve_floats(cv, packed_floats(D, G, H, H));
+  w->bias = carve_floats(cv, D * G * Hp);
+  w->rb_h = carve_floats(cv, D * Hp);
+  w->peep = in->p ? carve_floats(cv, D * 3 * Hp) : NULL;
+  w->h[0] = carve_floats(cv, B * Hp);
+  w->h[1] = carve_floats(cv, B * Hp);
+  w->c = carve_floats(cv, B * Hp);
+  w->rh = carve_floats(cv, B * Hp);
+  w->z = carve_floats(cv, B * Hp);
   w->lens = (int32_t *)carve_floats(cv, B); /* int32 and float have the same size */
   w->yh = carve_floats(cv, D * B * H);
   w->yc = carve_floats(cv, D * B * H);
@@ -652,57 +939,134 @@ static int64_t state_row(const rnn_params *p, const rnn_inputs *in, int64_t d, i
   return p->layout ? b * in->D + d : d * in->B + b;
 }
 
-/* Runs direction d over all steps, leaving its final states in w->h, w->c. */
+/* The biases of both products fold into one, in the panels' column order ([D][block][gate][HB],
+ * zero past H), except Rbh under linear_before_reset, which the reset gate multiplies. P and
+ * Rbh are padded to Hp. */
+static void prepare_vectors(const rnn_params *p, const rnn_inputs *in, rnn_work *w) {
+  const int64_t H = in->H, G = in->G, Hp = hidden_blocks(H) * HB;
+  float *bias = w->bias;
+  for (int64_t d = 0; d < in->D; d++) {
+    const float *wb = w->b ? w->b + d * 2 * G * H : NULL, *rb = wb ? wb + G * H : NULL;
+    for (int64_t hb = 0; hb < hidden_blocks(H); hb++)
+      for (int64_t g = 0; g < G; g++)
+        for (int64_t q = 0; q < HB; q++) {
+          int64_t unit = hb * HB + q, k = g * H + unit;
+          *bias++ = unit >= H || !wb ? 0 : p->linear_before_reset && g == 2 ? wb[k] : wb[k] + rb[k];
+        }
+    for (int64_t k = 0; k < Hp; k++) w->rb_h[d * Hp + k] = rb && p->linear_before_reset && k < H ? rb[2 * H + k] : 0;
+    for (int64_t g = 0; w->peep && g < 3; g++)
+      for (int64_t k = 0; k < Hp; k++) w->peep[(d * 3 + g) * Hp + k] = k < H ? w->p[(d * 3 + g) * H + k] : 0;
+  }
+}
+
+typedef struct projection {
+  const float *x, *packed_w, *bias;
+  float *xw;
+  int64_t rows, I, panels; /* panels of all directions, gates and blocks */
+} projection;
+
+/* Rows [TILE_ROWS * i0, TILE_ROWS * i1) of X.W^T + biases, with the panels of W. */
+static void project_rows(void *arg, int64_t i0, int64_t i1) {
+  const projection *q = arg;
+  const int64_t end = TILE_ROWS * i1 < q->rows ? TILE_ROWS * i1 : q->rows, ld = q->panels * HB;
+  for (int64_t row = TILE_ROWS * i0; row < end;) {
+    const int rows = tile_rows(end - row);
+    const float *a[TILE_ROWS];
+    for (int r = 0; r < rows; r++) a[r] = q->x + (row + r) * q->I;
+    for (int64_t p = 0; p < q->panels; p += 4) {
+      const int np = q->panels - p < 4 ? (int)(q->panels - p) : 4;
+      gate_tile out[4];
+      tile_product(a, rows, q->packed_w + p * q->I * HB, q->I, np, out);
+      for (int i = 0; i < np; i++)
+        for (int r = 0; r < rows; r++) {
+          float *dst = q->xw + (row + r) * ld + (p + i) * HB;
+          for (int k = 0; k < HB; k++) dst[k] = out[i][r * HB + k] + q->bias[(p + i) * HB + k];
+        }
+    }
+    row += rows;
+  }
+}
+
+/* X.W^T + biases for every step and direction at once, for batches too small to fuse it into
+ * the steps. */
+static void input_projection(kx_ctx *c, const rnn_inputs *in, rnn_work *w) {
+  projection q = {w->x, w->packed_w, w->bias, w->xw, in->T * in->B, in->I, in->D * hidden_blocks(in->H) * in->G};
+  kx_parallel(c, (q.rows + TILE_ROWS - 1) / TILE_ROWS, TILE_ROWS * 2.0 * (double)(q.panels * HB * q.I), project_rows,
+              &q);
+}
+
+/* The cell of direction d's steps (of their first pass, for a GRU that takes two). */
+static cell_fn step_cell(const rnn_params *p, int d, int peepholes) {
+  const int plain = plain_activations(p, p->acts[d]);
+  switch (p->cell) {
+  case CELL_LSTM: return plain && !peepholes && !p->input_forget ? lstm_cell_plain : lstm_cell;
+  case CELL_GRU: return plain && p->linear_before_reset ? gru_cell_plain : gru_cell;
+  default: return rnn_cell;
+  }
+}
+
+/* Runs direction d over all steps and stores its final states in Y_h and Y_c. */
 static void run_direction(kx_ctx *c, const rnn_params *p, const rnn_inputs *in, rnn_work *w, int d) {
-  const int64_t B = in->B, H = in->H, G = in->G, GH = G * H;
-  const float *R = w->r + d * GH * H;
+  const int64_t B = in->B, H = in->H, G = in->G, Hp = hidden_blocks(H) * HB;
   rnn_step j = {
       .p = p,
       .T = in->T,
       .B = B,
       .H = H,
+      .Hp = Hp,
       .D = in->D,
+      .G = G,
       .d = d,
       .reverse = p->reverse || d == 1,
       .lens = w->lens,
-      .xw = w->xw + d * GH,
-      .xw_ld = in->D * GH,
-      .bias = w->bias + d * GH,
-      .gates = w->gates,
-      .h = w->h,
+      .I = in->I,
+      .x = w->x,
+      .packed_w = w->fused ? w->packed_w + d * hidden_blocks(H) * G * in->I * HB : NULL,
+      .bias = w->bias + d * G * Hp,
+      .xw = w->fused ? NULL : w->xw + d * G * Hp,
+      .xw_ld = in->D * G * Hp,
+      .packed_r = w->packed_r + d * hidden_blocks(H) * G * H * HB,
+      .rb_h = w->rb_h + d * Hp,
+      .peep = w->peep ? w->peep + d * 3 * Hp : NULL,
       .c = w->c,
       .rh = w->rh,
+      .z = w->z,
       .y = w->y,
+      .h = {w->h[0], w->h[1]},
       .acts = p->acts[d],
+      .step_cell = step_cell(p, d, w->peep != NULL),
+      .two_pass = p->cell == CELL_GRU && !p->linear_before_reset,
   };
-  if (p->linear_before_reset) j.rb_h = w->rb_h + d * H;
-  if (w->p) j.peep = w->p + d * 3 * H;
+  memset(w->h[0], 0, (size_t)(B * Hp) * sizeof(float));
+  memset(w->c, 0, (size_t)(B * Hp) * sizeof(float));
   for (int64_t b = 0; b < B; b++) {
     int64_t row = state_row(p, in, d, b) * H;
-    if (w->h0)
-      memcpy(w->h + b * H, w->h0 + row, (size_t)H * sizeof(float));
-    else
-      memset(w->h + b * H, 0, (size_t)H * sizeof(float));
-    if (w->c0)
-      memcpy(w->c + b * H, w->c0 + row, (size_t)H * sizeof(float));
-    else
-      memset(w->c + b * H, 0, (size_t)H * sizeof(float));
+    if (w->h0) memcpy(w->h[0] + b * Hp, w->h0 + row, (size_t)H * sizeof(float));
+    if (w->c0) memcpy(w->c + b * Hp, w->c0 + row, (size_t)H * sizeof(float));
   }
-  memset(w->rh, 0, (size_t)(B * H) * sizeof(float));
-  int64_t steps = 0;
   for (int64_t b = 0; b < B; b++)
-    if (w->lens[b] > steps) steps = w->lens[b];
-  const double row_cost = 40.0 * (double)GH; /* a few dozen operations per gate value */
-  kiln_range_fn rows = p->cell == CELL_LSTM ? lstm_rows : p->cell == CELL_GRU ? gru_rows : rnn_rows;
-  for (j.s = 0; j.s < steps; j.s++) {
-    if (p->cell == CELL_GRU && !p->linear_before_reset) {
-      recurrent_product(c, w->h, B, H, R, 2 * H, w->gates, GH);
-      kx_parallel(c, B, row_cost, gru_reset_rows, &j);
-      recurrent_product(c, w->rh, B, H, R + 2 * H * H, H, w->gates + 2 * H, GH);
-    } else {
-      recurrent_product(c, w->h, B, H, R, GH, w->gates, GH);
+    if (w->lens[b] > j.steps) j.steps = w->lens[b];
+  if (B >= 2 * TILE_ROWS) {
+    /* per row: the steps' multiply-adds and a few dozen operations per gate value */
+    const double row_cost = (double)j.steps * G * Hp * (2.0 * ((w->fused ? in->I : 0) + H) + 40);
+    kx_parallel(c, (B + ROW_UNIT - 1) / ROW_UNIT, ROW_UNIT * row_cost, run_rows, &j);
+  } else {
+    for (int64_t s = 0; s < j.steps; s++) {
+      first_pass(&j, s);
+      run_pass(c, &j);
+      if (!j.two_pass) continue;
+      second_pass(&j);
+      run_pass(c, &j);
     }
-    kx_parallel(c, B, row_cost, rows, &j);
+  }
+  const float *h = w->h[j.steps % 2];
+  for (int64_t b = 0; b < B; b++) {
+    int64_t row = state_row(p, in, d, b) * H;
+    int empty = w->lens[b] == 0;
+    for (int64_t k = 0; k < H; k++) {
+      w->yh[row + k] = empty ? 0 : h[b * Hp + k];
+      w->yc[row + k] = empty ? 0 : w->c[b * Hp + k];
+    }
   }
 }
 
@@ -711,7 +1075,7 @@ static kiln_status rnn_run(kx_ctx *c) {
   rnn_inputs in;
   kiln_status s;
   if ((s = rnn_check(c, p, &in))) return s;
-  const int64_t T = in.T, B = in.B, I = in.I, H = in.H, D = in.D, GH = in.G * H;
+  const int64_t T = in.T, B = in.B, H = in.H, D = in.D;
   const int lstm = p->cell == CELL_LSTM, widen = in.x->dtype != KILN_FLOAT;
   const kiln_dtype dt = in.x->dtype;
 
@@ -727,11 +1091,11 @@ static kiln_status rnn_run(kx_ctx *c) {
 
   rnn_work w = {0};
   carve cv = {0};
-  carve_work(&cv, &in, widen, y != NULL, &w);
+  carve_work(&cv, c, &in, widen, y != NULL, &w);
   if (cv.overflow) return kiln_error(KILN_RESOURCE_EXHAUSTED, "LSTM/GRU/RNN working memory too large");
   cv = (carve){.base = kx_scratch(c, cv.used)};
   if (!cv.base) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for LSTM/GRU/RNN scratch");
-  carve_work(&cv, &in, widen, y != NULL, &w);
+  carve_work(&cv, c, &in, widen, y != NULL, &w);
   if (!widen) {
     w.y = y ? y->data : NULL;
     w.yh = yh ? yh->data : w.yh;
@@ -744,6 +1108,16 @@ static kiln_status rnn_run(kx_ctx *c) {
   w.h0 = widened(in.h0, w.h0);
   w.c0 = widened(in.c0, w.c0);
   w.p = widened(in.p, w.p);
+  w.packed_r = p->packed_r;
+  if (!w.packed_r) {
+    pack_panels(w.r, D, in.G, H, H, w.r_buf);
+    w.packed_r = w.r_buf;
+  }
+  w.packed_w = p->packed_w;
+  if (!w.packed_w) {
+    pack_panels(w.w, D, in.G, H, in.I, w.w_buf);
+    w.packed_w = w.w_buf;
+  }
 
   int64_t min_len = T;
   for (int64_t b = 0; b < B; b++) {
@@ -752,32 +1126,12 @@ static kiln_status rnn_run(kx_ctx *c) {
                                                : (int32_t)((const int64_t *)in.lens->data)[b];
     if (w.lens[b] < min_len) min_len = w.lens[b];
   }
-  /* the biases of both GEMMs fold into one, except Rbh under linear_before_reset, which the
-   * reset gate multiplies */
-  for (int64_t d = 0; d < D; d++) {
-    const float *wb = w.b ? w.b + d * 2 * GH : NULL, *rb = wb ? wb + GH : NULL;
-    for (int64_t k = 0; k < GH; k++) {
-      int rb_apart = p->linear_before_reset && k >= 2 * H;
-      w.bias[d * GH + k] = !wb ? 0 : rb_apart ? wb[k] : wb[k] + rb[k];
-    }
-    for (int64_t k = 0; k < H; k++) w.rb_h[d * H + k] = rb && p->linear_before_reset ? rb[2 * H + k] : 0;
-  }
+  prepare_vectors(p, &in, &w);
   /* rows past a sequence's end stay zero */
   if (w.y && min_len < T) memset(w.y, 0, (size_t)(T * D * B * H) * sizeof(float));
 
-  /* X.W^T for every step and direction at once: [T*B, I] x [D*G*H, I]^T */
-  kx_sgemm(c, 0, 1, T * B, D * GH, I, 1, w.x, I, w.w, I, 0, w.xw, D * GH);
-  for (int d = 0; d < D; d++) {
-    run_direction(c, p, &in, &w, d);
-    for (int64_t b = 0; b < B; b++) {
-      int64_t row = state_row(p, &in, d, b) * H;
-      int empty = w.lens[b] == 0;
-      for (int64_t k = 0; k < H; k++) {
-        w.yh[row + k] = empty ? 0 : w.h[b * H + k];
-        w.yc[row + k] = empty ? 0 : w.c[b * H + k];
-      }
-    }
-  }
+  if (!w.fused) input_projection(c, &in, &w);
+  for (int d = 0; d < D; d++) run_direction(c, p, &in, &w, d);
   if (widen) {
     if (y) kx_from_float(dt, w.y, y->data, kiln_tensor_numel(y));
     if (yh) kx_from_float(dt, w.yh, yh->data, kiln_tensor_numel(yh));
@@ -787,8 +1141,8 @@ static kiln_status rnn_run(kx_ctx *c) {
 }
 
 const kx_op kx_ops_rnn[] = {
-    {"", "LSTM", 1, 0, lstm_prepare, rnn_run, NULL, 0},
-    {"", "GRU", 1, 0, gru_prepare, rnn_run, NULL, 0},
-    {"", "RNN", 1, 0, simple_rnn_prepare, rnn_run, NULL, 0},
+    {"", "LSTM", 1, 0, lstm_prepare, rnn_run, rnn_release, 0},
+    {"", "GRU", 1, 0, gru_prepare, rnn_run, rnn_release, 0},
+    {"", "RNN", 1, 0, simple_rnn_prepare, rnn_run, rnn_release, 0},
     {0},
 };

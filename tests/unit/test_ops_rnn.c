@@ -25,6 +25,7 @@ typedef struct rnn_case {
   int64_t T, B, I, H;
   int dirs, reverse, layout;
   int with_bias, with_lens, with_h0, with_c0, with_peep;
+  int const_weights; /* W, R and B as initializers (packed when the model loads) */
   float clip; /* 0: none */
   int input_forget, linear_before_reset;
   int n_acts;
@@ -143,7 +144,8 @@ static void reference(const rnn_case *k, const rnn_data *io) {
 
 static const char *const direction_names[] = {"forward", "reverse", "bidirectional"};
 
-static kiln_model *build(const rnn_case *k, int opset) {
+/* weights: W, R and B, made initializers when k->const_weights */
+static kiln_model *build(const rnn_case *k, int opset, const kiln_tensor *const *weights) {
   int lstm = !strcmp(k->op, "LSTM");
   tb_model *b = tb_new(opset);
   const char *names[] = {"X", "W", "R", "B", "L", "H0", "C0", "P"};
@@ -151,7 +153,10 @@ static kiln_model *build(const rnn_case *k, int opset) {
   char inputs[64] = "";
   int n_in = lstm ? 8 : 6;
   for (int i = 0; i < n_in; i++) {
-    if (present[i]) tb_input(b, names[i], i == 4 ? KILN_INT32 : KILN_FLOAT, -1, NULL);
+    if (present[i] && k->const_weights && i >= 1 && i <= 3)
+      tb_initializer(b, names[i], weights[i - 1]);
+    else if (present[i])
+      tb_input(b, names[i], i == 4 ? KILN_INT32 : KILN_FLOAT, -1, NULL);
     snprintf(inputs + strlen(inputs), sizeof inputs - strlen(inputs), "%s%s", i ? "," : "", present[i] ? names[i] : "");
   }
   tb_output(b, "Y", KILN_FLOAT);
@@ -211,11 +216,6 @@ static void check_case(const rnn_case *k, kiln_pool *pool) {
   const int lstm = !strcmp(k->op, "LSTM");
   const int64_t T = k->T, B = k->B, I = k->I, H = k->H, D = k->dirs;
   const int64_t G = lstm ? 4 : !strcmp(k->op, "GRU") ? 3 : 1;
-  kiln_model *m = build(k, k->layout ? 14 : 13);
-  if (!m) return;
-  kiln_session *s;
-  kiln_session_options opt = {.pool = pool};
-  CHECK_OK(kiln_session_create(m, &opt, &s));
   kiln_tensor x = random_tensor(3, (int64_t[]){T, B, I}, 1), w = random_tensor(3, (int64_t[]){D, G * H, I}, 0.5f);
   kiln_tensor r = random_tensor(3, (int64_t[]){D, G * H, H}, 0.5f),
               bias = random_tensor(2, (int64_t[]){D, 2 * G * H}, 0.5f);
@@ -237,7 +237,11 @@ static void check_case(const rnn_case *k, kiln_pool *pool) {
   const kiln_tensor *all[] = {&xk, &w, &r, &bias, &lens, &h0k, &c0k, &p}, *in[8];
   int present[] = {1, 1, 1, k->with_bias, k->with_lens, k->with_h0, lstm && k->with_c0, lstm && k->with_peep}, n = 0;
   for (int i = 0; i < 8; i++)
-    if (present[i]) in[n++] = all[i];
+    if (present[i] && !(k->const_weights && i >= 1 && i <= 3)) in[n++] = all[i];
+  kiln_model *m = build(k, k->layout ? 14 : 13, all + 1);
+  kiln_session *s = NULL;
+  kiln_session_options opt = {.pool = pool};
+  if (m) CHECK_OK(kiln_session_create(m, &opt, &s));
   rnn_data io = {.x = x.data,
                  .w = w.data,
                  .r = r.data,
@@ -251,7 +255,7 @@ static void check_case(const rnn_case *k, kiln_pool *pool) {
                  .yc = calloc((size_t)(D * B * H + 1), sizeof(double))};
   reference(k, &io);
   float *tmp = calloc((size_t)(T * D * B * H + 1), sizeof(float));
-  for (int rep = 0; rep < 2; rep++) { /* the second run uses the memory plan */
+  for (int rep = 0; s && rep < 2; rep++) { /* the second run uses the memory plan */
     const kiln_tensor *out[3];
     kiln_status st = kiln_session_run_tensors(s, in, out);
     if (st) {
@@ -309,7 +313,7 @@ static void check_case(const rnn_case *k, kiln_pool *pool) {
 static void test_lstm_against_reference(void) {
   kiln_pool *pool;
   CHECK_OK(kiln_pool_create(2, &pool));
-  /* batch 3 takes the small-batch recurrent product, 19 the BLAS one; H 13 leaves a vector tail */
+  /* batch 3 takes X.W^T of all steps, 19 splits its rows; H 13 and 33 leave a partial block */
   const int64_t shapes[][4] = {{5, 3, 4, 13}, {6, 19, 7, 16}, {1, 1, 3, 8}, {4, 2, 5, 33}};
   for (int sh = 0; sh < 4; sh++)
     for (int variant = 0; variant < 6; variant++) {
@@ -352,6 +356,45 @@ static void test_gru_rnn_against_reference(void) {
       check_case(&k, pool);
     }
   kiln_pool_free(pool);
+}
+
+/* The kernel's other paths: batches of 4 and more multiply X_t by W in each step, smaller ones
+ * take X.W^T of all steps; batches of 12 and more split their rows between threads, smaller ones
+ * split each step by blocks of hidden units once it is big enough; tiles of 6, 4, 2 and 1 rows;
+ * W and R packed at load when they are constants. On 1 and 2 threads. */
+static void test_paths(void) {
+  kiln_pool *pools[2];
+  CHECK_OK(kiln_pool_create(1, &pools[0]));
+  CHECK_OK(kiln_pool_create(2, &pools[1]));
+  const struct {
+    const char *op;
+    int64_t T, B, I, H;
+    int linear_before_reset;
+  } shapes[] = {
+      {"LSTM", 3, 3, 5, 300, 0}, /* X.W^T up front; steps split by blocks */
+      {"GRU", 3, 8, 7, 256, 0},  /* X_t.W^T in the steps; the first of two passes split; 4+4 rows */
+      {"GRU", 4, 5, 6, 40, 1},   /* tiles of 4 and 1 rows */
+      {"LSTM", 4, 13, 6, 20, 0}, /* rows split; tiles of 6, 4 and 1 rows */
+      {"RNN", 3, 7, 4, 17, 0},
+  };
+  for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++)
+    for (int variant = 0; variant < 4; variant++) {
+      rnn_case k = {.op = shapes[sh].op,
+                    .T = shapes[sh].T,
+                    .B = shapes[sh].B,
+                    .I = shapes[sh].I,
+                    .H = shapes[sh].H,
+                    .dirs = variant & 1 ? 2 : 1,
+                    .with_bias = 1,
+                    .with_lens = 1,
+                    .with_h0 = 1,
+                    .with_c0 = 1,
+                    .const_weights = variant >= 2,
+                    .linear_before_reset = shapes[sh].linear_before_reset};
+      check_case(&k, pools[variant & 1]);
+    }
+  kiln_pool_free(pools[0]);
+  kiln_pool_free(pools[1]);
 }
 
 /* Every activation, with parameters where it takes them (the kernel reads the packed
@@ -563,5 +606,5 @@ static void test_other_dtypes_and_empty(void) {
   check_simple_rnn(KILN_DOUBLE, 3, 0, 0);
 }
 
-TEST_MAIN(TEST(test_lstm_against_reference), TEST(test_gru_rnn_against_reference), TEST(test_activations),
+TEST_MAIN(TEST(test_lstm_against_reference), TEST(test_gru_rnn_against_reference), TEST(test_paths), TEST(test_activations),
           TEST(test_bad_inputs), TEST(test_other_dtypes_and_empty))
