@@ -11,8 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __SSE2__
-#include <xmmintrin.h>
+#ifdef __AVX__
+#include <immintrin.h>
 #endif
 
 /* A Tile views each input dim as two (repeat, dim), so plans may have twice the tensor rank. */
@@ -179,34 +179,60 @@ static void gather_range(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-#define TILE 32
+/* The transposed layout's work unit: a strip of STRIP destination rows, walked in tiles of BAND
+ * columns. A tile reads BAND source rows (one per column) and writes STRIP short runs. */
+#define STRIP 256
+#define BAND 8
 
-#ifdef __SSE2__
-/* Four rows of four 4-byte elements (source rows `ss` bytes apart) become four destination rows
+#ifdef __AVX__
+/* Eight rows of eight 4-byte elements (source rows `ss` bytes apart) become eight destination rows
  * (`ds` bytes apart) in registers: one load and one store per row instead of one per element.
  * The shuffles move bits, so this serves every 4-byte dtype. */
-static inline void transpose4x4(char *d, int64_t ds, const char *s, int64_t ss) {
-  __m128 r0 = _mm_loadu_ps((const float *)s), r1 = _mm_loadu_ps((const float *)(s + ss));
-  __m128 r2 = _mm_loadu_ps((const float *)(s + 2 * ss)), r3 = _mm_loadu_ps((const float *)(s + 3 * ss));
-  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-  _mm_storeu_ps((float *)d, r0);
-  _mm_storeu_ps((float *)(d + ds), r1);
-  _mm_storeu_ps((float *)(d + 2 * ds), r2);
-  _mm_storeu_ps((float *)(d + 3 * ds), r3);
+static inline void transpose8x8(char *d, int64_t ds, const char *s, int64_t ss) {
+  /* written out: gcc keeps arrays of registers in memory */
+  __m256 r0 = _mm256_loadu_ps((const float *)s), r1 = _mm256_loadu_ps((const float *)(s + ss));
+  __m256 r2 = _mm256_loadu_ps((const float *)(s + 2 * ss)), r3 = _mm256_loadu_ps((const float *)(s + 3 * ss));
+  __m256 r4 = _mm256_loadu_ps((const float *)(s + 4 * ss)), r5 = _mm256_loadu_ps((const float *)(s + 5 * ss));
+  __m256 r6 = _mm256_loadu_ps((const float *)(s + 6 * ss)), r7 = _mm256_loadu_ps((const float *)(s + 7 * ss));
+  /* pairs of rows interleaved: t0 = r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5] */
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  /* quads: u0 = column 0 of rows 0-3 | column 4 of rows 0-3, and so on */
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  /* destination row c: the low halves (columns 0-3) or high halves (4-7) of rows 0-3 and 4-7 */
+  _mm256_storeu_ps((float *)d, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps((float *)(d + ds), _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps((float *)(d + 2 * ds), _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps((float *)(d + 3 * ds), _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps((float *)(d + 4 * ds), _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps((float *)(d + 5 * ds), _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps((float *)(d + 6 * ds), _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps((float *)(d + 7 * ds), _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 #endif
 
 /* The transposed layout: destination dims (..., rows, cols) where a row step is one block in
  * the source and a column step is `rows` blocks. Walking either side in order would touch a new
- * cache line per element on the other; square tiles keep both in cache. Items are (batch, strip
- * of TILE rows). */
+ * cache line per element on the other. Each tile instead reads BAND source rows in order, few
+ * enough that their lines share the cache even when the source rows lie a power of two apart (the
+ * same cache set), while its writes go to STRIP destination rows that stay in L2 for the next
+ * tile. Items are (batch, strip of STRIP rows). */
 static void transpose_range(void *arg, int64_t begin, int64_t end) {
   const gather_plan *p = arg;
   int r = p->rank;
-  int64_t rows = p->dims[r - 2], cols = p->dims[r - 1], strips = (rows + TILE - 1) / TILE;
+  int64_t rows = p->dims[r - 2], cols = p->dims[r - 1], strips = (rows + STRIP - 1) / STRIP;
   int64_t b = (int64_t)p->block, col_stride = p->stride[r - 1];
   for (int64_t item = begin; item < end; item++) {
-    int64_t batch = item / strips, i0 = item % strips * TILE, i1 = i0 + TILE < rows ? i0 + TILE : rows;
+    int64_t batch = item / strips, i0 = item % strips * STRIP, i1 = i0 + STRIP < rows ? i0 + STRIP : rows;
     int64_t off = 0, rest = batch;
     for (int d = r - 3; d >= 0; d--) {
       off += rest % p->dims[d] * p->stride[d];
@@ -214,14 +240,11 @@ static void transpose_range(void *arg, int64_t begin, int64_t end) {
     }
     const char *src = p->src + off;
     char *dst = p->dst + batch * rows * cols * b;
-    for (int64_t j0 = 0; j0 < cols; j0 += TILE) {
-      int64_t n = cols - j0 < TILE ? cols - j0 : TILE, i = i0;
-#ifdef __SSE2__
-      for (; b == 4 && n >= 4 && i + 4 <= i1; i += 4) {
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) transpose4x4(dst + (i * cols + j0 + j) * 4, cols * 4, src + i * 4 + (j0 + j) * col_stride, col_stride);
-        for (int64_t k = i; k < i + 4 && j < n; k++) copy_run(dst + (k * cols + j0 + j) * 4, src + k * 4 + (j0 + j) * col_stride, n - j, col_stride, 4);
-      }
+    for (int64_t j0 = 0; j0 < cols; j0 += BAND) {
+      int64_t n = cols - j0 < BAND ? cols - j0 : BAND, i = i0;
+#ifdef __AVX__
+      for (; b == 4 && n == BAND && i + 8 <= i1; i += 8)
+        transpose8x8(dst + (i * cols + j0) * 4, cols * 4, src + i * 4 + j0 * col_stride, col_stride);
 #endif
       for (; i < i1; i++) copy_run(dst + (i * cols + j0) * b, src + i * b + j0 * col_stride, n, col_stride, p->block);
     }
@@ -242,8 +265,9 @@ static void gather_run(const kx_ctx *c, gather_plan *p) {
   int r = p->rank;
   double cost = 0.5 + (double)p->block / 8;
   if (r >= 2 && p->stride[r - 2] == (int64_t)p->block && p->stride[r - 1] == p->dims[r - 2] * (int64_t)p->block) {
-    int64_t strips = (p->dims[r - 2] + TILE - 1) / TILE;
-    kx_parallel(c, kx_prod(p->dims, 0, r - 2) * strips, cost * TILE * (double)p->dims[r - 1], transpose_range, p);
+    int64_t strips = (p->dims[r - 2] + STRIP - 1) / STRIP, rows = p->dims[r - 2] < STRIP ? p->dims[r - 2] : STRIP;
+    double strip_cost = cost * (double)rows * (double)p->dims[r - 1];
+    kx_parallel(c, kx_prod(p->dims, 0, r - 2) * strips, strip_cost, transpose_range, p);
     return;
   }
   kx_parallel(c, kx_prod(p->dims, 0, r), cost, gather_range, p);
@@ -669,7 +693,9 @@ static kiln_status split_run(kx_ctx *c) {
 
 /* ------------------------------------------------------------------ Slice */
 
-/* Clamps start/end like numpy for a dim of size n and returns the number of elements taken. */
+/* Clamps start/end as the ONNX spec says for a dim of size n (numpy's clamping, except that a start
+ * before the first element with a negative step becomes 0, as in ONNX Runtime, where numpy takes
+ * nothing) and returns the number of elements taken. */
 static int64_t slice_extent(int64_t n, int64_t *start, int64_t end, int64_t step) {
   if (*start < 0) *start += n;
   if (end < 0) end += n;

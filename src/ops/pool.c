@@ -3,12 +3,18 @@
  * Windowed pooling works on a 3-D geometry (1-D and 2-D inputs get leading unit dimensions):
  * shapes, strides, dilations and pads are resolved once per run, and every window is checked to
  * hold at least one input element. float32 (and float16, bfloat16, int8, uint8, widened to float)
- * runs a row kernel: each item is one output row, whose interior columns (windows that do not
- * touch the padding along W) take one contiguous or strided pass per kernel tap, so the common
- * 3x3/2 and 2x2/2 windows cost a few vector operations per output. double, and MaxPool's Indices
- * output, use a per-element path that reads and writes elements as double. */
+ * runs a row kernel: each item is one output row, and max and average pooling take AVX2 paths for
+ * the common windows. 2x2 stride 2 without padding reads its two input rows directly: the vertical
+ * max (or sum) of 16 columns, then that of their even and odd columns, split by shuffles, gives
+ * eight outputs. Other windows of column stride 1 or 2 (3x3/2 with padding, 3x3/1) combine the
+ * window's input rows into a row buffer padded with the identity, from which every tap of eight
+ * outputs is a register load (stride 2: even and odd columns again). The remaining windows take
+ * one contiguous or strided pass per kernel tap over the interior columns (windows that do not
+ * touch the padding along W). double, and MaxPool's Indices output, use a per-element path that
+ * reads and writes elements as double. */
 #include "ops/util.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,10 +219,16 @@ static kiln_status pool_geometry(const pool_params *p, const kiln_tensor *x, poo
  * even/odd split of stride 2). Windows wider than this take the per-element path. */
 enum { SPAN = 2048 };
 
+/* How float rows are pooled: 2x2/2 windows from the input rows (pool_2x2_rows); column strides 1
+ * and 2 through padded row buffers (pool_rows_padded); anything else one pass per tap. */
+typedef enum row_path { PATH_TAPS, PATH_PADDED, PATH_2X2 } row_path;
+
 typedef struct pool_job {
   pool_geom g;
   int64_t w_lo, w_hi; /* output columns whose windows lie inside the input along W */
   int64_t chunk;      /* output columns per pass, so that their input columns fit in SPAN */
+  row_path path;
+  int64_t padded; /* PATH_PADDED: the row buffers' length in floats */
   const float *x;
   float *y;
   /* per-element path */
@@ -357,26 +369,236 @@ static void divide_edges(const pool_geom *g, float *y, int64_t rows, int64_t fro
   }
 }
 
-/* One item: output row (plane, od, oh). */
+/* ---------------------------------------------------------------- AVX2 rows for column strides 1 and 2 */
+
+/* The padded row buffer: the window's input rows combined, behind pad[2] identity elements and
+ * followed by enough of them that every block of LANES outputs loads whole registers for every tap.
+ * Returns its length in floats, or 0 when this path does not serve the geometry (LpPool, dilated
+ * or wider-strided columns, rows too long). */
+static int64_t padded_row_len(const pool_geom *g) {
+  if (g->kind == P_LP || g->d[2] != 1 || (g->s[2] != 1 && g->s[2] != 2)) return 0;
+  int64_t blocks = (g->out[2] + LANES - 1) / LANES;
+  /* the last block's last load ends before (blocks - 1) * LANES * s + k - 1 + 2 * LANES */
+  int64_t reach = (blocks - 1) * LANES * g->s[2] + g->k[2] + 2 * LANES, row = g->pad[2] + g->in[2];
+  int64_t len = reach > row ? reach : row;
+  return len <= SPAN ? len : 0;
+}
+
+/* acc (op)= v. Max keeps acc where v is NaN, as the per-tap loops do. */
+static inline __m256 combine8(pool_kind kind, __m256 acc, __m256 v) {
+  return kind == P_MAX ? _mm256_max_ps(v, acc) : _mm256_add_ps(acc, v);
+}
+
+/* Input rows combined in one pass (more take further passes that start from the result). */
+enum { ROWS_PER_PASS = 8 };
+
+/* dst = op over the n rows of w floats (dst may be rows[0]). */
+static void combine_into(pool_kind kind, float *dst, const float *const *rows, int n, int64_t w) {
+  int64_t i = 0;
+  for (; i + LANES <= w; i += LANES) {
+    __m256 v = _mm256_loadu_ps(rows[0] + i);
+    for (int r = 1; r < n; r++) v = combine8(kind, v, _mm256_loadu_ps(rows[r] + i));
+    _mm256_storeu_ps(dst + i, v);
+  }
+  for (; i < w; i++) {
+    float v = rows[0][i];
+    for (int r = 1; r < n; r++) v = kind == P_MAX ? (rows[r][i] > v ? rows[r][i] : v) : v + rows[r][i];
+    dst[i] = v;
+  }
+}
+
+/* buf = the input rows of the window along D and H combined, at offset pad[2]; the rest holds the
+ * identity (-inf for max, 0 for sums), which no window consists of alone. */
+static void fill_padded_row(const pool_job *j, const float *plane, const window *wd, const window *wh, float *buf) {
+  const pool_geom *g = &j->g;
+  float identity = g->kind == P_MAX ? -INFINITY : 0.0f;
+  int64_t at = g->pad[2], w = g->in[2];
+  for (int64_t i = 0; i < at; i++) buf[i] = identity;
+  const float *rows[ROWS_PER_PASS];
+  int n = 0;
+  for (int64_t td = wd->lo; td < wd->hi; td++)
+    for (int64_t th = wh->lo; th < wh->hi; th++) {
+      if (n == ROWS_PER_PASS) {
+        combine_into(g->kind, buf + at, rows, n, w);
+        rows[0] = buf + at;
+        n = 1;
+      }
+      rows[n++] = plane + ((wd->start + td * g->d[0]) * g->in[1] + wh->start + th * g->d[1]) * w;
+    }
+  combine_into(g->kind, buf + at, rows, n, w);
+  for (int64_t i = at + w; i < j->padded; i++) buf[i] = identity;
+}
+
+/* The even and odd columns of the 16 floats at p. shuffle_ps works within 128-bit lanes, so both
+ * come out in the lane order 0 1 4 5 2 3 6 7; max and add do not mind, and fix_order restores the
+ * order once per block. */
+static inline void split_pairs(const float *p, __m256 *even, __m256 *odd) {
+  __m256 lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + LANES);
+  *even = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+  *odd = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+static inline __m256 fix_order(__m256 v) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* y[i] = op over taps t < k of buf[i * s + t] for the n outputs of a row, s being 1 or 2, eight
+ * outputs per block; the last block writes only its outputs. */
+static void pool_padded_row(const pool_geom *g, const float *buf, float *y, int64_t n) {
+  int64_t k = g->k[2];
+  pool_kind kind = g->kind;
+  for (int64_t i = 0; i < n; i += LANES) {
+    __m256 acc, even, odd;
+    if (g->s[2] == 1) {
+      acc = _mm256_loadu_ps(buf + i);
+      for (int64_t t = 1; t < k; t++) acc = combine8(kind, acc, _mm256_loadu_ps(buf + i + t));
+    } else {
+      const float *b = buf + 2 * i; /* taps t and t + 1 are the even and odd columns at b + t */
+      split_pairs(b, &acc, &odd);
+      if (k > 1) acc = combine8(kind, acc, odd);
+      for (int64_t t = 2; t < k; t += 2) {
+        split_pairs(b + t, &even, &odd);
+        acc = combine8(kind, acc, even);
+        if (t + 1 < k) acc = combine8(kind, acc, odd);
+      }
+      acc = fix_order(acc);
+    }
+    if (n - i >= LANES) {
+      _mm256_storeu_ps(y + i, acc);
+    } else { /* through the stack: masked stores are slow on AMD */
+      float tail[LANES];
+      _mm256_storeu_ps(tail, acc);
+      for (int64_t l = 0; l < n - i; l++) y[i + l] = tail[l];
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- 2x2/2 windows */
+
+/* Whether the geometry is the 2x2 stride-2 window without padding on a 2-D input, every window
+ * whole (VGG-style downsampling): output row oh reads input rows 2 oh and 2 oh + 1 directly. */
+static int is_2x2_s2(const pool_geom *g) {
+  return g->kind != P_LP && g->in[0] == 1 && g->out[0] == 1 && g->k[1] == 2 && g->k[2] == 2 && g->s[1] == 2 &&
+         g->s[2] == 2 && g->d[1] == 1 && g->d[2] == 1 && g->pad[1] == 0 && g->pad[2] == 0 &&
+         2 * g->out[1] <= g->in[1] && 2 * g->out[2] <= g->in[2];
+}
+
+/* The first `count` (1 to 16) of 16 floats at p as two registers, zeros after them; nothing past
+ * them is read. */
+static inline void load_up_to_16(const float *p, int64_t count, __m256 *lo, __m256 *hi) {
+  __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  *lo = _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lane));
+  *hi = count > LANES ? _mm256_maskload_ps(p + LANES, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(count - LANES)), lane))
+                      : _mm256_setzero_ps();
+}
+
+/* Eight outputs from 16 columns of the two window rows: the vertical combine, then that of the
+ * even and odd columns; averages are scaled by 1/4. */
+static inline __m256 pool_2x2_block(pool_kind kind, __m256 a_lo, __m256 a_hi, __m256 b_lo, __m256 b_hi) {
+  __m256 lo = combine8(kind, a_lo, b_lo), hi = combine8(kind, a_hi, b_hi);
+  __m256 even = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+  __m256 odd = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+  __m256 v = fix_order(combine8(kind, even, odd));
+  return kind == P_MAX ? v : _mm256_mul_ps(v, _mm256_set1_ps(0.25f));
+}
+
+/* Output rows [begin, end) of a 2x2/2 pool. */
+static void pool_2x2_rows(const pool_job *j, int64_t begin, int64_t end) {
+  const pool_geom *g = &j->g;
+  int64_t w = g->in[2], n = g->out[2];
+  int64_t plane = begin / g->out[1], oh = begin % g->out[1];
+  for (int64_t item = begin; item < end; item++) {
+    const float *a = j->x + (plane * g->in[1] + 2 * oh) * w, *b = a + w;
+    float *y = j->y + item * n;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+      _mm256_storeu_ps(y + i, pool_2x2_block(g->kind, _mm256_loadu_ps(a + 2 * i), _mm256_loadu_ps(a + 2 * i + LANES),
+                                             _mm256_loadu_ps(b + 2 * i), _mm256_loadu_ps(b + 2 * i + LANES)));
+    if (i < n) { /* the last outputs: masked loads, and a store through the stack (masked stores are slow on AMD) */
+      __m256 a_lo, a_hi, b_lo, b_hi;
+      float tail[LANES];
+      load_up_to_16(a + 2 * i, 2 * (n - i), &a_lo, &a_hi);
+      load_up_to_16(b + 2 * i, 2 * (n - i), &b_lo, &b_hi);
+      _mm256_storeu_ps(tail, pool_2x2_block(g->kind, a_lo, a_hi, b_lo, b_hi));
+      for (int64_t l = 0; l < n - i; l++) y[i + l] = tail[l];
+    }
+    if (++oh == g->out[1]) {
+      oh = 0;
+      plane++;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- float32 rows */
+
+/* An output row (plane, od, oh), stepped through a range without a division per row. */
+typedef struct row_cursor {
+  int64_t plane, od, oh;
+} row_cursor;
+
+static row_cursor cursor_at(const pool_geom *g, int64_t item) {
+  row_cursor r = {item / (g->out[1] * g->out[0]), item / g->out[1] % g->out[0], item % g->out[1]};
+  return r;
+}
+
+static void cursor_next(const pool_geom *g, row_cursor *r) {
+  if (++r->oh < g->out[1]) return;
+  r->oh = 0;
+  if (++r->od < g->out[0]) return;
+  r->od = 0;
+  r->plane++;
+}
+
+/* AveragePool's division and LpPool's root for a finished output row. */
+static void finish_row(const pool_job *j, const window *wd, const window *wh, float *y) {
+  const pool_geom *g = &j->g;
+  if (g->kind == P_AVG) {
+    int64_t rows = window_count(g, 0, wd) * window_count(g, 1, wh);
+    float inv = 1.0f / (float)(rows * g->k[2]); /* interior windows hold the whole kernel */
+    scale_row(y + j->w_lo, inv, j->w_hi - j->w_lo);
+    divide_edges(g, y, rows, 0, j->w_lo);
+    divide_edges(g, y, rows, j->w_hi, g->out[2]);
+  } else if (g->kind == P_LP) {
+    for (int64_t o = 0; o < g->out[2]; o++) y[o] = powf(y[o], 1.0f / g->p);
+  }
+}
+
+/* The AVX2 path for column strides 1 and 2: each row's window rows combined into the buffer, then
+ * pooled from it in registers. */
+static void pool_rows_padded(const pool_job *j, int64_t begin, int64_t end) {
+  const pool_geom *g = &j->g;
+  int64_t in_plane = g->in[0] * g->in[1] * g->in[2], out_w = g->out[2];
+  float buf[SPAN];
+  row_cursor at = cursor_at(g, begin);
+  for (int64_t item = begin; item < end; item++, cursor_next(g, &at)) {
+    window wd = window_at(g, 0, at.od), wh = window_at(g, 1, at.oh);
+    float *y = j->y + item * out_w;
+    fill_padded_row(j, j->x + at.plane * in_plane, &wd, &wh, buf);
+    pool_padded_row(g, buf, y, out_w);
+    finish_row(j, &wd, &wh, y);
+  }
+}
+
+/* Output rows [begin, end). */
 static void pool_rows_f32(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
+  if (j->path == PATH_2X2) {
+    pool_2x2_rows(j, begin, end);
+    return;
+  }
+  if (j->path == PATH_PADDED) {
+    pool_rows_padded(j, begin, end);
+    return;
+  }
   int64_t in_plane = g->in[0] * g->in[1] * g->in[2], out_w = g->out[2];
-  for (int64_t item = begin; item < end; item++) {
-    int64_t oh = item % g->out[1], od = item / g->out[1] % g->out[0], plane = item / (g->out[1] * g->out[0]);
-    window wd = window_at(g, 0, od), wh = window_at(g, 1, oh);
+  row_cursor at = cursor_at(g, begin);
+  for (int64_t item = begin; item < end; item++, cursor_next(g, &at)) {
+    window wd = window_at(g, 0, at.od), wh = window_at(g, 1, at.oh);
     float *y = j->y + item * out_w;
     for (int64_t o0 = 0; o0 < out_w; o0 += j->chunk)
-      pool_columns(j, j->x + plane * in_plane, &wd, &wh, y, o0, o0 + j->chunk < out_w ? o0 + j->chunk : out_w);
-    if (g->kind == P_AVG) {
-      int64_t rows = window_count(g, 0, &wd) * window_count(g, 1, &wh);
-      float inv = 1.0f / (float)(rows * g->k[2]); /* interior windows hold the whole kernel */
-      scale_row(y + j->w_lo, inv, j->w_hi - j->w_lo);
-      divide_edges(g, y, rows, 0, j->w_lo);
-      divide_edges(g, y, rows, j->w_hi, out_w);
-    } else if (g->kind == P_LP) {
-      for (int64_t o = 0; o < out_w; o++) y[o] = powf(y[o], 1.0f / g->p);
-    }
+      pool_columns(j, j->x + at.plane * in_plane, &wd, &wh, y, o0, o0 + j->chunk < out_w ? o0 + j->chunk : out_w);
+    finish_row(j, &wd, &wh, y);
   }
 }
 
@@ -455,6 +677,8 @@ static kiln_status run_pool(kx_ctx *c, const pool_geom *g, const kiln_tensor *x,
     return NULL;
   }
   j.chunk = (SPAN - extent) / g->s[2] + 1;
+  j.padded = padded_row_len(g);
+  j.path = is_2x2_s2(g) ? PATH_2X2 : j.padded ? PATH_PADDED : PATH_TAPS;
   /* interior columns: the window starts at or after 0 and its last tap is before in[2] */
   int64_t s = g->s[2], last_tap = (g->k[2] - 1) * g->d[2];
   j.w_lo = ceil_div(g->pad[2], s);

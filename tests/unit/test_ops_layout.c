@@ -302,6 +302,9 @@ static void test_transpose_matches_reference(void) {
   check_transpose(KILN_FLOAT, 4, (int64_t[]){2, 67, 129, 3}, (int64_t[]){0, 3, 1, 2});
   check_transpose(KILN_FLOAT16, 4, (int64_t[]){2, 12, 100, 64}, (int64_t[]){0, 1, 3, 2});
   check_transpose(KILN_FLOAT, 4, (int64_t[]){2, 100, 12, 64}, (int64_t[]){0, 2, 1, 3});
+  /* attention's keys, [S, B*H, d] -> [B*H, d, S]: a 2-D transpose of 2560 rows in strips, 8x8 blocks */
+  check_transpose(KILN_FLOAT, 3, (int64_t[]){128, 40, 64}, (int64_t[]){1, 2, 0});
+  check_transpose(KILN_INT32, 3, (int64_t[]){13, 37, 9}, (int64_t[]){1, 2, 0});
   check_transpose(KILN_DOUBLE, 3, (int64_t[]){1, 1, 70000}, (int64_t[]){2, 0, 1});
   check_transpose(KILN_STRING, 3, (int64_t[]){5, 40, 3}, (int64_t[]){2, 0, 1});
   for (int iter = 0; iter < 40; iter++) {
@@ -354,9 +357,11 @@ static void test_slice_matches_reference(void) {
       steps[i] = rnd() % 3 ? rnd_in(1, 3) : -rnd_in(1, 3);
       starts[i] = rnd() % 5 ? rnd_in(-dim - 2, dim + 2) : (rnd() % 2 ? INT64_MAX : INT64_MIN);
       ends[i] = rnd() % 5 ? rnd_in(-dim - 2, dim + 2) : (rnd() % 2 ? INT64_MAX : INT64_MIN);
-      /* Python's slice.indices (PySlice_AdjustIndices), which numpy follows */
+      /* ONNX's clamping: Python's slice.indices (PySlice_AdjustIndices), which numpy follows, except
+       * that a start before the first element with a negative step is clamped to element 0 (Python
+       * takes nothing; ONNX Runtime follows the spec) */
       int64_t s = starts[i], e = ends[i], count = 0;
-      if (s < 0) s = s + dim < 0 ? (steps[i] < 0 ? -1 : 0) : s + dim;
+      if (s < 0) s = s + dim < 0 ? (steps[i] < 0 && dim == 0 ? -1 : 0) : s + dim;
       else if (s >= dim) s = steps[i] < 0 ? dim - 1 : dim;
       if (e < 0) e = e + dim < 0 ? (steps[i] < 0 ? -1 : 0) : e + dim;
       else if (e >= dim) e = steps[i] < 0 ? dim - 1 : dim;

@@ -1,7 +1,8 @@
 /* The pool family against a reference written from the ONNX spec: random MaxPool / AveragePool /
  * LpPool configurations in 1-D, 2-D and 3-D (strides, dilations, explicit and automatic pads,
- * ceil_mode, count_include_pad), reaching the row kernel's unit-stride, stride-2 and strided paths,
- * the chunking of wide rows and the per-element path, on one thread and on a 2-thread pool; MaxPool's
+ * ceil_mode, count_include_pad), reaching the AVX2 row paths (2x2/2 and padded rows of column
+ * stride 1 or 2) for every width of their last block, the per-tap paths, the chunking of wide rows
+ * and the per-element path, on one thread and on a 2-thread pool; MaxPool's
  * Indices; the other element types; global pooling, MaxUnpool, MaxRoiPool; bad attributes. */
 #include "kiln/graph.h"
 #include "onnx_builder.h"
@@ -288,6 +289,39 @@ static void test_common_windows(void) {
     }
 }
 
+/* The AVX2 paths over every row width up to three blocks of eight outputs, so that each count of
+ * outputs in the last block is met: 2x2/2 from the input rows (floor and ceil_mode on odd sizes,
+ * the latter leaving it for the padded path), and the padded row buffer for column strides 1 and 2
+ * with padding and count_include_pad; max and average, on one thread and two. */
+static void test_avx2_rows(void) {
+  for (int64_t w = 1; w <= 50; w++)
+    for (int kind = 0; kind < 2; kind++) {
+      int64_t h = 2 + w % 5;
+      kiln_tensor x = make(KILN_FLOAT, 4, (int64_t[]){2, 3, h, w});
+      for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+      pool_cfg pairs = {.kind = kind, .spatial = 2, .k = {2, 2}, .s = {2, 2}, .d = {1, 1}, .ceil_mode = w % 3 == 0};
+      if (w >= 2) check_pool(&pairs, &x, 0, w % 2 ? 1 : 2);
+      for (int64_t k = 1; k <= 4; k++) {
+        int64_t s = 1 + (w + k) % 2, pad = (w + k) % k;
+        pool_cfg padded = {.kind = kind,
+                           .spatial = 2,
+                           .k = {k < h ? k : h, k},
+                           .s = {s, s},
+                           .d = {1, 1},
+                           .pads = {0, pad, 0, k - 1 - pad},
+                           .count_include_pad = (int)(w % 2)};
+        check_pool(&padded, &x, 0, k % 2 ? 1 : 2);
+      }
+      release(&x, 1);
+    }
+  /* a 3-D input with a 1x2x2 window is not the 2-D 2x2/2 case */
+  pool_cfg c = {.kind = MAX, .spatial = 3, .k = {1, 2, 2}, .s = {2, 2, 2}, .d = {1, 1, 1}};
+  kiln_tensor x = make(KILN_FLOAT, 5, (int64_t[]){1, 2, 5, 6, 20});
+  for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+  check_pool(&c, &x, 0, 2);
+  release(&x, 1);
+}
+
 /* Rows wider than the row kernel's span are pooled in chunks; windows wider than it per element. */
 static void test_wide(void) {
   pool_cfg chunked = {.kind = MAX, .spatial = 1, .k = {3}, .s = {2}, .d = {1}, .pads = {1, 1}};
@@ -478,5 +512,5 @@ static void test_errors(void) {
   release(&ints, 1);
 }
 
-TEST_MAIN(TEST(test_random), TEST(test_common_windows), TEST(test_wide), TEST(test_types), TEST(test_global),
-          TEST(test_max_unpool), TEST(test_max_roi_pool), TEST(test_errors))
+TEST_MAIN(TEST(test_random), TEST(test_common_windows), TEST(test_avx2_rows), TEST(test_wide), TEST(test_types),
+          TEST(test_global), TEST(test_max_unpool), TEST(test_max_roi_pool), TEST(test_errors))
