@@ -368,52 +368,24 @@ static void free_node_arrays(kx_node *n) {
   free((void *)n->consts);
 }
 
-/* Folds an activation node into the node producing its input, when that producer's kernel applies
- * fused activations and nothing else reads the intermediate value: Conv -> Relu becomes one
- * Conv whose output is the Relu's. Nodes are in execution order, so the producer still runs
- * before every reader of its new output. */
-static void fuse_activations(kx_graph *g) {
-  int *readers = calloc((size_t)g->n_vals + 1, sizeof *readers);
-  unsigned char *gone = calloc((size_t)g->n_nodes + 1, 1);
-  if (!readers || !gone) { /* fusion is an optimization: without memory, skip it */
-    free(readers);
-    free(gone);
-    return;
-  }
-  for (int pos = 0; pos < g->n_nodes; pos++) {
-    for (int k = 0; k < g->nodes[pos].n_in; k++)
-      if (g->nodes[pos].in[k] >= 0) readers[g->nodes[pos].in[k]]++;
-    for (const int *v = g->implicit[pos]; v && *v >= 0; v++) readers[*v] += 2; /* captured: never fuse */
-  }
-  for (int i = 0; i < g->n_outputs; i++) readers[g->outputs[i]] += 2;
-  for (int pos = 0; pos < g->n_nodes; pos++) {
-    kx_node *n = &g->nodes[pos];
-    if (!n->op || !n->op->fuse_activation || n->n_out < 1 || n->out[0] < 0 || readers[n->out[0]] != 1) continue;
-    for (int q = pos + 1; q < g->n_nodes; q++) {
-      kx_node *a = &g->nodes[q];
-      kx_activation act;
-      if (gone[q] || a->n_in < 1 || a->in[0] != n->out[0]) continue;
-      if (a->op && a->op->as_activation && a->n_out == 1 && a->out[0] >= 0 && a->op->as_activation(a, &act)) {
-        n->post = act;
-        ((int *)n->out)[0] = a->out[0];
-        gone[q] = 1;
-      }
-      break;
-    }
-  }
+/* Drops the nodes the rewrites marked gone, with what they own. */
+static void drop_gone(kx_graph *g, const unsigned char *gone) {
   int kept = 0;
   for (int pos = 0; pos < g->n_nodes; pos++) {
-    if (gone[pos]) {
-      free_node_arrays(&g->nodes[pos]);
-      free(g->implicit[pos]);
+    kx_node *n = &g->nodes[pos];
+    if (!gone[pos]) {
+      g->nodes[kept] = *n;
+      g->implicit[kept++] = g->implicit[pos];
       continue;
     }
-    g->nodes[kept] = g->nodes[pos];
-    g->implicit[kept++] = g->implicit[pos];
+    if (n->params) {
+      if (n->op && n->op->release) n->op->release(n->params);
+      else free(n->params);
+    }
+    free_node_arrays(n);
+    free(g->implicit[pos]);
   }
   g->n_nodes = kept;
-  free(readers);
-  free(gone);
 }
 
 kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, const kx_graph *parent,
@@ -427,6 +399,7 @@ kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, co
   int n_nodes = 0;
   pending *pend = calloc(gp->n_node + 1, sizeof *pend);
   int *producer_of = NULL, *order = NULL;
+  unsigned char *gone = NULL;
   char label[192];
   if (!pend) {
     st = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
@@ -603,7 +576,13 @@ kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, co
     n->consts = consts;
   }
   if (st) goto done;
-  fuse_activations(g);
+  gone = calloc((size_t)g->n_nodes + 1, 1);
+  if (!gone) {
+    st = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+    goto done;
+  }
+  if ((st = kx_prepare_and_fold(g, gone)) || (st = kx_fuse(g, gone))) goto done;
+  drop_gone(g, gone);
   for (int pos = 0; pos < g->n_nodes; pos++)
     for (int k = 0; k < g->nodes[pos].n_out; k++)
       if (g->nodes[pos].out[k] >= 0) g->vals[g->nodes[pos].out[k]].producer = pos;
@@ -627,18 +606,13 @@ kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, co
     if (view->last_use > base->last_use) base->last_use = view->last_use;
   }
 
-  /* the kernels' own checks */
-  for (int pos = 0; pos < g->n_nodes && !st; pos++) {
-    kx_node *n = &g->nodes[pos];
-    if (n->op && n->op->prepare && (st = n->op->prepare(n)))
-      st = kiln_status_prefix(st, "%s: ", kx_node_label(n, label, sizeof label));
-  }
 
 done:
   for (int i = 0; i < n_nodes; i++) free_pending(&pend[i]);
   free(pend);
   free(producer_of);
   free(order);
+  free(gone);
   free(s.keys);
   free(s.ids);
   if (st) {
@@ -671,5 +645,7 @@ void kx_graph_free(kx_graph *g) {
   free(g->output_info);
   free(g->outer_local);
   free(g->outer_parent);
+  for (int i = 0; i < g->n_synthesized; i++) onnx__node_proto__free_unpacked(g->synthesized[i], NULL);
+  free(g->synthesized);
   free(g);
 }

@@ -362,9 +362,9 @@ static kiln_status run_nodes(kx_frame *f) {
     c.post_applied = 0;
     double start = f->node_us ? now_us() : 0;
     kiln_status s = n->op->run(&c);
-    if (!s && n->post.kind != KX_ACT_NONE && !c.post_applied) {
+    if (!s && (n->post.kind != KX_ACT_NONE || n->post_bias) && !c.post_applied) {
       kiln_value *y = &f->values[n->out[0]];
-      if (y->kind == KILN_VALUE_TENSOR) kx_post_apply(&c, &y->tensor);
+      if (y->kind == KILN_VALUE_TENSOR) s = kx_post_apply(&c, &y->tensor);
     }
     if (f->node_us) {
       f->node_us[pos] += now_us() - start;

@@ -40,6 +40,8 @@ struct kx_graph {
   int *outer_local;  /* value ids in this graph ... */
   int *outer_parent; /* ... bound to these ids of the parent graph */
   int max_node_inputs;
+  Onnx__NodeProto **synthesized; /* protos of nodes the fusion pass made (owned) */
+  int n_synthesized;
 };
 
 /* Everything a compile needs from the model. */
@@ -59,6 +61,12 @@ typedef struct kx_compile_env {
 kiln_status kx_graph_compile(const Onnx__GraphProto *gp, kx_compile_env *env, const kx_graph *parent,
                              void *parent_scope, kx_graph **out);
 void kx_graph_free(kx_graph *g);
+
+/* Graph rewrites (optimize.c). kx_prepare_and_fold prepares every node in execution order and
+ * folds the ones whose inputs are all constants (gone[pos] = 1); kx_fuse then fuses patterns,
+ * marking the nodes it absorbs. The caller drops gone nodes afterwards. */
+kiln_status kx_prepare_and_fold(kx_graph *g, unsigned char *gone);
+kiln_status kx_fuse(kx_graph *g, unsigned char *gone);
 
 /* "node 17 (Conv)" or "node 17 'conv1' (Conv)" for messages. */
 const char *kx_node_label(const kx_node *n, char *buf, size_t size);

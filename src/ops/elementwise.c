@@ -1,5 +1,7 @@
 /* Unary math kernels, y = f(x) elementwise: Abs, Neg, Sign, Reciprocal, Sqrt, Exp, Log, the
- * trigonometric and hyperbolic functions, Erf, Floor, Ceil, Round, IsNaN, IsInf and Not.
+ * trigonometric and hyperbolic functions, Erf, Gelu, Floor, Ceil, Round, IsNaN, IsInf and Not.
+ * (Gelu is ONNX opset 20; kiln also runs it for the decomposed GELU of torch.onnx exports, which
+ * the graph compiler fuses into one Gelu node.)
  *
  * Each op has one typed loop per supported dtype; float16/bfloat16 are widened to float in blocks,
  * computed with the float loop and narrowed back. Loops are split over the pool. float32 Exp uses
@@ -192,6 +194,29 @@ static void erf_f32(const void *px, void *py, int64_t n) {
 }
 UNARY_LOOP(erf_f64, double, double, erf(x))
 
+/* GELU, x * (1 + erf(x / sqrt 2)) / 2, eight at a time as erf_f32. */
+static inline __m256 gelu8(__m256 x) {
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  __m256 e = erf8(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f)));
+  return _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, e));
+}
+
+static void gelu_f32(const void *px, void *py, int64_t n) {
+  const float *x = px;
+  float *y = py;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    float block[8] = {0};
+    memcpy(block, x + i, (size_t)(n - i) * sizeof *x);
+    _mm256_storeu_ps(block, gelu8(_mm256_loadu_ps(block)));
+    memcpy(y + i, block, (size_t)(n - i) * sizeof *y);
+  }
+}
+UNARY_LOOP(gelu_f64, double, double, 0.5 * x * (1 + erf(x * 0.70710678118654752440)))
+/* approximate="tanh": x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) / 2 */
+REAL_LOOPS(gelu_tanh, 0.5 * x * (1 + tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x))))
+
 UNARY_LOOP(isnan_f32, float, uint8_t, x != x)
 UNARY_LOOP(isnan_f64, double, uint8_t, x != x)
 UNARY_LOOP(isinf_f32, float, uint8_t, fabs(x) == INFINITY)
@@ -234,12 +259,15 @@ static const unary_op unary_ops[] = {
     {"Acosh", 30, 0, {REAL_ENTRIES(acosh)}},
     {"Atanh", 30, 0, {REAL_ENTRIES(atanh)}},
     {"Erf", 10, 0, {REAL_ENTRIES(erf)}},
+    {"Gelu", 12, 0, {REAL_ENTRIES(gelu)}},
     {"Floor", 1, 0, {REAL_ENTRIES(floor)}},
     {"Ceil", 1, 0, {REAL_ENTRIES(ceil)}},
     {"Round", 1, 0, {REAL_ENTRIES(round)}},
     {"IsNaN", 1, 1, {REAL_ENTRIES(isnan)}},
     {"Not", 1, 0, {[KILN_BOOL] = not_bool}},
 };
+
+static const unary_op gelu_tanh_op = {"Gelu", 30, 0, {REAL_ENTRIES(gelu_tanh)}};
 
 /* IsInf, by (detect_positive, detect_negative). */
 static const unary_op isinf_ops[2][2] = {
@@ -302,6 +330,12 @@ static kiln_status unary_prepare(kx_node *n) {
   if (strcmp(n->op_type, "IsInf") == 0) {
     int pos = kx_attr_int(n->proto, "detect_positive", 1) != 0, neg = kx_attr_int(n->proto, "detect_negative", 1) != 0;
     op = &isinf_ops[pos][neg];
+  } else if (strcmp(n->op_type, "Gelu") == 0) {
+    char approx[16];
+    kx_attr_string(n->proto, "approximate", "none", approx, sizeof approx);
+    if (strcmp(approx, "tanh") == 0) op = &gelu_tanh_op;
+    else if (strcmp(approx, "none") != 0)
+      return kiln_error(KILN_INVALID_ARGUMENT, "Gelu's approximate must be 'none' or 'tanh', got '%s'", approx);
   }
   for (size_t i = 0; i < sizeof unary_ops / sizeof unary_ops[0] && !op; i++)
     if (strcmp(unary_ops[i].name, n->op_type) == 0) op = &unary_ops[i];
@@ -327,7 +361,8 @@ const kx_op kx_ops_elementwise[] = {
     UNARY("Atan", 7),  UNARY("Sinh", 9),
     UNARY("Cosh", 9),  UNARY("Asinh", 9),
     UNARY("Acosh", 9), UNARY("Atanh", 9),
-    UNARY("Erf", 9),   UNARY("Floor", 1),
+    UNARY("Erf", 9),   UNARY("Gelu", 20),
+    UNARY("Floor", 1),
     UNARY("Ceil", 1),  UNARY("Round", 11),
     UNARY("IsNaN", 9), UNARY("IsInf", 10),
     UNARY("Not", 1),   {0},

@@ -273,9 +273,9 @@ const kx_op kx_ops_generator[] = {
     {"", "ConstantOfShape", 9, 0, constant_of_shape_prepare, constant_of_shape_run, NULL, 0},
     {"", "Range", 11, 0, NULL, range_run, NULL, 0},
     {"", "EyeLike", 9, 0, NULL, eye_like_run, NULL, 0},
-    {"", "RandomUniform", 1, 0, random_prepare, random_run, NULL, 0},
-    {"", "RandomNormal", 1, 0, random_prepare, random_run, NULL, 0},
-    {"", "RandomUniformLike", 1, 0, random_prepare, random_run, NULL, 0},
-    {"", "RandomNormalLike", 1, 0, random_prepare, random_run, NULL, 0},
+    {"", "RandomUniform", 1, 0, random_prepare, random_run, NULL, 0, .nondeterministic = 1},
+    {"", "RandomNormal", 1, 0, random_prepare, random_run, NULL, 0, .nondeterministic = 1},
+    {"", "RandomUniformLike", 1, 0, random_prepare, random_run, NULL, 0, .nondeterministic = 1},
+    {"", "RandomNormalLike", 1, 0, random_prepare, random_run, NULL, 0, .nondeterministic = 1},
     {0},
 };

@@ -996,7 +996,7 @@ const kx_op kx_ops_layout[] = {
     {"", "Squeeze", 1, 0, NULL, squeeze_run, NULL, 1},
     {"", "Unsqueeze", 1, 0, NULL, unsqueeze_run, NULL, 1},
     {"", "Identity", 1, 0, NULL, identity_run, NULL, 1},
-    {"", "Dropout", 1, 0, counter_prepare, dropout_run, NULL, 1},
+    {"", "Dropout", 1, 0, counter_prepare, dropout_run, NULL, 1, .nondeterministic = 1},
     {"", "Shape", 1, 0, NULL, shape_run, NULL, 0},
     {"", "Size", 1, 0, NULL, size_run, NULL, 0},
     {"", "Transpose", 1, 0, NULL, transpose_run, NULL, 0},

@@ -40,13 +40,16 @@ typedef struct kx_op {
   /* Output 0 always views input 0's buffer (Reshape, Squeeze, Identity...): the kernel calls
    * kx_output_view for it instead of kx_output, and the planner extends input 0's lifetime. */
   int view_output;
-  /* The graph compiler may fuse a following activation into this node (n->post). The kernel
-   * applies it where it can while writing output 0 and then sets c->post_applied; otherwise the
-   * executor applies it to output 0 after the kernel returns. */
+  /* The graph compiler may fuse a following activation (n->post) and, for MatMul, a bias
+   * (n->post_bias) into this node. The kernel applies them where it can while writing output 0
+   * and then sets c->post_applied; otherwise the executor applies them to output 0 after the
+   * kernel returns. */
   int fuse_activation;
   /* For activation ops: whether this node can run as `out` inside its producer (Relu, LeakyRelu,
    * Clip with constant float bounds). */
   int (*as_activation)(const kx_node *n, kx_activation *out);
+  /* Outputs may differ between runs with equal inputs (random ops): never folded at load. */
+  int nondeterministic;
 } kx_op;
 
 struct kx_node {
@@ -64,7 +67,10 @@ struct kx_node {
   int n_subgraphs;
   const char **subgraph_names; /* the graph attributes, compiled: "then_branch", "body", ... */
   kx_graph **subgraphs;
-  kx_activation post; /* fused activation for output 0 (kind KX_ACT_NONE: none) */
+  /* Fused into output 0, in this order: a constant float bias added along the last axis (a
+   * MatMul's Add), then an activation. */
+  const kiln_tensor *post_bias;
+  kx_activation post; /* kind KX_ACT_NONE: none */
 };
 
 /* What the executor offers a running kernel. Reached through the inline helpers below. */

@@ -168,17 +168,38 @@ void kx_activation_apply(const kx_activation *a, kiln_tensor *t, int64_t begin, 
 }
 
 typedef struct post_job {
-  const kx_activation *a;
+  const kx_node *n;
   kiln_tensor *t;
+  int64_t width; /* the last dimension: the bias's length */
 } post_job;
 
 static void post_range(void *arg, int64_t begin, int64_t end) {
   const post_job *j = arg;
-  kx_activation_apply(j->a, j->t, begin, end);
+  if (j->n->post_bias) { /* rows of the last axis: begin/end count rows here */
+    const float *bias = j->n->post_bias->data;
+    float *y = j->t->data;
+    for (int64_t r = begin; r < end; r++) {
+      float *row = y + r * j->width;
+      for (int64_t k = 0; k < j->width; k++) row[k] += bias[k];
+      kx_activation_f32(&j->n->post, row, j->width);
+    }
+    return;
+  }
+  kx_activation_apply(&j->n->post, j->t, begin, end);
 }
 
-void kx_post_apply(const kx_ctx *c, kiln_tensor *y) {
-  if (c->node->post.kind == KX_ACT_NONE) return;
-  post_job j = {&c->node->post, y};
-  kx_parallel(c, kiln_tensor_numel(y), 1, post_range, &j);
+kiln_status kx_post_apply(const kx_ctx *c, kiln_tensor *y) {
+  const kx_node *n = c->node;
+  if (n->post.kind == KX_ACT_NONE && !n->post_bias) return NULL;
+  post_job j = {n, y, y->rank ? y->dims[y->rank - 1] : 1};
+  if (!n->post_bias) {
+    kx_parallel(c, kiln_tensor_numel(y), 1, post_range, &j);
+    return NULL;
+  }
+  /* the compiler fuses a bias only into a float output whose last axis matches it */
+  if (y->dtype != KILN_FLOAT || kiln_tensor_numel(n->post_bias) != j.width)
+    return kiln_error(KILN_INTERNAL, "fused bias of %lld values does not fit the output's last axis of %lld",
+                      (long long)kiln_tensor_numel(n->post_bias), (long long)j.width);
+  kx_parallel(c, j.width ? kiln_tensor_numel(y) / j.width : 0, 2.0 * (double)j.width, post_range, &j);
+  return NULL;
 }

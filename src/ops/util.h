@@ -52,9 +52,9 @@ static inline void kx_activation_f32(const kx_activation *a, float *y, int64_t n
     break;
   }
 }
-/* Applies c->node->post to all of output tensor y, over the pool: for kernels whose fast paths do
- * not fuse it into their own loops. */
-void kx_post_apply(const kx_ctx *c, kiln_tensor *y);
+/* Applies c->node->post_bias and c->node->post to all of output tensor y, over the pool: for
+ * kernels whose fast paths do not fuse them into their own loops. */
+kiln_status kx_post_apply(const kx_ctx *c, kiln_tensor *y);
 
 /* Row-major element strides (in elements) of a shape. */
 void kx_strides(int rank, const int64_t *dims, int64_t *strides);

@@ -157,7 +157,7 @@ static int run_counting_nodes(tb_model *b, const kiln_tensor *x, kiln_tensor *y)
   CHECK_OK(tb_load(b, &m));
   tb_free(b);
   CHECK_OK(kiln_session_create(m, &opt, &s));
-  const kiln_tensor *in[1] = {x}, *out[2];
+  const kiln_tensor *in[1] = {x}, *out[8];
   CHECK_OK(kiln_session_run_tensors(s, in, out));
   CHECK_OK(kiln_tensor_copy(y, out[0]));
   int nodes = kiln_session_profile(s, NULL, 0);
@@ -317,4 +317,67 @@ static void test_concurrent_sessions(void) {
   kiln_model_free(m);
 }
 
-TEST_MAIN(TEST(test_run_and_plan), TEST(test_concurrent_sessions), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
+static kiln_tensor ramp(int rank, const int64_t *dims, float scale) {
+  kiln_tensor t;
+  CHECK_OK(kiln_tensor_alloc(&t, KILN_FLOAT, rank, dims));
+  for (int64_t i = 0; i < kiln_tensor_numel(&t); i++) ((float *)t.data)[i] = scale * (float)((i * 29) % 23 - 11);
+  return t;
+}
+
+static kiln_tensor scalar(float v) {
+  kiln_tensor t;
+  CHECK_OK(kiln_tensor_alloc(&t, KILN_FLOAT, 0, NULL));
+  *(float *)t.data = v;
+  return t;
+}
+
+/* torch.onnx's transformer block pieces (weights through Identity, MatMul + bias, GELU from Erf,
+ * LayerNorm from ReduceMean / Pow / Sqrt) fold and fuse into MatMul, Gelu and
+ * LayerNormalization nodes, with the results of the decomposed graph (within float rounding:
+ * the fused kernels round differently). */
+static void test_transformer_fusions(void) {
+  kiln_tensor w = ramp(2, (int64_t[]){8, 8}, 0.05f), bias = ramp(1, (int64_t[]){8}, 0.1f);
+  kiln_tensor gamma = ramp(1, (int64_t[]){8}, 0.2f), beta = ramp(1, (int64_t[]){8}, 0.3f);
+  kiln_tensor sqrt2 = scalar(1.41421356f), one = scalar(1.0f), half = scalar(0.5f), two = scalar(2.0f), eps = scalar(1e-5f);
+  kiln_tensor x = ramp(3, (int64_t[]){2, 3, 8}, 0.25f);
+  kiln_tensor results[2];
+  for (int keep_apart = 0; keep_apart < 2; keep_apart++) {
+    tb_model *b = tb_new(13);
+    tb_input(b, "x", KILN_FLOAT, 3, (int64_t[]){-1, 3, 8});
+    tb_output(b, "y", KILN_FLOAT);
+    const struct { const char *name; const kiln_tensor *t; } inits[] = {
+        {"w0", &w}, {"bias", &bias}, {"gamma", &gamma}, {"beta", &beta}, {"sqrt2", &sqrt2},
+        {"one", &one}, {"half", &half}, {"two", &two}, {"eps", &eps}};
+    for (size_t i = 0; i < sizeof inits / sizeof inits[0]; i++) tb_initializer(b, inits[i].name, inits[i].t);
+    tb_add_node(b, "Identity", "w0", "w");
+    tb_add_node(b, "MatMul", "x,w", "mm");
+    tb_add_node(b, "Add", "bias,mm", "h");
+    tb_add_node(b, "Div", "h,sqrt2", "d");
+    tb_add_node(b, "Erf", "d", "e");
+    tb_add_node(b, "Add", "e,one", "e1");
+    tb_add_node(b, "Mul", "h,e1", "m");
+    tb_add_node(b, "Mul", "m,half", "g");
+    tb_attr_ints(tb_add_node(b, "ReduceMean", "g", "mean"), "axes", 1, (int64_t[]){-1});
+    tb_add_node(b, "Sub", "g,mean", "c");
+    tb_add_node(b, "Pow", "c,two", "c2");
+    tb_attr_ints(tb_add_node(b, "ReduceMean", "c2", "var"), "axes", 1, (int64_t[]){-1});
+    tb_add_node(b, "Add", "var,eps", "ve");
+    tb_add_node(b, "Sqrt", "ve", "sd");
+    tb_add_node(b, "Div", "c,sd", "n");
+    tb_add_node(b, "Mul", "n,gamma", "ng");
+    tb_add_node(b, "Add", "ng,beta", "y");
+    if (keep_apart) { /* graph outputs in the middle of every pattern keep it unfused */
+      tb_output(b, "mm", KILN_FLOAT);
+      tb_output(b, "e", KILN_FLOAT);
+      tb_output(b, "var", KILN_FLOAT);
+    }
+    int nodes = run_counting_nodes(b, &x, &results[keep_apart]);
+    /* fused: MatMul (+bias), Gelu, LayerNormalization; the Identity is folded either way */
+    CHECK(nodes == (keep_apart ? 16 : 3));
+  }
+  CHECK_OK(kiln_tensor_compare(&results[0], &results[1], 1e-5, 1e-5));
+  kiln_tensor all[] = {w, bias, gamma, beta, sqrt2, one, half, two, eps, x, results[0], results[1]};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kiln_tensor_release(&all[i]);
+}
+
+TEST_MAIN(TEST(test_run_and_plan), TEST(test_transformer_fusions), TEST(test_concurrent_sessions), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
