@@ -31,7 +31,11 @@ typedef struct fold_run {
 static kiln_status fold_output(kx_ctx *c, int i, kiln_dtype dtype, int rank, const int64_t *dims, kiln_tensor **out) {
   fold_run *r = c->exec;
   int v = i < c->node->n_out ? c->node->out[i] : -1;
-  kiln_tensor *t;
+  kiln_tensor shape = {0}, *t;
+  kiln_status s = kiln_tensor_set_shape(&shape, dtype, rank, dims);
+  if (s) return s;
+  if (r->bytes + kiln_tensor_nbytes(&shape) > MAX_FOLD_BYTES) /* checked before allocating */
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "too large to fold");
   if (v >= 0) {
     kiln_value_release(&r->g->vals[v].konst);
     t = &r->g->vals[v].konst.tensor;
@@ -40,8 +44,7 @@ static kiln_status fold_output(kx_ctx *c, int i, kiln_dtype dtype, int rank, con
   } else {
     return kiln_error(KILN_INTERNAL, "too many unused outputs");
   }
-  kiln_status s = kiln_tensor_alloc(t, dtype, rank, dims);
-  if (s) return s;
+  if ((s = kiln_tensor_alloc(t, dtype, rank, dims))) return s;
   r->bytes += kiln_tensor_nbytes(t);
   *out = t;
   return NULL;
@@ -78,6 +81,7 @@ static kiln_value *fold_output_value(kx_ctx *c, int i) {
 
 static void *fold_scratch(kx_ctx *c, size_t bytes) {
   fold_run *r = c->exec;
+  if (bytes > MAX_FOLD_BYTES) return NULL; /* the kernel fails; the node runs at run time */
   free(r->scratch);
   r->scratch = malloc(bytes ? bytes : 1);
   return r->scratch;
