@@ -1,14 +1,17 @@
 /* Convolutions: Conv and ConvTranspose over 1 to 6 spatial dims, with groups, strides,
  * dilations, explicit or automatic padding and an optional bias.
  *
- * Float Conv picks one of three lowerings:
+ * Float Conv picks one of four lowerings:
+ *   - 2-D with few input channels (a network's first layer): a direct kernel computing several
+ *     output channels per input load, from zero-bordered copies of the planes;
  *   - depthwise 2-D (one input channel per group): a direct kernel over each channel's plane;
- *   - 3x3 stride 1 with enough output: Winograd F(2x2, 3x3), 16 GEMMs on transformed tiles;
+ *   - 3x3 stride 1 with enough output: Winograd F(2x2, 3x3), 16 GEMMs on transformed tiles, with
+ *     the weights transformed at load when they are a constant;
  *   - everything else: one GEMM per (images, group) unit, Y_g[Mg, out] = W_g[Mg, Cg*k] . col,
  *     where col, the im2col unfolding, is packed straight into kx_gemm's panels (1x1 stride-1
  *     unpadded convolutions read the image itself).
- * ConvTranspose runs the GEMM the other way, col[Mg*k, in] = W_g^T . X_g, and scatters col into
- * the output (col2im). Weights are used as given: no transformed copy outlives a run.
+ * Each applies the fused activation (n->post) while storing. ConvTranspose runs the GEMM the other
+ * way, col[Mg*k, in] = W_g^T . X_g, and scatters col into the output (col2im).
  *
  * float16 and bfloat16 are widened to float in scratch memory and narrowed at the end; doubles
  * take the GEMM lowering with an im2col buffer and kx_dgemm. */
@@ -31,6 +34,7 @@ typedef struct conv_params {
   int n_kernel, n_strides, n_dilations, n_pads, n_out_pad, n_out_shape;
   int64_t kernel[MAX_SPATIAL], strides[MAX_SPATIAL], dilations[MAX_SPATIAL];
   int64_t pads[2 * MAX_SPATIAL], out_pad[MAX_SPATIAL], out_shape[MAX_SPATIAL + 2];
+  float *wino_u; /* Winograd's transformed weights, when W is a constant that takes that lowering */
 } conv_params;
 
 /* The shape of one convolution, resolved against its inputs. For ConvTranspose, `in` and
@@ -90,8 +94,6 @@ static kiln_status conv_prepare_common(kx_node *n, int transpose) {
   return NULL;
 }
 
-static kiln_status conv_prepare(kx_node *n) { return conv_prepare_common(n, 0); }
-static kiln_status conv_transpose_prepare(kx_node *n) { return conv_prepare_common(n, 1); }
 
 /* Checks X, W and B against each other and the attributes and fills g (all but the output and
  * padding, which differ between Conv and ConvTranspose). */
@@ -236,15 +238,18 @@ static inline void zero_f(float *dst, int64_t n) {
   for (; i < n; i++) dst[i] = 0;
 }
 
-/* Elements 0, 2, ..., 14 (or 1, 3, ..., 15) of the 16 floats at p. */
-static inline __m256 even16(const float *p) {
-  __m256 t = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+/* Elements 0, 2, ..., 14 (or 1, 3, ..., 15) of the 16 floats lo, hi. */
+static inline __m256 even_lanes(__m256 lo, __m256 hi) {
+  __m256 t = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
 }
-static inline __m256 odd16(const float *p) {
-  __m256 t = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(3, 1, 3, 1));
+static inline __m256 odd_lanes(__m256 lo, __m256 hi) {
+  __m256 t = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
 }
+/* The same of the 16 floats at p. */
+static inline __m256 even16(const float *p) { return even_lanes(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+static inline __m256 odd16(const float *p) { return odd_lanes(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
 
 /* One row of an unfolding: dst[o] = src[start + o*step] where 0 <= start + o*step < len, else 0,
  * for o in [0, n). */
@@ -440,6 +445,7 @@ typedef struct conv_run {
   int transpose, dbl, pointwise;
   const void *x, *w, *b;
   void *y;
+  const kx_activation *act; /* float Conv only: applied in the GEMM's store */
   int64_t imgs, units;
   char *ws;          /* per worker: a col buffer (col_bytes), then GEMM workspace (gemm_bytes) */
   size_t col_bytes, gemm_bytes;
@@ -472,7 +478,7 @@ static void conv_unit_float(const conv_run *r, const kx_ctx *c, int64_t n, int64
   im2col_src src = {g, x, g->C * g->in_size, r->pointwise};
   kx_gemm gm = {.M = g->Mg, .N = cols, .K = K, .A = (const float *)r->w + grp * g->Mg * K, .lda = K,
                 .B = x, .ldb = g->in_size, .alpha = 1, .beta = 0, .C = nb > 1 ? tmp : y, .ldc = cols,
-                .row_bias = r->b ? (const float *)r->b + grp * g->Mg : NULL};
+                .row_bias = r->b ? (const float *)r->b + grp * g->Mg : NULL, .act = r->act};
   if (!r->pointwise || nb > 1) {
     gm.pack_b = pack_im2col;
     gm.pack_b_arg = &src;
@@ -571,162 +577,397 @@ static void run_units(kx_ctx *c, conv_run *r) {
     for (int64_t u = 0; u < r->units; u++) run_unit(r, c, u, 0);
 }
 
+/* ------------------------------------------------------------------ padded, phase-split planes */
+
+/* The direct and depthwise kernels read their input from a zero-bordered copy of each plane, so
+ * that every output column reads inside it and rows run eight columns at a time with no border
+ * cases. For a stride s along W the copy's columns are also split by phase: row r of phase f
+ * holds padded columns f, f + s, f + 2s, ..., so the taps of a strided convolution read
+ * contiguous vectors too (output column ow under kernel column kw is padded column
+ * ow*s + kw*d, element ow + kw*d / s of phase kw*d % s). A plane is PH rows of s phase rows of
+ * PWs floats. The borders are zeroed once per buffer: later planes only overwrite the inside. */
+typedef struct padded {
+  int64_t s, PH, PWs, plane; /* plane = PH * s * PWs */
+} padded;
+
+/* Sizes the planes so that vectors of 8 over every output column stay inside. */
+static padded padded_geometry(const conv_geom *g) {
+  padded p;
+  int64_t OWv = (g->out[1] + 7) / 8 * 8, sw = g->s[1];
+  p.s = sw;
+  p.PWs = OWv + (g->k[1] - 1) * g->d[1] / sw; /* the last vector of the farthest tap */
+  int64_t cols = (g->pb[1] + g->in[1] + sw - 1) / sw; /* every input column lands inside */
+  if (sw == 2) cols += 8; /* and the zeros a stride-2 fill writes past the row's end, see padded_fill_row */
+  if (cols > p.PWs) p.PWs = cols;
+  int64_t rows = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
+  p.PH = g->pb[0] + g->in[0] > rows ? g->pb[0] + g->in[0] : rows;
+  p.plane = p.PH * sw * p.PWs;
+  return p;
+}
+
+/* Offsets in a padded plane (from the output row's first padded row) of the taps (c, kh, kw) of
+ * one output element, c over `channels` consecutive planes, in the order of W's elements. */
+static void padded_taps(const conv_geom *g, const padded *p, int64_t channels, int64_t *taps) {
+  int64_t t = 0;
+  for (int64_t c = 0; c < channels; c++)
+    for (int64_t kh = 0; kh < g->k[0]; kh++)
+      for (int64_t kw = 0; kw < g->k[1]; kw++) {
+        int64_t col = kw * g->d[1];
+        taps[t++] = c * p->plane + (kh * g->d[0] * p->s + col % p->s) * p->PWs + col / p->s;
+      }
+}
+
+/* Lanes [0, n) of a vector (all of them for n >= 8), for the last, partial vector of a row. */
+static inline __m256i lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n < 8 ? (int)n : 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Rows are written whole vectors at a time, letting the last vector of a row spill past its end
+ * into memory that is written later in the same pass (the next row), which spares partial
+ * vectors in the hot loops; `exact` rows (the last of a plane or of a thread's range) end with a
+ * short scalar loop instead. */
+static inline void copy_tail(float *dst, __m256 v, int64_t n) {
+  float t[8];
+  _mm256_storeu_ps(t, v);
+  for (int64_t i = 0; i < n; i++) dst[i] = t[i];
+}
+
+/* Copies input row src (IW floats) into padded row `row`, at padded column pl. Past the row's
+ * end a non-exact copy writes zeros: with stride 1 into the zero border and the next row,
+ * filled after this one; with stride 2 into each phase row's eight floats of slack. */
+static void padded_fill_row(const float *src, int64_t IW, int64_t pl, int64_t s, int64_t PWs, float *row, int exact) {
+  if (s == 1) {
+    int64_t i = 0;
+    for (; i + 8 <= IW; i += 8) _mm256_storeu_ps(row + pl + i, _mm256_loadu_ps(src + i));
+    if (i == IW) return;
+    if (exact) memcpy(row + pl + i, src + i, (size_t)(IW - i) * sizeof *src);
+    else _mm256_storeu_ps(row + pl + i, _mm256_maskload_ps(src + i, lanes_below(IW - i)));
+    return;
+  }
+  int64_t done = 0;
+  if (s == 2) { /* sixteen at a time: the even columns go to one phase, the odd ones to the other */
+    float *even = row + pl % 2 * PWs + pl / 2, *odd = row + (pl + 1) % 2 * PWs + (pl + 1) / 2;
+    for (; done + 16 <= IW; done += 16) {
+      _mm256_storeu_ps(even + done / 2, even16(src + done));
+      _mm256_storeu_ps(odd + done / 2, odd16(src + done));
+    }
+    if (done < IW && !exact) {
+      __m256 lo = _mm256_maskload_ps(src + done, lanes_below(IW - done));
+      __m256 hi = _mm256_maskload_ps(src + done + 8, lanes_below(IW - done - 8));
+      _mm256_storeu_ps(even + done / 2, even_lanes(lo, hi));
+      _mm256_storeu_ps(odd + done / 2, odd_lanes(lo, hi));
+      done = IW;
+    }
+  }
+  for (int64_t f = 0; f < s && done < IW; f++) { /* what is left, phase by phase: columns iw with (pl + iw) % s == f */
+    int64_t iw = done + ((f - pl - done) % s + s) % s;
+    float *dst = row + f * PWs + (pl + iw) / s;
+    for (; iw < IW; iw += s) *dst++ = src[iw];
+  }
+}
+
+/* Copies input rows [r0, r1) of plane x into the padded plane P, in order; the last one exactly,
+ * since the next row may belong to another thread. */
+static void padded_fill_rows(const conv_geom *g, const padded *p, const float *x, int64_t r0, int64_t r1, float *P) {
+  for (int64_t ih = r0; ih < r1; ih++)
+    padded_fill_row(x + ih * g->in[1], g->in[1], g->pb[1], p->s, p->PWs, P + (g->pb[0] + ih) * p->s * p->PWs, ih + 1 == r1);
+}
+
+/* Whether rows of OW outputs may spill their last vector into the next row: only when the spill
+ * stays inside it (rows of 1 to 3 outputs always end exactly). */
+static int spill_fits(int64_t OW) { return (OW + 7) / 8 * 8 - OW <= OW; }
+
+/* Stores v (the activation applied) at p: all eight lanes, or only n when the row must end
+ * exactly. */
+static inline void store_out(float *p, __m256 v, int64_t n, int exact, const kx_activation *act) {
+  if (act) v = kx_act_m256(act, v);
+  if (n >= 8 || !exact) _mm256_storeu_ps(p, v);
+  else copy_tail(p, v, n);
+}
+
 /* ------------------------------------------------------------------ depthwise */
 
-/* 2-D depthwise: every group has one input channel (and Mg output channels), so there is no
- * reduction over channels and a GEMM would run one row at a time. Each input plane is first
- * copied into a zero-bordered plane (a few KB, in L1/L2) so that every output column reads only
- * inside it: the rows then run eight columns at a time with no border cases. 3x3 kernels with
- * stride 1 or 2 (MobileNet's) keep their nine weights in registers. */
+/* 2-D depthwise (every group has one input channel, and Mg output channels): there is no
+ * reduction over channels, so a GEMM would run one row at a time. Each input plane is copied
+ * once into a padded plane (a few KB, in L1/L2) and its Mg output planes are computed from it,
+ * row by row, eight columns at a time; 3x3 kernels keep their nine weights in registers. */
+#define DW_MAX_TAPS 64 /* larger kernels take the GEMM lowering */
+
 typedef struct dw_job {
   const conv_geom *g;
   const float *x, *w, *b;
   float *y;
-  float *pad;          /* per worker: a padded plane of PH x PW floats */
-  int64_t PH, PW, OWv; /* OWv: output columns rounded up to 8 */
+  const kx_activation *act;
+  padded pp;
+  int64_t taps[DW_MAX_TAPS];
+  float *pad;       /* per worker: one padded plane */
   int workers;
 } dw_job;
 
-static void dw_geometry(dw_job *j) {
-  const conv_geom *g = j->g;
-  int64_t OW = g->out[1], sw = g->s[1], reach_w = (g->k[1] - 1) * g->d[1];
-  int k3 = g->k[0] == 3 && g->k[1] == 3 && g->d[0] == 1 && g->d[1] == 1;
-  j->OWv = (OW + 7) / 8 * 8;
-  /* one past the rightmost column a row loop reads: vector loops read whole groups of 8 */
-  int64_t need = (OW - 1) * sw + reach_w + 1;
-  if (sw == 1 && j->OWv + reach_w > need) need = j->OWv + reach_w;
-  if (k3 && sw == 2 && 2 * j->OWv + 2 > need) need = 2 * j->OWv + 2;
-  j->PW = g->pb[1] + g->in[1] > need ? g->pb[1] + g->in[1] : need;
-  need = (g->out[0] - 1) * g->s[0] + (g->k[0] - 1) * g->d[0] + 1;
-  j->PH = g->pb[0] + g->in[0] > need ? g->pb[0] + g->in[0] : need;
-}
-
-/* Copies one input plane into the padded plane P, whose borders are already zero (they are the
- * same for every plane). */
-static void dw_pad(const dw_job *j, const float *x, float *P) {
-  const conv_geom *g = j->g;
-  float *dst = P + g->pb[0] * j->PW + g->pb[1];
-  for (int64_t ih = 0; ih < g->in[0]; ih++) copy_f(dst + ih * j->PW, x + ih * g->in[1], g->in[1]);
-}
-
-/* Stores the first n lanes of v at p (all eight when n >= 8). */
-static inline void store_n(float *p, __m256 v, int64_t n) {
-  if (n >= 8) {
-    _mm256_storeu_ps(p, v);
-    return;
-  }
-  float t[8];
-  _mm256_storeu_ps(t, v);
-  for (int64_t i = 0; i < n; i++) p[i] = t[i];
-}
-
-/* One output row; r0 is the padded row of the first kernel row, rs the step between kernel rows. */
-static void dw_row_3x3s1(const float *r0, int64_t rs, const float *w, float bias, float *yr, int64_t OW) {
+/* One output row from padded row r; taps as padded_taps for one channel. The row's last vector
+ * may spill into the next row unless it is `exact` (see store_out). */
+static void dw_row_3x3(const float *r, const int64_t *taps, const float *w, float bias, const kx_activation *act,
+                       float *yr, int64_t OW, int exact) {
   __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(w[1]), w2 = _mm256_set1_ps(w[2]);
   __m256 w3 = _mm256_set1_ps(w[3]), w4 = _mm256_set1_ps(w[4]), w5 = _mm256_set1_ps(w[5]);
   __m256 w6 = _mm256_set1_ps(w[6]), w7 = _mm256_set1_ps(w[7]), w8 = _mm256_set1_ps(w[8]), b = _mm256_set1_ps(bias);
-  const float *r1 = r0 + rs, *r2 = r1 + rs;
+  const float *p0 = r + taps[0], *p1 = r + taps[1], *p2 = r + taps[2], *p3 = r + taps[3], *p4 = r + taps[4];
+  const float *p5 = r + taps[5], *p6 = r + taps[6], *p7 = r + taps[7], *p8 = r + taps[8];
   for (int64_t ow = 0; ow < OW; ow += 8) { /* one sum per kernel row: short dependency chains */
-    __m256 a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + ow), b);
-    __m256 a1 = _mm256_mul_ps(w3, _mm256_loadu_ps(r1 + ow));
-    __m256 a2 = _mm256_mul_ps(w6, _mm256_loadu_ps(r2 + ow));
-    a0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r0 + ow + 1), a0);
-    a1 = _mm256_fmadd_ps(w4, _mm256_loadu_ps(r1 + ow + 1), a1);
-    a2 = _mm256_fmadd_ps(w7, _mm256_loadu_ps(r2 + ow + 1), a2);
-    a0 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(r0 + ow + 2), a0);
-    a1 = _mm256_fmadd_ps(w5, _mm256_loadu_ps(r1 + ow + 2), a1);
-    a2 = _mm256_fmadd_ps(w8, _mm256_loadu_ps(r2 + ow + 2), a2);
-    store_n(yr + ow, _mm256_add_ps(_mm256_add_ps(a0, a1), a2), OW - ow);
+    __m256 a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p0 + ow), b);
+    __m256 a1 = _mm256_mul_ps(w3, _mm256_loadu_ps(p3 + ow));
+    __m256 a2 = _mm256_mul_ps(w6, _mm256_loadu_ps(p6 + ow));
+    a0 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p1 + ow), a0);
+    a1 = _mm256_fmadd_ps(w4, _mm256_loadu_ps(p4 + ow), a1);
+    a2 = _mm256_fmadd_ps(w7, _mm256_loadu_ps(p7 + ow), a2);
+    a0 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(p2 + ow), a0);
+    a1 = _mm256_fmadd_ps(w5, _mm256_loadu_ps(p5 + ow), a1);
+    a2 = _mm256_fmadd_ps(w8, _mm256_loadu_ps(p8 + ow), a2);
+    store_out(yr + ow, _mm256_add_ps(_mm256_add_ps(a0, a1), a2), OW - ow, exact, act);
   }
 }
 
-static void dw_row_3x3s2(const float *r0, int64_t rs, const float *w, float bias, float *yr, int64_t OW) {
+/* Two output rows of a 3x3 stride-1 kernel at once: they share two of their four input rows, so
+ * each vector costs six loads instead of nine (the single-row loop is bound by its loads). r is
+ * the first row's first padded row, rs the step between padded rows. */
+static void dw_rows2_3x3s1(const float *r, int64_t rs, const float *w, float bias, const kx_activation *act, float *yr,
+                           int64_t OW, int exact) {
   __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(w[1]), w2 = _mm256_set1_ps(w[2]);
   __m256 w3 = _mm256_set1_ps(w[3]), w4 = _mm256_set1_ps(w[4]), w5 = _mm256_set1_ps(w[5]);
   __m256 w6 = _mm256_set1_ps(w[6]), w7 = _mm256_set1_ps(w[7]), w8 = _mm256_set1_ps(w[8]), b = _mm256_set1_ps(bias);
-  const float *r1 = r0 + rs, *r2 = r1 + rs;
-  for (int64_t ow = 0; ow < OW; ow += 8) {
-    int64_t c = 2 * ow;
-    __m256 a0 = _mm256_fmadd_ps(w0, even16(r0 + c), b);
-    __m256 a1 = _mm256_mul_ps(w3, even16(r1 + c));
-    __m256 a2 = _mm256_mul_ps(w6, even16(r2 + c));
-    a0 = _mm256_fmadd_ps(w1, odd16(r0 + c), a0);
-    a1 = _mm256_fmadd_ps(w4, odd16(r1 + c), a1);
-    a2 = _mm256_fmadd_ps(w7, odd16(r2 + c), a2);
-    a0 = _mm256_fmadd_ps(w2, even16(r0 + c + 2), a0);
-    a1 = _mm256_fmadd_ps(w5, even16(r1 + c + 2), a1);
-    a2 = _mm256_fmadd_ps(w8, even16(r2 + c + 2), a2);
-    store_n(yr + ow, _mm256_add_ps(_mm256_add_ps(a0, a1), a2), OW - ow);
+  const float *r0 = r, *r1 = r + rs, *r2 = r1 + rs, *r3 = r2 + rs;
+  /* right to left: the first row's spill into the second is overwritten when ow reaches 0 */
+  for (int64_t ow = (OW - 1) / 8 * 8; ow >= 0; ow -= 8) {
+    __m256 x0 = _mm256_loadu_ps(r1 + ow), x1 = _mm256_loadu_ps(r1 + ow + 1), x2 = _mm256_loadu_ps(r1 + ow + 2);
+    __m256 a = _mm256_fmadd_ps(w3, x0, b), c = _mm256_fmadd_ps(w0, x0, b); /* a: row 0, c: row 1 */
+    a = _mm256_fmadd_ps(w4, x1, a), c = _mm256_fmadd_ps(w1, x1, c);
+    a = _mm256_fmadd_ps(w5, x2, a), c = _mm256_fmadd_ps(w2, x2, c);
+    x0 = _mm256_loadu_ps(r2 + ow), x1 = _mm256_loadu_ps(r2 + ow + 1), x2 = _mm256_loadu_ps(r2 + ow + 2);
+    a = _mm256_fmadd_ps(w6, x0, a), c = _mm256_fmadd_ps(w3, x0, c);
+    a = _mm256_fmadd_ps(w7, x1, a), c = _mm256_fmadd_ps(w4, x1, c);
+    a = _mm256_fmadd_ps(w8, x2, a), c = _mm256_fmadd_ps(w5, x2, c);
+    a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + ow), a);
+    a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r0 + ow + 1), a);
+    a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(r0 + ow + 2), a);
+    c = _mm256_fmadd_ps(w6, _mm256_loadu_ps(r3 + ow), c);
+    c = _mm256_fmadd_ps(w7, _mm256_loadu_ps(r3 + ow + 1), c);
+    c = _mm256_fmadd_ps(w8, _mm256_loadu_ps(r3 + ow + 2), c);
+    store_out(yr + ow, a, OW - ow, 0, act);
+    store_out(yr + OW + ow, c, OW - ow, exact, act);
   }
 }
 
-/* Any kernel size and dilation, stride 1. */
-static void dw_row_s1(const conv_geom *g, const float *r0, int64_t rs, const float *w, float bias, float *yr, int64_t OW) {
-  int64_t KH = g->k[0], KW = g->k[1], dw = g->d[1];
+/* Any other kernel size, stride or dilation. */
+static void dw_row_any(const float *r, const int64_t *taps, int64_t T, const float *w, float bias, const kx_activation *act,
+                       float *yr, int64_t OW, int exact) {
   for (int64_t ow = 0; ow < OW; ow += 8) {
     __m256 acc = _mm256_set1_ps(bias);
-    for (int64_t kh = 0; kh < KH; kh++)
-      for (int64_t kw = 0; kw < KW; kw++)
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(w + kh * KW + kw), _mm256_loadu_ps(r0 + kh * rs + kw * dw + ow), acc);
-    store_n(yr + ow, acc, OW - ow);
+    for (int64_t t = 0; t < T; t++) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(w + t), _mm256_loadu_ps(r + taps[t] + ow), acc);
+    store_out(yr + ow, acc, OW - ow, exact, act);
   }
 }
 
-/* Anything else, one column at a time. */
-static void dw_row_any(const conv_geom *g, const float *r0, int64_t rs, const float *w, float bias, float *yr, int64_t OW) {
-  int64_t KH = g->k[0], KW = g->k[1], dw = g->d[1], sw = g->s[1];
-  for (int64_t ow = 0; ow < OW; ow++) {
-    float acc = bias;
-    for (int64_t kh = 0; kh < KH; kh++)
-      for (int64_t kw = 0; kw < KW; kw++) acc += w[kh * KW + kw] * r0[kh * rs + ow * sw + kw * dw];
-    yr[ow] = acc;
-  }
-}
-
-static void dw_plane(const dw_job *j, const float *x, const float *w, float bias, float *y, float *P) {
+/* Output plane m of image n from the padded plane P of its input channel. */
+static void dw_plane(const dw_job *j, const float *P, int64_t n, int64_t m) {
   const conv_geom *g = j->g;
-  int64_t OH = g->out[0], OW = g->out[1], rs = g->d[0] * j->PW;
-  int k3 = g->k[0] == 3 && g->k[1] == 3 && g->d[0] == 1 && g->d[1] == 1;
-  dw_pad(j, x, P);
-  for (int64_t oh = 0; oh < OH; oh++) {
-    const float *r0 = P + oh * g->s[0] * j->PW;
-    float *yr = y + oh * OW;
-    if (k3 && g->s[1] == 1) dw_row_3x3s1(r0, rs, w, bias, yr, OW);
-    else if (k3 && g->s[1] == 2) dw_row_3x3s2(r0, rs, w, bias, yr, OW);
-    else if (g->s[1] == 1) dw_row_s1(g, r0, rs, w, bias, yr, OW);
-    else dw_row_any(g, r0, rs, w, bias, yr, OW);
-  }
-}
-
-/* Worker wk takes an equal share of the N * M output planes. */
-static void dw_range(void *arg, int64_t begin, int64_t end) {
-  const dw_job *j = arg;
-  const conv_geom *g = j->g;
-  int64_t planes = g->N * g->M;
-  for (int64_t wk = begin; wk < end; wk++) {
-    float *P = j->pad + wk * j->PH * j->PW;
-    for (int64_t p = planes * wk / j->workers; p < planes * (wk + 1) / j->workers; p++) {
-      int64_t m = p % g->M, n = p / g->M, cin = m / g->Mg;
-      dw_plane(j, j->x + (n * g->C + cin) * g->in_size, j->w + m * g->k_size, j->b ? j->b[m] : 0.0f,
-               j->y + p * g->out_size, P);
+  int64_t OW = g->out[1], row_step = g->s[0] * j->pp.s * j->pp.PWs;
+  const float *w = j->w + m * g->k_size;
+  float bias = j->b ? j->b[m] : 0.0f, *y = j->y + (n * g->M + m) * g->out_size;
+  int k3 = g->k_size == 9 && g->k[0] == 3, pairs = k3 && j->pp.s == 1 && g->s[0] == 1 && g->d[0] == 1 && g->d[1] == 1;
+  for (int64_t oh = 0; oh < g->out[0]; oh++) {
+    int last = oh + 1 == g->out[0] || !spill_fits(OW);
+    if (pairs && !last) {
+      dw_rows2_3x3s1(P + oh * row_step, row_step, w, bias, j->act, y + oh * OW, OW, oh + 2 == g->out[0] || !spill_fits(OW));
+      oh++;
+    } else if (k3) {
+      dw_row_3x3(P + oh * row_step, j->taps, w, bias, j->act, y + oh * OW, OW, last);
+    } else {
+      dw_row_any(P + oh * row_step, j->taps, g->k_size, w, bias, j->act, y + oh * OW, OW, last);
     }
   }
 }
 
-static kiln_status run_depthwise(kx_ctx *c, const conv_geom *g, const float *x, const float *w, const float *b, float *y) {
-  dw_job j = {.g = g, .x = x, .w = w, .b = b, .y = y};
-  dw_geometry(&j);
-  int64_t planes = g->N * g->M;
-  double work = (double)planes * (double)(g->out_size * g->k_size);
+/* Worker wk takes an equal share of the N * C input planes, each with its Mg output planes. */
+static void dw_range(void *arg, int64_t begin, int64_t end) {
+  const dw_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t planes = g->N * g->C;
+  for (int64_t wk = begin; wk < end; wk++) {
+    float *P = j->pad + wk * j->pp.plane;
+    for (int64_t q = planes * wk / j->workers; q < planes * (wk + 1) / j->workers; q++) {
+      int64_t n = q / g->C, cin = q % g->C;
+      padded_fill_rows(g, &j->pp, j->x + q * g->in_size, 0, g->in[0], P);
+      for (int64_t m = cin * g->Mg; m < (cin + 1) * g->Mg; m++) dw_plane(j, P, n, m);
+    }
+  }
+}
+
+static int depthwise_fits(const conv_geom *g) { return g->nd == 2 && g->Cg == 1 && g->G > 1 && g->k_size <= DW_MAX_TAPS; }
+
+static kiln_status run_depthwise(kx_ctx *c, const conv_geom *g, const float *x, const float *w, const float *b,
+                                 const kx_activation *act, float *y) {
+  dw_job j = {.g = g, .x = x, .w = w, .b = b, .y = y, .act = act};
+  j.pp = padded_geometry(g);
+  padded_taps(g, &j.pp, 1, j.taps);
+  int64_t planes = g->N * g->C;
+  double work = (double)g->N * (double)g->M * (double)(g->out_size * g->k_size);
   j.workers = kx_gemm_threads(c); /* each worker pays for its wake-up with 1e5 multiply-adds */
   if (j.workers > planes) j.workers = (int)planes;
   if (work < 1e5 * j.workers) j.workers = work >= 2e5 ? (int)(work / 1e5) : 1;
-  size_t bytes = (size_t)(j.workers * j.PH * j.PW) * sizeof(float);
+  size_t bytes = (size_t)(j.workers * j.pp.plane) * sizeof(float);
   j.pad = kx_scratch(c, bytes);
   if (!j.pad) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %zu bytes of depthwise scratch", bytes);
   memset(j.pad, 0, bytes);
   if (j.workers > 1) kx_parallel(c, j.workers, 1e12, dw_range, &j);
   else dw_range(&j, 0, 1);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ direct convolution */
+
+/* Convolutions with few input channels (a network's first layer: 1 or 3 channels) have a short
+ * reduction, K = C * KH * KW, which leaves the GEMM lowering paying more to unfold the image than
+ * to multiply it. They run directly from padded planes instead: each output row is computed four
+ * output channels by 24 columns at a time, every input vector loaded once for the four channels
+ * and every weight broadcast once for the three vectors. Measured against im2col: better up to
+ * K = 64 at any width, and up to 160 (ResNet's 7x7 stem, K = 147) on rows of 32 and more. */
+#define DIRECT_MAX_TAPS 160
+#define DIRECT_SHORT_TAPS 64
+#define DIRECT_WIDE_ROWS 32
+#define DIRECT_MB 4 /* output channels per register tile */
+#define DIRECT_NV 3 /* vectors of 8 columns per register tile */
+
+typedef struct direct_job {
+  const conv_geom *g;
+  const float *x, *w, *b;
+  float *y;
+  const kx_activation *act;
+  padded pp;
+  int64_t taps[DIRECT_MAX_TAPS];
+  float *pad;  /* per worker, or for the pass: one image's C padded planes */
+  int64_t n0;  /* the image being computed */
+  int workers; /* > 1: each runs whole images */
+} direct_job;
+
+/* y[m][ow + 8v + lane] for the mb channels from w (rows of T taps) and nv vectors at r + ow. */
+static inline __attribute__((always_inline)) void direct_tile(const direct_job *j, const float *r, const float *w,
+                                                              const float *bias, float *y, int64_t ow, int64_t OW, int exact,
+                                                              int mb, int nv) {
+  int64_t T = j->g->Cg * j->g->k_size;
+  __m256 acc[DIRECT_MB][DIRECT_NV]; /* the loops over m and v unroll, so these live in registers */
+#pragma GCC unroll 4
+  for (int m = 0; m < mb; m++)
+#pragma GCC unroll 3
+    for (int v = 0; v < nv; v++) acc[m][v] = _mm256_set1_ps(bias ? bias[m] : 0.0f);
+  for (int64_t t = 0; t < T; t++) {
+    const float *p = r + j->taps[t] + ow;
+    __m256 in[DIRECT_NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < nv; v++) in[v] = _mm256_loadu_ps(p + 8 * v);
+#pragma GCC unroll 4
+    for (int m = 0; m < mb; m++) {
+      __m256 wv = _mm256_broadcast_ss(w + m * T + t);
+#pragma GCC unroll 3
+      for (int v = 0; v < nv; v++) acc[m][v] = _mm256_fmadd_ps(wv, in[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < mb; m++)
+#pragma GCC unroll 3
+    for (int v = 0; v < nv; v++) store_out(y + m * j->g->out_size + ow + 8 * v, acc[m][v], OW - ow - 8 * v, exact, j->act);
+}
+
+/* Channels [m, m+mb) of output row oh; r is the row's first padded row, y its plane row. The
+ * row's last vectors may spill into the next row unless it is `exact` (see store_out). */
+static void direct_row(const direct_job *j, const float *r, int64_t m, int mb, float *y, int exact) {
+  int64_t OW = j->g->out[1], T = j->g->Cg * j->g->k_size, ow = 0;
+  const float *w = j->w + m * T, *bias = j->b ? j->b + m : NULL;
+  if (mb == DIRECT_MB) {
+    for (; ow + 8 * (DIRECT_NV - 1) < OW; ow += 8 * DIRECT_NV) direct_tile(j, r, w, bias, y, ow, OW, exact, DIRECT_MB, DIRECT_NV);
+    if (ow + 8 < OW) {
+      direct_tile(j, r, w, bias, y, ow, OW, exact, DIRECT_MB, 2);
+      ow += 16;
+    }
+    if (ow < OW) direct_tile(j, r, w, bias, y, ow, OW, exact, DIRECT_MB, 1);
+    return;
+  }
+  for (int q = 0; q < mb; q++) /* the last one to three channels */
+    for (ow = 0; ow < OW; ow += 8)
+      direct_tile(j, r, w + q * T, bias ? bias + q : NULL, y + q * j->g->out_size, ow, OW, exact, 1, 1);
+}
+
+/* Fills rows [begin, end) of image n0's padded planes (channel, input row). */
+static void direct_fill_range(void *arg, int64_t begin, int64_t end) {
+  const direct_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t IH = g->in[0];
+  for (int64_t q = begin; q < end;) {
+    int64_t plane = q / IH, r0 = q % IH, r1 = end - q < IH - r0 ? r0 + (end - q) : IH;
+    padded_fill_rows(g, &j->pp, j->x + (j->n0 * g->C + plane) * g->in_size, r0, r1, j->pad + plane * j->pp.plane);
+    q += r1 - r0;
+  }
+}
+
+/* Output rows [begin, end) of image n0, all channels, in order: a row's spill lands in the next
+ * one, so only the range's last row ends exactly. */
+static void direct_rows_range(void *arg, int64_t begin, int64_t end) {
+  const direct_job *j = arg;
+  const conv_geom *g = j->g;
+  int64_t row_step = g->s[0] * j->pp.s * j->pp.PWs;
+  for (int64_t oh = begin; oh < end; oh++) {
+    float *y = j->y + j->n0 * g->M * g->out_size + oh * g->out[1];
+    for (int64_t m = 0; m < g->M; m += DIRECT_MB) {
+      int mb = g->M - m < DIRECT_MB ? (int)(g->M - m) : DIRECT_MB;
+      direct_row(j, j->pad + oh * row_step, m, mb, y + m * g->out_size, oh + 1 == end || !spill_fits(g->out[1]));
+    }
+  }
+}
+
+/* Worker wk of j->workers runs its share of the images whole, with its own padded planes. */
+static void direct_images_range(void *arg, int64_t begin, int64_t end) {
+  const direct_job *j = arg;
+  const conv_geom *g = j->g;
+  for (int64_t wk = begin; wk < end; wk++) {
+    direct_job own = *j;
+    own.pad = j->pad + wk * g->C * j->pp.plane;
+    for (own.n0 = g->N * wk / j->workers; own.n0 < g->N * (wk + 1) / j->workers; own.n0++) {
+      direct_fill_range(&own, 0, g->C * g->in[0]);
+      direct_rows_range(&own, 0, g->out[0]);
+    }
+  }
+}
+
+/* Not for 1x1 kernels: there the image is its own unfolding and the GEMM needs no im2col. */
+static int direct_fits(const conv_geom *g) {
+  int64_t taps = g->C * g->k_size;
+  return g->nd == 2 && g->G == 1 && g->k_size > 1 &&
+         (taps <= DIRECT_SHORT_TAPS || (taps <= DIRECT_MAX_TAPS && g->out[1] >= DIRECT_WIDE_ROWS));
+}
+
+/* With an image for every thread, each thread runs whole images; otherwise images run in turn,
+ * their planes padded and then their output rows computed, each step split across the threads
+ * by rows, so that a single image keeps every thread busy. */
+static kiln_status run_direct(kx_ctx *c, const conv_geom *g, const float *x, const float *w, const float *b,
+                              const kx_activation *act, float *y) {
+  direct_job j = {.g = g, .x = x, .w = w, .b = b, .y = y, .act = act};
+  j.pp = padded_geometry(g);
+  padded_taps(g, &j.pp, g->C, j.taps);
+  int threads = kx_gemm_threads(c);
+  j.workers = g->N >= threads ? threads : 1;
+  size_t bytes = (size_t)(j.workers * g->C * j.pp.plane) * sizeof(float);
+  j.pad = kx_scratch(c, bytes);
+  if (!j.pad) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %zu bytes of convolution scratch", bytes);
+  memset(j.pad, 0, bytes);
+  if (g->N >= threads) {
+    if (j.workers > 1) kx_parallel(c, j.workers, 1e12, direct_images_range, &j);
+    else direct_images_range(&j, 0, 1);
+    return NULL;
+  }
+  double row_work = (double)(g->M * g->out[1] * g->C * g->k_size);
+  for (j.n0 = 0; j.n0 < g->N; j.n0++) {
+    kx_parallel(c, g->C * g->in[0], (double)g->in[1], direct_fill_range, &j);
+    kx_parallel(c, g->out[0], row_work, direct_rows_range, &j);
+  }
   return NULL;
 }
 
@@ -738,55 +979,40 @@ static kiln_status run_depthwise(kx_ctx *c, const conv_geom *g, const float *x, 
  * products are 16 GEMMs: M_xi[m, tile] = U_xi[m, c] . V_xi[c, tile]. The transforms use only 0,
  * +-1 and 1/2, so results stay as accurate as the direct sum.
  *
- * Weights are transformed on every run (no second copy of the model is kept), which is why runs
- * with few tiles stay with im2col. Input tiles come eight at a time from a zero-bordered copy of
- * each plane, their stride-2 columns deinterleaved by even16/odd16. Rows of V and M carry eight
- * floats of slack so that the last group of a row may load and store whole vectors (a group
- * that runs past its row writes into the next one, which is written after it). */
-#define WINO_MIN_TILES 40          /* fewer tiles per run: im2col */
-#define WINO_CHUNK_BYTES (8 << 20) /* V and M of one chunk of images */
-#define WINO_PREFETCH 576          /* floats ahead that the weight transform fetches */
+ * U, the transformed weights, is computed once at load when W is a constant (a copy 16/9 the size
+ * of W) and on every run otherwise. The tiles run in blocks of consecutive tile rows (spanning
+ * images when images are small): a block's V and M, 16 x (C + M) floats per tile, are sized to
+ * stay in cache between the transforms and the GEMMs; where the weights are large a block is
+ * wide enough that streaming U once per block costs less than V and M. Input tiles come eight at a time from a zero-bordered copy of the
+ * block's input rows, their stride-2 columns deinterleaved by even16/odd16. Rows of V and M
+ * carry eight floats of slack so that the last group of a tile row may load and store whole
+ * vectors (a group that runs past its tile row writes into the next one, written after it). */
+#define WINO_MIN_TILES 40             /* fewer tiles per run: im2col */
+#define WINO_BLOCK_BYTES (4 << 20)    /* V and M of one block: measured best between 1 and 12 MB
+                                         (smaller blocks pay more at their edges than they save) */
+#define WINO_MIN_BLOCK_TILES 16       /* GEMMs narrower than this waste their 16-column panels */
+#define WINO_PREFETCH 576             /* floats ahead that the weight transform fetches */
+#define WINO_MAX_SEGMENTS 64          /* images one block may span */
 
-typedef struct wino_job {
-  const conv_geom *g;
-  const float *x, *b;
-  float *y;
-  float *u;              /* [16][M][C] */
-  int64_t th, tw, tiles; /* tiles per image: th x tw */
-  int64_t PH, PW;        /* a zero-bordered input plane */
-  int64_t imgs, chunks;  /* images per chunk */
-  int64_t ld;            /* row stride of V and M */
-  int slots;             /* threads: each has a padded plane and GEMM workspace */
-  int own_chunks;        /* each slot runs whole chunks with its own V and M; else chunks run in
-                            turn, every step split across the slots */
-  char *slot_mem;        /* per slot: padded plane, then GEMM workspace */
-  size_t slot_bytes;
-  float *vm;             /* V then M: one pair per slot when own_chunks, else one */
-  int64_t vm_floats;
-} wino_job;
-
-static int winograd_fits(const conv_geom *g) {
-  if (g->nd != 2 || g->G != 1 || g->k[0] != 3 || g->k[1] != 3 || g->C < 16 || g->M < 16) return 0;
-  for (int i = 0; i < 2; i++)
-    if (g->s[i] != 1 || g->d[i] != 1) return 0;
-  return g->N * ((g->out[0] + 1) / 2) * ((g->out[1] + 1) / 2) >= WINO_MIN_TILES;
+static int winograd_shape(int64_t C, int64_t M, const int64_t *k, const int64_t *s, const int64_t *d) {
+  return C >= 16 && M >= 16 && k[0] == 3 && k[1] == 3 && s[0] == 1 && s[1] == 1 && d[0] == 1 && d[1] == 1;
 }
 
-/* U_xi[m, c] = (G g G^T)[xi] for the 3x3 kernel g = W[m, c], eight input channels at a time. */
-typedef struct wino_weights {
-  const wino_job *j;
-  const float *w;
-} wino_weights;
+static int winograd_fits(const conv_geom *g) {
+  return g->nd == 2 && g->G == 1 && winograd_shape(g->C, g->M, g->k, g->s, g->d) &&
+         g->N * ((g->out[0] + 1) / 2) * ((g->out[1] + 1) / 2) >= WINO_MIN_TILES;
+}
 
-static void wino_weights_range(void *arg, int64_t begin, int64_t end) {
-  const wino_weights *ww = arg;
-  int64_t C = ww->j->g->C, plane = ww->j->g->M * C;
+/* U_xi[m, c] = (G g G^T)[xi] for the 3x3 kernels g = w[m, c], m in [m0, m1), eight input channels
+ * at a time; u is [16][M][C]. */
+static void wino_weights(const float *w, int64_t M, int64_t C, int64_t m0, int64_t m1, float *u) {
+  int64_t plane = M * C;
   const __m256 half = _mm256_set1_ps(0.5f);
   const __m256i nine = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63); /* one kernel per lane */
-  for (int64_t m = begin; m < end; m++)
+  for (int64_t m = m0; m < m1; m++)
     for (int64_t c = 0; c < C; c += 8) {
       int64_t n = C - c < 8 ? C - c : 8;
-      const float *src = ww->w + (m * C + c) * 9;
+      const float *src = w + (m * C + c) * 9;
       __m256 gk[9];
       if (n == 8) {
         for (int q = 0; q < 72; q += 16) /* the weights stream from memory: fetch ahead */
@@ -806,23 +1032,73 @@ static void wino_weights_range(void *arg, int64_t begin, int64_t end) {
         r[2][col] = _mm256_mul_ps(_mm256_sub_ps(sum, g1), half);
         r[3][col] = g2;
       }
-      float *dst = ww->j->u + m * C + c;
+      float *dst = u + m * C + c;
       for (int i = 0; i < 4; i++) { /* and on its columns */
         __m256 sum = _mm256_add_ps(r[i][0], r[i][2]), v[4];
         v[0] = r[i][0];
         v[1] = _mm256_mul_ps(_mm256_add_ps(sum, r[i][1]), half);
         v[2] = _mm256_mul_ps(_mm256_sub_ps(sum, r[i][1]), half);
         v[3] = r[i][2];
-        for (int q = 0; q < 4; q++) store_n(dst + (i * 4 + q) * plane, v[q], n);
+        for (int q = 0; q < 4; q++) store_out(dst + (i * 4 + q) * plane, v[q], n, 1, NULL);
       }
     }
 }
 
-/* V_xi[c, col0 + tile] = (B^T d B)[xi] for every tile of the padded plane P; v points at row c
- * of V_0. */
-static void wino_input_plane(const wino_job *j, const float *P, float *v, int64_t col0) {
-  int64_t vstride = j->g->C * j->ld;
-  for (int64_t ty = 0; ty < j->th; ty++)
+typedef struct wino_job {
+  const conv_geom *g;
+  const float *x, *b;
+  float *y;
+  const kx_activation *act;
+  const float *u;        /* [16][M][C] */
+  int64_t th, tw;        /* tiles per image: th rows of tw */
+  int64_t rows, blocks;  /* tile rows per block (the last may have fewer), blocks */
+  int64_t SH, PW;        /* a zero-bordered strip of a block's input rows */
+  int64_t ld;            /* row stride of V and M: a block's tiles and 8 floats of slack */
+  int64_t vstride, mstride; /* from V_xi to V_xi+1, and M_xi to M_xi+1 (see wino_plane_stride) */
+  int slots;             /* threads: each has a strip and GEMM workspace */
+  int own_blocks;        /* each slot runs whole blocks with its own V and M; else blocks run in
+                            turn, every step split across the slots */
+  char *slot_mem;        /* per slot: strip, GEMM workspace, V and M when own_blocks */
+  size_t slot_bytes;
+  float *vm;             /* the shared V and M when !own_blocks */
+} wino_job;
+
+/* One block's part of one image: tile rows [ty0, ty1) of image n, at column col0 of V and M. */
+typedef struct wino_seg {
+  int64_t n, ty0, ty1, col0;
+} wino_seg;
+
+/* The image segments of block k, in order; returns their count. */
+static int64_t wino_segments(const wino_job *j, int64_t k, wino_seg *seg, int64_t max) {
+  int64_t R = j->g->N * j->th, r = k * j->rows, r1 = r + j->rows < R ? r + j->rows : R, count = 0;
+  while (r < r1 && count < max) {
+    int64_t n = r / j->th, ty0 = r % j->th, ty1 = ty0 + (r1 - r) < j->th ? ty0 + (r1 - r) : j->th;
+    seg[count++] = (wino_seg){n, ty0, ty1, (r - k * j->rows) * j->tw};
+    r += ty1 - ty0;
+  }
+  return count;
+}
+
+static float *slot_strip(const wino_job *j, int64_t s) { return (float *)(j->slot_mem + (size_t)s * j->slot_bytes); }
+static void *slot_gemm_ws(const wino_job *j, int64_t s) { return slot_strip(j, s) + j->SH * j->PW; }
+static float *slot_vm(const wino_job *j, int64_t s) {
+  return j->own_blocks ? (float *)((char *)slot_gemm_ws(j, s) + kx_gemm_workspace(1)) : j->vm;
+}
+
+/* V_xi[c, col0 + tile] = (B^T d B)[xi] for the tile rows of segment sg of channel c (v points at
+ * row c of V_0): the input rows under them are copied into the strip P (whose borders stay zero)
+ * and transformed eight tiles at a time. */
+static void wino_input(const wino_job *j, const wino_seg *sg, int64_t c, float *P, float *v) {
+  const conv_geom *g = j->g;
+  const float *x = j->x + (sg->n * g->C + c) * g->in_size;
+  int64_t rows = 2 * (sg->ty1 - sg->ty0) + 2, vstride = j->vstride;
+  for (int64_t i = 0; i < rows; i++) { /* padded row 2*ty0 + i is input row 2*ty0 + i - pb */
+    int64_t ih = 2 * sg->ty0 + i - g->pb[0];
+    float *dst = P + i * j->PW + g->pb[1];
+    if (ih >= 0 && ih < g->in[0]) copy_f(dst, x + ih * g->in[1], g->in[1]);
+    else zero_f(dst, g->in[1]);
+  }
+  for (int64_t ty = 0; ty < sg->ty1 - sg->ty0; ty++)
     for (int64_t tx = 0; tx < j->tw; tx += 8) {
       __m256 d[4][4], t[4][4];
       for (int i = 0; i < 4; i++) {
@@ -838,7 +1114,7 @@ static void wino_input_plane(const wino_job *j, const float *P, float *v, int64_
         t[2][q] = _mm256_sub_ps(d[2][q], d[1][q]);
         t[3][q] = _mm256_sub_ps(d[1][q], d[3][q]);
       }
-      float *dst = v + col0 + ty * j->tw + tx;
+      float *dst = v + sg->col0 + ty * j->tw + tx;
       for (int i = 0; i < 4; i++) { /* B on columns */
         _mm256_storeu_ps(dst + (i * 4 + 0) * vstride, _mm256_sub_ps(t[i][0], t[i][2]));
         _mm256_storeu_ps(dst + (i * 4 + 1) * vstride, _mm256_add_ps(t[i][1], t[i][2]));
@@ -848,13 +1124,15 @@ static void wino_input_plane(const wino_job *j, const float *P, float *v, int64_
     }
 }
 
-/* Output plane y of channel m = A^T M A + bias; mt points at row m of M_0. */
-static void wino_output_plane(const wino_job *j, const float *mt, int64_t col0, float bias, float *y) {
-  int64_t OH = j->g->out[0], OW = j->g->out[1], mstride = j->g->M * j->ld;
-  __m256 b = _mm256_set1_ps(bias);
-  for (int64_t ty = 0; ty < j->th; ty++)
+/* Output rows of segment sg, channel m: A^T M A + bias, activated; mt points at row m of M_0. */
+static void wino_output(const wino_job *j, const wino_seg *sg, int64_t m, const float *mt) {
+  const conv_geom *g = j->g;
+  int64_t OH = g->out[0], OW = g->out[1], mstride = j->mstride;
+  float *y = j->y + (sg->n * g->M + m) * g->out_size;
+  __m256 b = _mm256_set1_ps(j->b ? j->b[m] : 0.0f);
+  for (int64_t ty = sg->ty0; ty < sg->ty1; ty++)
     for (int64_t tx = 0; tx < j->tw; tx += 8) {
-      const float *src = mt + col0 + ty * j->tw + tx;
+      const float *src = mt + sg->col0 + (ty - sg->ty0) * j->tw + tx;
       __m256 s[2][4];
       for (int q = 0; q < 4; q++) { /* A^T on rows */
         __m256 m0 = _mm256_loadu_ps(src + q * mstride), m1 = _mm256_loadu_ps(src + (4 + q) * mstride);
@@ -866,6 +1144,10 @@ static void wino_output_plane(const wino_job *j, const float *mt, int64_t col0, 
       for (int i = 0; i < 2 && 2 * ty + i < OH; i++) { /* A on columns; the tiles' pairs interleave */
         __m256 y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), b);
         __m256 y1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), b);
+        if (j->act) {
+          y0 = kx_act_m256(j->act, y0);
+          y1 = kx_act_m256(j->act, y1);
+        }
         __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
         float row[16];
         _mm256_storeu_ps(row, _mm256_permute2f128_ps(lo, hi, 0x20));
@@ -875,125 +1157,162 @@ static void wino_output_plane(const wino_job *j, const float *mt, int64_t col0, 
     }
 }
 
-/* The three steps of one chunk (images [n0, n0+nb)), each over part p of `parts`. */
-typedef struct wino_chunk {
-  const wino_job *j;
-  int64_t n0, nb;
-  float *v, *m; /* this chunk's V and M */
-} wino_chunk;
-
-static float *slot_plane(const wino_job *j, int64_t s) { return (float *)(j->slot_mem + (size_t)s * j->slot_bytes); }
-static void *slot_gemm_ws(const wino_job *j, int64_t s) { return slot_plane(j, s) + j->PH * j->PW; }
-
-static void wino_inputs(const wino_chunk *ch, int64_t p, int64_t parts, int64_t slot) {
-  const wino_job *j = ch->j;
+/* Part p of `parts` of a step of block k: the input transform (0), the 16 GEMMs (1) or the output
+ * transform (2), with slot s's strip, workspace and V and M (v, then m). */
+static void wino_step(const wino_job *j, int64_t k, int step, int64_t p, int64_t parts, int64_t s) {
   const conv_geom *g = j->g;
-  float *P = slot_plane(j, slot);
-  int64_t planes = ch->nb * g->C;
-  for (int64_t q = planes * p / parts; q < planes * (p + 1) / parts; q++) {
-    int64_t i = q / g->C, c = q % g->C;
-    const float *x = j->x + ((ch->n0 + i) * g->C + c) * g->in_size;
-    float *dst = P + g->pb[0] * j->PW + g->pb[1]; /* the borders stay zero */
-    for (int64_t ih = 0; ih < g->in[0]; ih++) copy_f(dst + ih * j->PW, x + ih * g->in[1], g->in[1]);
-    wino_input_plane(j, P, ch->v + c * j->ld, i * j->tiles);
+  wino_seg seg[WINO_MAX_SEGMENTS];
+  int64_t nseg = wino_segments(j, k, seg, WINO_MAX_SEGMENTS), tiles = 0;
+  for (int64_t q = 0; q < nseg; q++) tiles += (seg[q].ty1 - seg[q].ty0) * j->tw;
+  float *v = slot_vm(j, s), *mm = v + 16 * j->vstride;
+  if (step == 1) {
+    for (int64_t xi = 16 * p / parts; xi < 16 * (p + 1) / parts; xi++) {
+      kx_gemm gm = {.M = g->M, .N = tiles, .K = g->C, .A = j->u + xi * g->M * g->C, .lda = g->C, .B = v + xi * j->vstride,
+                    .ldb = j->ld, .alpha = 1, .beta = 0, .C = mm + xi * j->mstride, .ldc = j->ld};
+      kx_gemm_run(NULL, &gm, slot_gemm_ws(j, s));
+    }
+    return;
   }
+  /* parts take whole channels: a channel's segments run in order, since the last tile group of a
+   * segment writes past it into the next one */
+  int64_t channels = step == 0 ? g->C : g->M;
+  for (int64_t ch = channels * p / parts; ch < channels * (p + 1) / parts; ch++)
+    for (int64_t q = 0; q < nseg; q++) {
+      if (step == 0) wino_input(j, &seg[q], ch, slot_strip(j, s), v + ch * j->ld);
+      else wino_output(j, &seg[q], ch, mm + ch * j->ld);
+    }
 }
 
-static void wino_gemms(const wino_chunk *ch, int64_t p, int64_t parts, int64_t slot) {
-  const wino_job *j = ch->j;
-  const conv_geom *g = j->g;
-  for (int64_t xi = 16 * p / parts; xi < 16 * (p + 1) / parts; xi++) {
-    kx_gemm gm = {.M = g->M, .N = ch->nb * j->tiles, .K = g->C, .A = j->u + xi * g->M * g->C, .lda = g->C,
-                  .B = ch->v + xi * g->C * j->ld, .ldb = j->ld, .alpha = 1, .beta = 0, .C = ch->m + xi * g->M * j->ld, .ldc = j->ld};
-    kx_gemm_run(NULL, &gm, slot_gemm_ws(j, slot));
-  }
+/* Slot s runs its share of the blocks, each whole, with its own V and M. */
+static void wino_own_range(void *arg, int64_t begin, int64_t end) {
+  const wino_job *j = arg;
+  for (int64_t s = begin; s < end; s++)
+    for (int64_t k = j->blocks * s / j->slots; k < j->blocks * (s + 1) / j->slots; k++)
+      for (int step = 0; step < 3; step++) wino_step(j, k, step, 0, 1, s);
 }
 
-static void wino_outputs(const wino_chunk *ch, int64_t p, int64_t parts) {
-  const wino_job *j = ch->j;
-  const conv_geom *g = j->g;
-  int64_t planes = ch->nb * g->M;
-  for (int64_t q = planes * p / parts; q < planes * (p + 1) / parts; q++) {
-    int64_t i = q / g->M, m = q % g->M;
-    wino_output_plane(j, ch->m + m * j->ld, i * j->tiles, j->b ? j->b[m] : 0.0f, j->y + ((ch->n0 + i) * g->M + m) * g->out_size);
-  }
-}
-
-/* A chunk's step split across the slots (chunks in turn). */
+/* One step of a block split across the slots (blocks in turn, with the shared V and M). */
 typedef struct wino_split {
-  const wino_chunk *ch;
+  const wino_job *j;
+  int64_t k;
   int step;
 } wino_split;
 
 static void wino_split_range(void *arg, int64_t begin, int64_t end) {
   const wino_split *sp = arg;
-  int parts = sp->ch->j->slots;
-  for (int64_t p = begin; p < end; p++) {
-    if (sp->step == 0) wino_inputs(sp->ch, p, parts, p);
-    else if (sp->step == 1) wino_gemms(sp->ch, p, parts, p);
-    else wino_outputs(sp->ch, p, parts);
-  }
+  for (int64_t p = begin; p < end; p++) wino_step(sp->j, sp->k, sp->step, p, sp->j->slots, p);
 }
 
-/* Slot s runs its share of the chunks from start to end with its own V and M. */
-static void wino_own_range(void *arg, int64_t begin, int64_t end) {
-  const wino_job *j = arg;
-  for (int64_t s = begin; s < end; s++)
-    for (int64_t k = j->chunks * s / j->slots; k < j->chunks * (s + 1) / j->slots; k++) {
-      float *v = j->vm + s * j->vm_floats;
-      wino_chunk ch = {j, k * j->imgs, j->g->N - k * j->imgs < j->imgs ? j->g->N - k * j->imgs : j->imgs, v,
-                       v + 16 * j->g->C * j->ld};
-      wino_inputs(&ch, 0, 1, s);
-      wino_gemms(&ch, 0, 1, s);
-      wino_outputs(&ch, 0, 1);
-    }
+typedef struct wino_weights_job {
+  const float *w;
+  float *u;
+  int64_t M, C;
+} wino_weights_job;
+
+static void wino_weights_range(void *arg, int64_t begin, int64_t end) {
+  const wino_weights_job *ww = arg;
+  wino_weights(ww->w, ww->M, ww->C, begin, end, ww->u);
 }
 
-static kiln_status run_winograd(kx_ctx *c, const conv_geom *g, const float *x, const float *w, const float *b, float *y) {
-  wino_job j = {.g = g, .x = x, .b = b, .y = y};
+/* The distance between the 16 matrices of V (or M) for matrices of n floats: the transforms
+ * touch all 16 at once, and at a multiple of 4 KB apart (64 channels by 280 tiles and 8 of slack
+ * are 72 KB) they would all fall in one set of the 8-way L1. Rounded up to 4 KB and one cache
+ * line past it, they fall in 16 consecutive sets. */
+static int64_t wino_plane_stride(int64_t n) { return (n + 1023) / 1024 * 1024 + 16; }
+
+/* Tile rows per block: enough tiles that the GEMMs fill their panels and that U, streamed once per
+ * block, costs at most half of what V and M do; more while V and M still fit WINO_BLOCK_BYTES. */
+static int64_t wino_block_rows(const conv_geom *g, int64_t tw, int64_t R) {
+  int64_t per_tile = 16 * (g->C + g->M) * (int64_t)sizeof(float);
+  int64_t tiles = WINO_BLOCK_BYTES / per_tile, reuse = g->C * g->M / (2 * (g->C + g->M));
+  if (tiles < reuse) tiles = reuse;
+  if (tiles < WINO_MIN_BLOCK_TILES) tiles = WINO_MIN_BLOCK_TILES;
+  int64_t rows = (tiles + tw - 1) / tw, th = (g->out[0] + 1) / 2;
+  if (rows > (WINO_MAX_SEGMENTS - 1) * th) rows = (WINO_MAX_SEGMENTS - 1) * th;
+  return rows < R ? rows : R;
+}
+
+/* u: the prepared U, or NULL to transform w here. */
+static kiln_status run_winograd(kx_ctx *c, const conv_geom *g, const float *x, const float *w, const float *u,
+                                const float *b, const kx_activation *act, float *y) {
+  wino_job j = {.g = g, .x = x, .b = b, .y = y, .act = act, .u = u};
   j.th = (g->out[0] + 1) / 2;
   j.tw = (g->out[1] + 1) / 2;
-  j.tiles = j.th * j.tw;
-  /* the padded plane covers every tile's 4x4 patch, and 16 + 2 columns past the last group */
-  int64_t twv = (j.tw + 7) / 8 * 8;
-  j.PH = g->pb[0] + g->in[0] > 2 * j.th + 2 ? g->pb[0] + g->in[0] : 2 * j.th + 2;
-  j.PW = g->pb[1] + g->in[1] > 2 * twv + 2 ? g->pb[1] + g->in[1] : 2 * twv + 2;
+  int64_t R = g->N * j.th;
+  j.rows = wino_block_rows(g, j.tw, R);
+  j.blocks = (R + j.rows - 1) / j.rows;
   j.slots = kx_gemm_threads(c);
-  int64_t cols = WINO_CHUNK_BYTES / (int64_t)(16 * sizeof(float) * (g->C + g->M)) - 8;
-  j.imgs = cols / j.tiles < 1 ? 1 : cols / j.tiles;
-  if (j.imgs > g->N) j.imgs = g->N;
-  if (j.slots > 1 && j.imgs > (g->N + j.slots - 1) / j.slots) j.imgs = (g->N + j.slots - 1) / j.slots;
-  j.chunks = (g->N + j.imgs - 1) / j.imgs;
-  j.own_chunks = j.slots > 1 && j.chunks >= j.slots;
-  j.ld = j.imgs * j.tiles + 8;
-  j.vm_floats = 16 * (g->C + g->M) * j.ld;
-  j.slot_bytes = ((size_t)(j.PH * j.PW) * sizeof(float) + kx_gemm_workspace(1) + 63) & ~(size_t)63;
-  size_t u_bytes = (size_t)(16 * g->M * g->C) * sizeof(float), slots_bytes = (size_t)j.slots * j.slot_bytes;
-  size_t vm_bytes = (size_t)((j.own_chunks ? j.slots : 1) * j.vm_floats) * sizeof(float);
-  char *buf = kx_scratch(c, u_bytes + slots_bytes + vm_bytes);
-  if (!buf) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %zu bytes of Winograd scratch", u_bytes + slots_bytes + vm_bytes);
-  j.u = (float *)buf;
+  /* a block per slot at least while there are tile rows for it; equal blocks */
+  if (j.slots > 1 && j.blocks < j.slots) j.blocks = R < j.slots ? R : j.slots;
+  j.rows = (R + j.blocks - 1) / j.blocks;
+  j.blocks = (R + j.rows - 1) / j.rows;
+  j.own_blocks = j.slots > 1 && j.blocks >= j.slots;
+  j.ld = j.rows * j.tw + 8;
+  j.vstride = wino_plane_stride(g->C * j.ld);
+  j.mstride = wino_plane_stride(g->M * j.ld);
+  /* the strip covers a block's rows of 4x4 patches, and 16 + 2 columns past the last group */
+  int64_t twv = (j.tw + 7) / 8 * 8, rows_in = 2 * (j.rows < j.th ? j.rows : j.th) + 2;
+  j.SH = rows_in;
+  j.PW = g->pb[1] + g->in[1] > 2 * twv + 2 ? g->pb[1] + g->in[1] : 2 * twv + 2;
+  size_t vm_bytes = (size_t)(16 * (j.vstride + j.mstride)) * sizeof(float);
+  j.slot_bytes = ((size_t)(j.SH * j.PW) * sizeof(float) + kx_gemm_workspace(1) + (j.own_blocks ? vm_bytes : 0) + 63) & ~(size_t)63;
+  size_t u_bytes = u ? 0 : (size_t)(16 * g->M * g->C) * sizeof(float), slots_bytes = (size_t)j.slots * j.slot_bytes;
+  size_t total = u_bytes + slots_bytes + (j.own_blocks ? 0 : vm_bytes);
+  char *buf = kx_scratch(c, total);
+  if (!buf) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %zu bytes of Winograd scratch", total);
   j.slot_mem = buf + u_bytes;
   j.vm = (float *)(buf + u_bytes + slots_bytes);
-  for (int s = 0; s < j.slots; s++) memset(slot_plane(&j, s), 0, (size_t)(j.PH * j.PW) * sizeof(float));
-  wino_weights ww = {&j, w};
-  kx_parallel(c, g->M, 40.0 * (double)g->C, wino_weights_range, &ww);
-  if (j.own_chunks) {
+  for (int s = 0; s < j.slots; s++) memset(slot_strip(&j, s), 0, (size_t)(j.SH * j.PW) * sizeof(float));
+  if (!u) { /* the weights are an input: transform them now */
+    wino_weights_job ww = {w, (float *)buf, g->M, g->C};
+    kx_parallel(c, g->M, 40.0 * (double)g->C, wino_weights_range, &ww);
+    j.u = ww.u;
+  }
+  if (j.own_blocks) {
     kx_parallel(c, j.slots, 1e12, wino_own_range, &j);
     return NULL;
   }
-  for (int64_t k = 0; k < j.chunks; k++) {
-    wino_chunk ch = {&j, k * j.imgs, g->N - k * j.imgs < j.imgs ? g->N - k * j.imgs : j.imgs, j.vm, j.vm + 16 * g->C * j.ld};
+  for (int64_t k = 0; k < j.blocks; k++)
     for (int step = 0; step < 3; step++) {
-      wino_split sp = {&ch, step};
+      wino_split sp = {&j, k, step};
       if (j.slots > 1) kx_parallel(c, j.slots, 1e12, wino_split_range, &sp);
       else wino_split_range(&sp, 0, 1);
     }
-  }
   return NULL;
 }
 
-/* ------------------------------------------------------------------ run */
+/* ------------------------------------------------------------------ prepare and run */
+
+/* Transforms a constant W for Winograd at load when the convolution's shape takes that lowering
+ * (whatever the image size: runs too small for it fall back to im2col, at the price of an unused
+ * copy). A W that is no float 4-D tensor is left for the run to reject. */
+static kiln_status wino_prepare(kx_node *n, conv_params *p) {
+  const kiln_tensor *w = n->n_in > 1 ? n->consts[1] : NULL;
+  if (!w || w->dtype != KILN_FLOAT || w->rank != 4 || p->group != 1) return NULL;
+  int64_t ones[2] = {1, 1}, M = w->dims[0], C = w->dims[1];
+  if (p->n_strides && p->n_strides != 2) return NULL;
+  if (p->n_dilations && p->n_dilations != 2) return NULL;
+  if (!winograd_shape(C, M, w->dims + 2, p->n_strides ? p->strides : ones, p->n_dilations ? p->dilations : ones)) return NULL;
+  p->wino_u = malloc((size_t)(16 * M * C) * sizeof(float));
+  if (!p->wino_u) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld Winograd weights", (long long)(16 * M * C));
+  wino_weights(w->data, M, C, 0, M, p->wino_u);
+  return NULL;
+}
+
+static kiln_status conv_prepare(kx_node *n) {
+  kiln_status st = conv_prepare_common(n, 0);
+  if (!st) st = wino_prepare(n, n->params); /* on failure the executor releases params */
+  return st;
+}
+
+static kiln_status conv_transpose_prepare(kx_node *n) { return conv_prepare_common(n, 1); }
+
+static void conv_release(void *params) {
+  conv_params *p = params;
+  if (p) free(p->wino_u);
+  free(p);
+}
+
 
 static kiln_status conv_run_any(kx_ctx *c) {
   const conv_params *p = c->node->params;
@@ -1015,12 +1334,16 @@ static kiln_status conv_run_any(kx_ctx *c) {
   if (kiln_tensor_numel(y) == 0) return NULL;
 
   int half = x->dtype == KILN_FLOAT16 || x->dtype == KILN_BFLOAT16;
-  if (!p->transpose && x->dtype == KILN_FLOAT && g.nd == 2 && g.Cg == 1)
-    return run_depthwise(c, &g, x->data, w->data, b ? b->data : NULL, y->data);
-  if (!p->transpose && x->dtype == KILN_FLOAT && winograd_fits(&g))
-    return run_winograd(c, &g, x->data, w->data, b ? b->data : NULL, y->data);
+  /* float Conv applies the fused activation in every lowering */
+  const kx_activation *act = !p->transpose && x->dtype == KILN_FLOAT ? kx_take_post(c) : NULL;
+  const float *bf = b ? b->data : NULL;
+  if (!p->transpose && x->dtype == KILN_FLOAT) {
+    if (winograd_fits(&g)) return run_winograd(c, &g, x->data, w->data, p->wino_u, bf, act, y->data);
+    if (direct_fits(&g)) return run_direct(c, &g, x->data, w->data, bf, act, y->data);
+    if (depthwise_fits(&g)) return run_depthwise(c, &g, x->data, w->data, bf, act, y->data);
+  }
   conv_run r = {.g = &g, .transpose = p->transpose, .dbl = x->dtype == KILN_DOUBLE, .x = x->data, .w = w->data,
-                .b = b ? b->data : NULL, .y = y->data};
+                .b = b ? b->data : NULL, .y = y->data, .act = act};
   plan_units(c, &r);
   /* float16 / bfloat16: X, W, B and Y as floats after the units' buffers */
   int64_t nx = kiln_tensor_numel(x), nw = kiln_tensor_numel(w), nb = b ? kiln_tensor_numel(b) : 0, ny = kiln_tensor_numel(y);
@@ -1044,7 +1367,7 @@ static kiln_status conv_run_any(kx_ctx *c) {
 }
 
 const kx_op kx_ops_conv[] = {
-    {"", "Conv", 1, 0, conv_prepare, conv_run_any, NULL, 0, 1},
-    {"", "ConvTranspose", 1, 0, conv_transpose_prepare, conv_run_any, NULL, 0, 1},
+    {"", "Conv", 1, 0, conv_prepare, conv_run_any, conv_release, 0, 1},
+    {"", "ConvTranspose", 1, 0, conv_transpose_prepare, conv_run_any, conv_release, 0, 1},
     {0},
 };

@@ -7,7 +7,8 @@
  * packed.
  *
  * The first K block of each tile adds beta * C and the biases in registers before its store (later
- * blocks add into C), so a bias costs no pass of its own over C. */
+ * blocks add into C), and the last one applies the fused activation, so neither costs a pass of
+ * its own over C. */
 #include "ops/gemm.h"
 
 #include <immintrin.h>
@@ -42,9 +43,10 @@ typedef struct tile_out {
   int first;   /* the first K block adds beta * C and the biases; later ones add C */
   float alpha, beta;
   const float *row_bias, *col_bias; /* at the tile's first row / column, or NULL */
+  const kx_activation *act;         /* set on the last K block only */
 } tile_out;
 
-static inline __m256 row_init(const tile_out *o, int r, int half) {
+static inline __attribute__((always_inline)) __m256 row_init(const tile_out *o, int r, int half) {
   float *cr = o->c + r * o->ldc + 8 * half;
   if (!o->first) return _mm256_loadu_ps(cr);
   __m256 v = o->beta != 0 ? _mm256_mul_ps(_mm256_set1_ps(o->beta), _mm256_loadu_ps(cr)) : _mm256_setzero_ps();
@@ -53,21 +55,36 @@ static inline __m256 row_init(const tile_out *o, int r, int half) {
   return v;
 }
 
-static inline void store_row(const tile_out *o, int r, __m256 v0, __m256 v1) {
+static inline __attribute__((always_inline)) void store_row(const tile_out *o, int r, __m256 v0, __m256 v1) {
   if (o->alpha != 1) {
     v0 = _mm256_mul_ps(v0, _mm256_set1_ps(o->alpha));
     v1 = _mm256_mul_ps(v1, _mm256_set1_ps(o->alpha));
   }
   v0 = _mm256_add_ps(v0, row_init(o, r, 0));
   v1 = _mm256_add_ps(v1, row_init(o, r, 1));
+  if (o->act) {
+    v0 = kx_act_m256(o->act, v0);
+    v1 = kx_act_m256(o->act, v1);
+  }
   _mm256_storeu_ps(o->c + r * o->ldc, v0);
   _mm256_storeu_ps(o->c + r * o->ldc + 8, v1);
 }
 
-/* The part of a partial tile inside C: whole rows as vectors when all 16 columns are in. */
+/* The left half of a row, for tiles of eight columns. */
+static inline void store_half_row(const tile_out *o, int r, __m256 v) {
+  if (o->alpha != 1) v = _mm256_mul_ps(v, _mm256_set1_ps(o->alpha));
+  v = _mm256_add_ps(v, row_init(o, r, 0));
+  if (o->act) v = kx_act_m256(o->act, v);
+  _mm256_storeu_ps(o->c + r * o->ldc, v);
+}
+
+/* The part of a partial tile inside C: whole rows as vectors when all 16 (or the first 8)
+ * columns are in. */
 static void store_partial(const tile_out *o, const float t[MR][NR]) {
-  if (o->nr == NR) {
-    for (int r = 0; r < o->mr; r++) store_row(o, r, _mm256_loadu_ps(t[r]), _mm256_loadu_ps(t[r] + 8));
+  if (o->nr == NR || o->nr == NR / 2) {
+    for (int r = 0; r < o->mr; r++)
+      if (o->nr == NR) store_row(o, r, _mm256_loadu_ps(t[r]), _mm256_loadu_ps(t[r] + 8));
+      else store_half_row(o, r, _mm256_loadu_ps(t[r]));
     return;
   }
   for (int r = 0; r < o->mr; r++)
@@ -79,42 +96,43 @@ static void store_partial(const tile_out *o, const float t[MR][NR]) {
         if (o->row_bias) v += o->row_bias[r];
         if (o->col_bias) v += o->col_bias[q];
       }
-      *cp = v;
+      *cp = kx_act_f32(o->act, v);
     }
 }
 
-/* acc[rows x 16] = sum over k of A[r][k] * Bpanel[k][0..16), where A[r][k] = a[r * rs + k * ks]
+/* acc[rows x cols] = sum over k of A[r][k] * Bpanel[k][0..cols), where A[r][k] = a[r * rs + k * ks]
  * (rs = lda, ks = 1 for rows of A in place; rs = 1, ks = MR for a packed panel). Inlined into
- * callers with constant strides and row counts, so the loop addresses stay simple and a short
- * last panel (rows 2 or 4) does not pay for six. */
+ * callers with constant strides, row and column counts, so the loop addresses stay simple, a
+ * short last row panel (rows 2 or 4) does not pay for six and a last column panel of at most
+ * eight columns (a 7x7 image has 49) does not pay for sixteen. */
 static inline __attribute__((always_inline)) void tile(int64_t kc, const float *a, int64_t rs, int64_t ks,
-                                                       const float *b, int rows, const tile_out *o) {
+                                                       const float *b, int rows, int cols, const tile_out *o) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   const float *a0 = a, *a3 = a + 3 * rs;
   for (int64_t k = 0; k < kc; k++) {
-    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 b0 = _mm256_loadu_ps(b), b1 = cols > 8 ? _mm256_loadu_ps(b + 8) : b0;
     __m256 x = _mm256_broadcast_ss(a0);
     c00 = _mm256_fmadd_ps(x, b0, c00);
-    c01 = _mm256_fmadd_ps(x, b1, c01);
+    if (cols > 8) c01 = _mm256_fmadd_ps(x, b1, c01);
     x = _mm256_broadcast_ss(a0 + rs);
     c10 = _mm256_fmadd_ps(x, b0, c10);
-    c11 = _mm256_fmadd_ps(x, b1, c11);
+    if (cols > 8) c11 = _mm256_fmadd_ps(x, b1, c11);
     if (rows > 2) {
       x = _mm256_broadcast_ss(a0 + 2 * rs);
       c20 = _mm256_fmadd_ps(x, b0, c20);
-      c21 = _mm256_fmadd_ps(x, b1, c21);
+      if (cols > 8) c21 = _mm256_fmadd_ps(x, b1, c21);
       x = _mm256_broadcast_ss(a3);
       c30 = _mm256_fmadd_ps(x, b0, c30);
-      c31 = _mm256_fmadd_ps(x, b1, c31);
+      if (cols > 8) c31 = _mm256_fmadd_ps(x, b1, c31);
     }
     if (rows > 4) {
       x = _mm256_broadcast_ss(a3 + rs);
       c40 = _mm256_fmadd_ps(x, b0, c40);
-      c41 = _mm256_fmadd_ps(x, b1, c41);
+      if (cols > 8) c41 = _mm256_fmadd_ps(x, b1, c41);
       x = _mm256_broadcast_ss(a3 + 2 * rs);
       c50 = _mm256_fmadd_ps(x, b0, c50);
-      c51 = _mm256_fmadd_ps(x, b1, c51);
+      if (cols > 8) c51 = _mm256_fmadd_ps(x, b1, c51);
     }
     a0 += ks;
     a3 += ks;
@@ -139,11 +157,15 @@ static inline __attribute__((always_inline)) void tile(int64_t kc, const float *
   store_partial(o, t);
 }
 
-static void tile_rows(int64_t kc, const float *a, int64_t lda, const float *b, const tile_out *o) { tile(kc, a, lda, 1, b, MR, o); }
+static void tile_rows(int64_t kc, const float *a, int64_t lda, const float *b, const tile_out *o) {
+  if (o->nr > 8) tile(kc, a, lda, 1, b, MR, 16, o);
+  else tile(kc, a, lda, 1, b, MR, 8, o);
+}
 static void tile_packed(int64_t kc, const float *a, const float *b, const tile_out *o) {
-  if (o->mr > 4) tile(kc, a, 1, MR, b, 6, o);
-  else if (o->mr > 2) tile(kc, a, 1, MR, b, 4, o);
-  else tile(kc, a, 1, MR, b, 2, o);
+  if (o->nr <= 8) tile(kc, a, 1, MR, b, 6, 8, o);
+  else if (o->mr > 4) tile(kc, a, 1, MR, b, 6, 16, o);
+  else if (o->mr > 2) tile(kc, a, 1, MR, b, 4, 16, o);
+  else tile(kc, a, 1, MR, b, 2, 16, o);
 }
 
 /* ------------------------------------------------------------------ packing */
@@ -224,6 +246,14 @@ static void pack_a(const kx_gemm *g, int64_t i0, int mr, int64_t k0, int64_t kc,
 
 /* ------------------------------------------------------------------ driver */
 
+/* Asks for the next row panel of A (six rows of kc floats) while this one computes: weights read
+ * in place come from memory in six streams, which the hardware prefetcher follows too late when
+ * each panel is used for only a few column panels (a 7x7 image has four). */
+static void prefetch_rows(const float *a, int64_t lda, int64_t kc) {
+  for (int r = 0; r < MR; r++)
+    for (int64_t k = 0; k < kc; k += 16) _mm_prefetch((const char *)(a + r * lda + k), _MM_HINT_T0);
+}
+
 /* The blocking of one workspace: B blocks of kc x nc, then one A panel. */
 typedef struct blocking {
   int64_t kc, nc;
@@ -243,9 +273,11 @@ static void gemm_block(const kx_gemm *g, int64_t i0, int64_t i1, int64_t j0, int
        * rows (six sequential streams) */
       for (int64_t i = i0; i < i1; i += MR) {
         tile_out o = {.ldc = g->ldc, .mr = i1 - i < MR ? (int)(i1 - i) : MR, .first = pc == 0, .alpha = g->alpha,
-                      .beta = g->beta, .row_bias = g->row_bias ? g->row_bias + i : NULL};
+                      .beta = g->beta, .row_bias = g->row_bias ? g->row_bias + i : NULL,
+                      .act = pc + kc == g->K ? g->act : NULL};
         int in_place = !g->trans_a && o.mr == MR;
         if (!in_place) pack_a(g, i, o.mr, pc, kc, abuf);
+        if (!g->trans_a && i + 2 * MR <= i1) prefetch_rows(g->A + (i + MR) * g->lda + pc, g->lda, kc);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           o.c = g->C + i * g->ldc + jc + jr;
           o.nr = nc - jr < NR ? (int)(nc - jr) : NR;
@@ -272,7 +304,7 @@ static inline float finish(const kx_gemm *g, int64_t j, float dot) {
   if (g->beta != 0) v += g->beta * g->C[j];
   if (g->row_bias) v += g->row_bias[0];
   if (g->col_bias) v += g->col_bias[j];
-  return v;
+  return kx_act_f32(g->act, v);
 }
 
 /* Columns [j0, j1) of a single-row product. op(A) is the row a[k * as]. B untransposed is read
@@ -387,13 +419,25 @@ static void split_range(void *arg, int64_t begin, int64_t end) {
 /* Work (multiply-adds) below which another thread does not pay for its wake-up. */
 #define MIN_WORK_PER_THREAD (1 << 17)
 
+/* What a split costs beyond its share of the tiles, in rows (or columns) of C: split by rows,
+ * every part packs all of B; split by columns, every part streams all of A. */
+#define SPLIT_OVERHEAD 4
+
+/* Whether parts should take ranges of rows rather than columns: the split whose busiest part has
+ * the least work, counting whole tiles (a 14x14 image's 196 columns are 13 panels, which two
+ * threads cannot share evenly; 384 output channels are 64 row panels, which they can). */
+static int split_by_rows(const kx_gemm *g, int parts) {
+  int64_t row_units = (g->M + MR - 1) / MR, col_units = (g->N + NR - 1) / NR;
+  double rows_busiest = (double)((row_units + parts - 1) / parts * MR), cols_busiest = (double)((col_units + parts - 1) / parts * NR);
+  return (rows_busiest + SPLIT_OVERHEAD) * (double)(col_units * NR) < (cols_busiest + SPLIT_OVERHEAD) * (double)(row_units * MR);
+}
+
 static void run_split(const kx_ctx *c, const kx_gemm *g, float *ws, int gemv) {
   double work = (double)g->M * (double)g->N * (double)g->K;
   int threads = kx_gemm_threads(c);
   if (work < (double)threads * MIN_WORK_PER_THREAD) threads = (int)(work / MIN_WORK_PER_THREAD);
   split_job s = {g, threads > 1 ? threads : 1, 0, gemv, ws};
-  /* columns when there are enough for every thread, else rows */
-  s.by_rows = !gemv && g->N < (int64_t)s.parts * 4 * NR && g->M > g->N;
+  s.by_rows = !gemv && s.parts > 1 && split_by_rows(g, s.parts);
   if (s.parts == 1) split_range(&s, 0, 1);
   else kx_parallel(c, s.parts, 1e9, split_range, &s);
 }
@@ -404,7 +448,7 @@ static void scale_only(const kx_gemm *g) {
       float *cp = g->C + i * g->ldc + j, v = g->beta != 0 ? g->beta * *cp : 0;
       if (g->row_bias) v += g->row_bias[i];
       if (g->col_bias) v += g->col_bias[j];
-      *cp = v;
+      *cp = kx_act_f32(g->act, v);
     }
 }
 

@@ -160,6 +160,8 @@ typedef struct mm_job {
   const void *A, *B;
   void *Y;
   char *ws;
+  const float *bias;        /* floats only: one value per column, added in the GEMM's store */
+  const kx_activation *act; /* floats only: applied in the GEMM's store, after the bias */
 } mm_job;
 
 /* Product i; c as for kx_gemm_run. */
@@ -174,7 +176,8 @@ static void mm_product(const mm_job *j, const kx_ctx *c, int64_t i, void *ws) {
     return;
   }
   kx_gemm g = {.M = s->M, .N = s->N, .K = s->K, .A = (const float *)j->A + ao, .lda = s->K, .B = (const float *)j->B + bo,
-               .ldb = s->N, .alpha = 1, .beta = 0, .C = (float *)j->Y + yo, .ldc = s->N};
+               .ldb = s->N, .alpha = 1, .beta = 0, .C = (float *)j->Y + yo, .ldc = s->N, .col_bias = j->bias,
+               .act = j->act};
   kx_gemm_run(c, &g, ws);
 }
 
@@ -185,9 +188,10 @@ static void mm_workers(void *arg, int64_t begin, int64_t end) {
     for (int64_t i = n * w / w_n; i < n * (w + 1) / w_n; i++) mm_product(j, NULL, i, j->ws + w * kx_gemm_workspace(1));
 }
 
-/* Runs the plan; ws holds p->ws_bytes. */
-static void mm_run(const kx_ctx *c, const mm_plan *p, const void *A, const void *B, void *Y, void *ws) {
-  mm_job j = {p, A, B, Y, ws};
+/* Runs the plan; ws holds p->ws_bytes. bias and act (floats only, or NULL) apply to every product. */
+static void mm_run(const kx_ctx *c, const mm_plan *p, const void *A, const void *B, void *Y, void *ws,
+                   const float *bias, const kx_activation *act) {
+  mm_job j = {p, A, B, Y, ws, bias, act};
   if (p->workers > 1) {
     kx_parallel(c, p->workers, 1e12, mm_workers, &j);
     return;
@@ -233,13 +237,16 @@ static kiln_status matmul_run(kx_ctx *c) {
   char *buf = kx_scratch(c, p.ws_bytes + wide);
   if (!buf) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %zu bytes of MatMul scratch", p.ws_bytes + wide);
   if (!half) {
-    mm_run(c, &p, a->data, b->data, y->data, buf);
+    const float *bias = NULL;
+    const kx_activation *act = NULL;
+    if (a->dtype == KILN_FLOAT) kx_take_post_bias(c, s.N, &bias, &act);
+    mm_run(c, &p, a->data, b->data, y->data, buf, bias, act);
     return NULL;
   }
   float *fa = (float *)(buf + p.ws_bytes), *fb = fa + na, *fy = fb + nb;
   kx_to_float(a->dtype, a->data, fa, na);
   kx_to_float(b->dtype, b->data, fb, nb);
-  mm_run(c, &p, fa, fb, fy, buf);
+  mm_run(c, &p, fa, fb, fy, buf, NULL, NULL);
   kx_from_float(y->dtype, fy, y->data, ny);
   return NULL;
 }
@@ -338,6 +345,7 @@ static kiln_status gemm_run(kx_ctx *c) {
         for (int64_t j = 0; j < N; j++) g.C[i * N + j] = p->beta * cv[i * bias.row_step + j * bias.col_step];
       g.beta = 1;
     }
+    if (!half) g.act = kx_take_post(c);
     kx_gemm_run(c, &g, buf);
     if (half) kx_from_float(y->dtype, g.C, y->data, M * N);
   } else if (a->dtype == KILN_DOUBLE) {
@@ -618,7 +626,7 @@ static kiln_status ein_gemm(kx_ctx *c, const ein_plan *p, const void *a, const v
   for (int k = 0; k < nk; k++) order[n++] = kl[k];
   for (int k = 0; k < nn; k++) order[n++] = nl[k];
   ein_gather(p, 1, order, n, b, Bm, dbl);
-  mm_run(c, &plan, A, Bm, T, buf);
+  mm_run(c, &plan, A, Bm, T, buf, NULL, NULL);
   /* T is ordered (batch, M, N): scatter it into the output's label order */
   int tl[EIN_LABELS];
   n = 0;

@@ -380,4 +380,25 @@ static void test_transformer_fusions(void) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kiln_tensor_release(&all[i]);
 }
 
-TEST_MAIN(TEST(test_run_and_plan), TEST(test_transformer_fusions), TEST(test_concurrent_sessions), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))
+/* MatMul -> Add(bias) -> Relu runs as one MatMul applying both in its store. */
+static void test_matmul_bias_relu(void) {
+  kiln_tensor w = ramp(2, (int64_t[]){8, 24}, 0.05f), bias = ramp(1, (int64_t[]){24}, 0.1f);
+  kiln_tensor x = ramp(2, (int64_t[]){5, 8}, 0.25f), results[2];
+  for (int keep_apart = 0; keep_apart < 2; keep_apart++) {
+    tb_model *b = tb_new(13);
+    tb_input(b, "x", KILN_FLOAT, 2, (int64_t[]){-1, 8});
+    tb_output(b, "y", KILN_FLOAT);
+    tb_initializer(b, "w", &w);
+    tb_initializer(b, "bias", &bias);
+    tb_add_node(b, "MatMul", "x,w", "mm");
+    tb_add_node(b, "Add", "mm,bias", "h");
+    tb_add_node(b, "Relu", "h", "y");
+    if (keep_apart) tb_output(b, "mm", KILN_FLOAT);
+    CHECK(run_counting_nodes(b, &x, &results[keep_apart]) == (keep_apart ? 2 : 1));
+  }
+  CHECK_OK(kiln_tensor_compare(&results[0], &results[1], 0, 0));
+  kiln_tensor all[] = {w, bias, x, results[0], results[1]};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) kiln_tensor_release(&all[i]);
+}
+
+TEST_MAIN(TEST(test_run_and_plan), TEST(test_transformer_fusions), TEST(test_matmul_bias_relu), TEST(test_concurrent_sessions), TEST(test_activation_fusion), TEST(test_memory_plan_reuse), TEST(test_bad_inputs), TEST(test_malformed_models))

@@ -1,6 +1,7 @@
 /* Conv and ConvTranspose against naive reference loops over random shapes that reach every fast
- * path (pointwise, depthwise 3x3 stride 1/2 and general, im2col with several GEMM blocks,
- * groups, 1-D/3-D, padding modes), with 1 and 2 threads; plus malformed inputs. */
+ * path (pointwise, depthwise 3x3 stride 1/2 and general, direct small-channel kernels, im2col
+ * with several GEMM blocks, Winograd, groups, 1-D/3-D, padding modes), with 1 and 2 threads,
+ * with and without a fused activation; plus malformed inputs. */
 #include "kiln/graph.h"
 #include "onnx_builder.h"
 #include "test.h"
@@ -28,6 +29,13 @@ static kiln_tensor random_tensor(kiln_dtype dtype, int rank, const int64_t *dims
   return t;
 }
 
+/* Element 0 of a float, double or float16 tensor. */
+static void kx_test_set(kiln_tensor *t, double v) {
+  if (t->dtype == KILN_FLOAT) *(float *)t->data = (float)v;
+  else if (t->dtype == KILN_DOUBLE) *(double *)t->data = v;
+  else *(uint16_t *)t->data = kiln_float_to_half((float)v);
+}
+
 typedef struct conv_attrs {
   int transpose;
   int nd;
@@ -35,6 +43,8 @@ typedef struct conv_attrs {
   int64_t group;
   int64_t strides[3], dilations[3], pads[6], out_pad[3], out_shape[3];
   int has_out_shape, has_out_pad, has_pads;
+  const char *act; /* an activation node after the convolution (fused into it): NULL, "Relu", "Clip", "LeakyRelu" */
+  float lo, hi, alpha;
 } conv_attrs;
 
 /* Runs one Conv / ConvTranspose node on x, w and b (b may be NULL); *y receives a copy. The
@@ -47,7 +57,7 @@ static kiln_status run_conv(const conv_attrs *a, const kiln_tensor *x, const kil
   else tb_input(m, "w", w->dtype, w->rank, w->dims);
   if (b) tb_input(m, "b", b->dtype, b->rank, b->dims);
   tb_output(m, "y", x->dtype);
-  tb_node *n = tb_add_node(m, a->transpose ? "ConvTranspose" : "Conv", b ? "x,w,b" : "x,w", "y");
+  tb_node *n = tb_add_node(m, a->transpose ? "ConvTranspose" : "Conv", b ? "x,w,b" : "x,w", a->act ? "c" : "y");
   int nd = a->nd;
   if (a->auto_pad) tb_attr_string(n, "auto_pad", a->auto_pad);
   if (a->group > 1) tb_attr_int(n, "group", a->group);
@@ -56,6 +66,20 @@ static kiln_status run_conv(const conv_attrs *a, const kiln_tensor *x, const kil
   if (a->has_pads) tb_attr_ints(n, "pads", 2 * nd, a->pads);
   if (a->has_out_pad) tb_attr_ints(n, "output_padding", nd, a->out_pad);
   if (a->has_out_shape) tb_attr_ints(n, "output_shape", nd, a->out_shape);
+  kiln_tensor lo = {0}, hi = {0};
+  if (a->act && strcmp(a->act, "Clip") == 0) { /* bounds as constant inputs, as exporters write them */
+    if (kiln_tensor_alloc(&lo, x->dtype, 0, NULL) || kiln_tensor_alloc(&hi, x->dtype, 0, NULL)) abort();
+    kx_test_set(&lo, a->lo);
+    kx_test_set(&hi, a->hi);
+    tb_initializer(m, "lo", &lo);
+    tb_initializer(m, "hi", &hi);
+    tb_add_node(m, "Clip", "c,lo,hi", "y");
+  } else if (a->act) {
+    tb_node *act = tb_add_node(m, a->act, "c", "y");
+    if (strcmp(a->act, "LeakyRelu") == 0) tb_attr_float(act, "alpha", a->alpha);
+  }
+  kiln_tensor_release(&lo);
+  kiln_tensor_release(&hi);
   kiln_model *model = NULL;
   kiln_status s = tb_load(m, &model);
   tb_free(m);
@@ -75,6 +99,16 @@ static kiln_status run_conv(const conv_attrs *a, const kiln_tensor *x, const kil
 }
 
 static double get(const kiln_tensor *t, int64_t i) { return kiln_tensor_get_f64(t, i); }
+
+/* The activation after the reference convolution, as ONNX defines it (Clip: min, then max). */
+static void ref_activation(const conv_attrs *a, kiln_tensor *y) {
+  double *v = y->data;
+  for (int64_t i = 0; a->act && i < kiln_tensor_numel(y); i++) {
+    if (strcmp(a->act, "Relu") == 0) v[i] = v[i] > 0 ? v[i] : 0;
+    else if (strcmp(a->act, "LeakyRelu") == 0) v[i] = v[i] >= 0 ? v[i] : v[i] * a->alpha;
+    else v[i] = v[i] < a->lo ? a->lo : v[i] > a->hi ? a->hi : v[i];
+  }
+}
 
 /* Output size and leading padding of spatial dim i, as the ONNX spec defines them. */
 static void ref_geometry(const conv_attrs *a, const kiln_tensor *x, const kiln_tensor *w, int i, int64_t *out, int64_t *pb) {
@@ -192,6 +226,7 @@ static void check_case(const char *what, const conv_attrs *a, kiln_dtype dtype, 
   }
   kiln_tensor x = random_tensor(dtype, 2 + nd, xd), w = random_tensor(dtype, 2 + nd, wd), b = random_tensor(dtype, 1, &M);
   kiln_tensor want = ref_conv(a, &x, &w, bias ? &b : NULL);
+  ref_activation(a, &want);
   double tol = dtype == KILN_FLOAT16 ? 2e-2 : 1e-4;
   for (int variant = 0; variant < 3; variant++) { /* 1 thread, 2 threads, 2 threads with constant W */
     kiln_tensor y = {0};
@@ -263,26 +298,52 @@ static void test_conv_depthwise(void) {
 static void test_conv_im2col(void) {
   kiln_pool *pool = test_pool();
   conv_attrs a = attrs2d(1, 1, 1, 1);
-  check_case("3x3 s1", &a, KILN_FLOAT, 1, 5, 11, (int64_t[]){20, 23}, (int64_t[]){3, 3}, 1, pool);
+  check_case("3x3 s1", &a, KILN_FLOAT, 1, 8, 11, (int64_t[]){20, 23}, (int64_t[]){3, 3}, 1, pool);
   check_case("3x3 K and N blocks", &a, KILN_FLOAT, 2, 48, 13, (int64_t[]){18, 17}, (int64_t[]){3, 3}, 1, pool);
-  check_case("3x3 images side by side", &a, KILN_FLOAT, 5, 6, 9, (int64_t[]){7, 6}, (int64_t[]){3, 3}, 1, pool);
+  check_case("3x3 images side by side", &a, KILN_FLOAT, 5, 8, 9, (int64_t[]){7, 6}, (int64_t[]){3, 3}, 1, pool);
   a = attrs2d(2, 1, 3, 1);
   check_case("7x7 s2", &a, KILN_FLOAT, 1, 3, 8, (int64_t[]){29, 30}, (int64_t[]){7, 7}, 1, pool);
   a = attrs2d(2, 2, 1, 1);
-  check_case("dilated strided", &a, KILN_FLOAT, 3, 4, 7, (int64_t[]){15, 12}, (int64_t[]){3, 2}, 0, pool);
+  check_case("dilated strided", &a, KILN_FLOAT, 3, 12, 7, (int64_t[]){15, 12}, (int64_t[]){3, 2}, 0, pool);
   a = attrs2d(1, 1, 0, 1);
   a.pads[0] = 2, a.pads[3] = 1;
-  check_case("asymmetric pads", &a, KILN_FLOAT, 1, 3, 5, (int64_t[]){8, 6}, (int64_t[]){3, 2}, 1, pool);
+  check_case("asymmetric pads", &a, KILN_FLOAT, 1, 11, 5, (int64_t[]){8, 6}, (int64_t[]){3, 2}, 1, pool);
   a = attrs2d(3, 1, 0, 1);
-  check_case("stride 3", &a, KILN_FLOAT, 1, 3, 5, (int64_t[]){40, 41}, (int64_t[]){4, 4}, 1, pool);
+  check_case("stride 3", &a, KILN_FLOAT, 1, 5, 5, (int64_t[]){40, 41}, (int64_t[]){4, 4}, 1, pool);
   a = attrs2d(2, 1, 0, 1);
   a.has_pads = 0;
   a.auto_pad = "SAME_UPPER";
-  check_case("SAME_UPPER", &a, KILN_FLOAT, 1, 2, 3, (int64_t[]){7, 8}, (int64_t[]){4, 3}, 1, pool);
+  check_case("SAME_UPPER", &a, KILN_FLOAT, 1, 6, 3, (int64_t[]){7, 8}, (int64_t[]){4, 3}, 1, pool);
   a.auto_pad = "SAME_LOWER";
-  check_case("SAME_LOWER", &a, KILN_FLOAT, 1, 2, 3, (int64_t[]){7, 8}, (int64_t[]){4, 3}, 1, pool);
+  check_case("SAME_LOWER", &a, KILN_FLOAT, 1, 6, 3, (int64_t[]){7, 8}, (int64_t[]){4, 3}, 1, pool);
   a.auto_pad = "VALID";
-  check_case("VALID", &a, KILN_FLOAT, 1, 2, 3, (int64_t[]){7, 8}, (int64_t[]){4, 3}, 1, pool);
+  check_case("VALID", &a, KILN_FLOAT, 1, 6, 3, (int64_t[]){7, 8}, (int64_t[]){4, 3}, 1, pool);
+  kiln_pool_free(pool);
+}
+
+/* Few input channels (C * kernel <= 64): the direct kernels, four output channels by 24 columns,
+ * with channel tails, rows that end inside a vector, and 1 or several images per thread. */
+static void test_conv_direct(void) {
+  kiln_pool *pool = test_pool();
+  conv_attrs a = attrs2d(1, 1, 1, 1);
+  check_case("direct 1 channel", &a, KILN_FLOAT, 1, 1, 32, (int64_t[]){28, 28}, (int64_t[]){3, 3}, 1, pool);
+  check_case("direct batch", &a, KILN_FLOAT, 5, 1, 9, (int64_t[]){11, 30}, (int64_t[]){3, 3}, 1, pool);
+  check_case("direct tiny rows", &a, KILN_FLOAT, 3, 2, 6, (int64_t[]){4, 3}, (int64_t[]){3, 3}, 1, pool);
+  check_case("direct one column", &a, KILN_FLOAT, 2, 3, 5, (int64_t[]){6, 1}, (int64_t[]){3, 3}, 0, pool);
+  a = attrs2d(2, 1, 1, 1);
+  check_case("direct stem", &a, KILN_FLOAT, 2, 3, 8, (int64_t[]){34, 35}, (int64_t[]){3, 3}, 1, pool);
+  check_case("direct stride 2 narrow", &a, KILN_FLOAT, 1, 3, 7, (int64_t[]){9, 13}, (int64_t[]){3, 3}, 1, pool);
+  a = attrs2d(3, 2, 2, 1);
+  check_case("direct stride 3 dilated", &a, KILN_FLOAT, 2, 2, 5, (int64_t[]){23, 40}, (int64_t[]){3, 4}, 1, pool);
+  a = attrs2d(1, 1, 0, 1);
+  a.pads[1] = 3, a.pads[2] = 1;
+  check_case("direct asymmetric", &a, KILN_FLOAT, 1, 4, 4, (int64_t[]){10, 17}, (int64_t[]){4, 4}, 1, pool);
+  a = attrs2d(2, 1, 0, 1);
+  a.has_pads = 0;
+  a.auto_pad = "SAME_LOWER";
+  check_case("direct SAME_LOWER", &a, KILN_FLOAT, 3, 2, 4, (int64_t[]){15, 26}, (int64_t[]){5, 5}, 1, pool);
+  a = attrs2d(2, 1, 3, 1); /* 147 taps on rows of 35: three-, two- and one-vector tiles */
+  check_case("direct 7x7 stem", &a, KILN_FLOAT, 2, 3, 10, (int64_t[]){21, 70}, (int64_t[]){7, 7}, 1, pool);
   kiln_pool_free(pool);
 }
 
@@ -292,10 +353,43 @@ static void test_conv_winograd(void) {
   check_case("winograd", &a, KILN_FLOAT, 1, 20, 18, (int64_t[]){16, 17}, (int64_t[]){3, 3}, 1, pool);
   check_case("winograd odd", &a, KILN_FLOAT, 1, 17, 19, (int64_t[]){15, 21}, (int64_t[]){3, 3}, 0, pool);
   check_case("winograd batch", &a, KILN_FLOAT, 5, 16, 24, (int64_t[]){9, 7}, (int64_t[]){3, 3}, 1, pool);
+  check_case("winograd blocks of many images", &a, KILN_FLOAT, 70, 16, 16, (int64_t[]){3, 4}, (int64_t[]){3, 3}, 1, pool);
+  check_case("winograd wide channels", &a, KILN_FLOAT, 3, 96, 80, (int64_t[]){30, 13}, (int64_t[]){3, 3}, 1, pool);
+  check_case("winograd one tile row", &a, KILN_FLOAT, 1, 16, 20, (int64_t[]){2, 90}, (int64_t[]){3, 3}, 1, pool); /* steps split */
   a = attrs2d(1, 1, 0, 1);
   check_case("winograd unpadded", &a, KILN_FLOAT, 2, 33, 16, (int64_t[]){20, 12}, (int64_t[]){3, 3}, 1, pool);
   a.pads[0] = 2, a.pads[1] = 1;
   check_case("winograd asymmetric", &a, KILN_FLOAT, 1, 16, 16, (int64_t[]){18, 26}, (int64_t[]){3, 3}, 1, pool);
+  kiln_pool_free(pool);
+}
+
+/* Relu, Clip and LeakyRelu fused into every lowering (and left to the executor where a kernel does
+ * not apply them: ConvTranspose, float16, a Clip with min > max). */
+static void test_conv_activations(void) {
+  kiln_pool *pool = test_pool();
+  const char *acts[] = {"Relu", "Clip", "LeakyRelu", "Clip"};
+  for (int i = 0; i < 4; i++) {
+    conv_attrs a = attrs2d(1, 1, 0, 1);
+    a.act = acts[i];
+    a.lo = i == 3 ? 0.5f : -0.25f, a.hi = i == 3 ? -0.5f : 0.5f, a.alpha = 0.1f;
+    char what[64];
+    snprintf(what, sizeof what, "%s%s pointwise", acts[i], i == 3 ? " min>max" : "");
+    check_case(what, &a, KILN_FLOAT, 1, 24, 13, (int64_t[]){9, 10}, (int64_t[]){1, 1}, 1, pool);
+    check_case(what, &a, KILN_FLOAT, 2, 400, 7, (int64_t[]){5, 6}, (int64_t[]){1, 1}, 1, pool); /* 2 K blocks */
+    check_case(what, &a, KILN_FLOAT, 1, 9, 11, (int64_t[]){1, 1}, (int64_t[]){1, 1}, 1, pool);  /* one column */
+    a.strides[0] = a.strides[1] = 2, a.pads[0] = a.pads[1] = a.pads[2] = a.pads[3] = 1;
+    check_case(what, &a, KILN_FLOAT, 1, 8, 10, (int64_t[]){12, 13}, (int64_t[]){3, 3}, 1, pool);   /* im2col */
+    check_case(what, &a, KILN_FLOAT, 2, 3, 6, (int64_t[]){12, 13}, (int64_t[]){3, 3}, 1, pool);    /* direct */
+    a.group = 5;
+    check_case(what, &a, KILN_FLOAT, 1, 5, 5, (int64_t[]){12, 19}, (int64_t[]){3, 3}, 1, pool);    /* depthwise */
+    a.strides[0] = a.strides[1] = 1;
+    check_case(what, &a, KILN_FLOAT, 1, 5, 5, (int64_t[]){7, 7}, (int64_t[]){3, 3}, 1, pool);
+    a.group = 1;
+    check_case(what, &a, KILN_FLOAT, 2, 16, 17, (int64_t[]){9, 11}, (int64_t[]){3, 3}, 1, pool);   /* Winograd */
+    check_case(what, &a, KILN_FLOAT16, 1, 3, 4, (int64_t[]){6, 7}, (int64_t[]){3, 3}, 1, pool);
+    a.transpose = 1;
+    check_case(what, &a, KILN_FLOAT, 1, 4, 3, (int64_t[]){5, 6}, (int64_t[]){3, 3}, 1, pool);
+  }
   kiln_pool_free(pool);
 }
 
@@ -418,6 +512,6 @@ static void test_conv_empty(void) {
   kiln_tensor_release(&y);
 }
 
-TEST_MAIN(TEST(test_conv_pointwise), TEST(test_conv_depthwise), TEST(test_conv_im2col), TEST(test_conv_winograd),
-          TEST(test_conv_groups_and_dims),
+TEST_MAIN(TEST(test_conv_pointwise), TEST(test_conv_depthwise), TEST(test_conv_im2col), TEST(test_conv_direct),
+          TEST(test_conv_winograd), TEST(test_conv_activations), TEST(test_conv_groups_and_dims),
           TEST(test_conv_transpose), TEST(test_conv_errors), TEST(test_conv_empty))

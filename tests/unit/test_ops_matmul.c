@@ -42,7 +42,12 @@ typedef struct node_attrs {
   int trans_a, trans_b;
   float alpha, beta; /* 0 and 0: not set */
   const char *equation;
+  const char *act; /* an activation node after the product (fused into it): NULL, "Relu", "LeakyRelu", "Clip" */
 } node_attrs;
+
+#define ACT_SLOPE 0.2f         /* LeakyRelu's alpha */
+#define ACT_LO (-0.5f)         /* Clip's bounds */
+#define ACT_HI 0.75f
 
 /* Runs a one-node model on inputs x0, x1, ... (NULL entries are absent optional inputs). */
 static kiln_status run_node(const char *op, int opset, int n, const kiln_tensor *const *xs, const node_attrs *a,
@@ -62,7 +67,22 @@ static kiln_status run_node(const char *op, int opset, int n, const kiln_tensor 
     strcat(names, xs[i] ? nm : "");
   }
   tb_output(m, "y", xs[0]->dtype);
-  tb_node *node = tb_add_node(m, op, names, "y");
+  const char *act = a ? a->act : NULL;
+  tb_node *node = tb_add_node(m, op, names, act ? "p" : "y");
+  if (act && strcmp(act, "Clip") == 0) { /* bounds as constant inputs, as exporters write them */
+    kiln_tensor lo, hi;
+    if (kiln_tensor_alloc(&lo, KILN_FLOAT, 0, NULL) || kiln_tensor_alloc(&hi, KILN_FLOAT, 0, NULL)) abort();
+    *(float *)lo.data = ACT_LO;
+    *(float *)hi.data = ACT_HI;
+    tb_initializer(m, "lo", &lo);
+    tb_initializer(m, "hi", &hi);
+    kiln_tensor_release(&lo);
+    kiln_tensor_release(&hi);
+    tb_add_node(m, "Clip", "p,lo,hi", "y");
+  } else if (act) {
+    tb_node *an = tb_add_node(m, act, "p", "y");
+    if (strcmp(act, "LeakyRelu") == 0) tb_attr_float(an, "alpha", ACT_SLOPE);
+  }
   if (a && a->trans_a) tb_attr_int(node, "transA", 1);
   if (a && a->trans_b) tb_attr_int(node, "transB", 1);
   if (a && (a->alpha != 0 || a->beta != 0)) {
@@ -135,6 +155,16 @@ static kiln_pool *test_pool(void) {
   return p;
 }
 
+/* The activation of a (if any) on the reference result. */
+static void ref_activation(const node_attrs *a, kiln_tensor *y) {
+  double *v = y->data;
+  for (int64_t i = 0; a && a->act && i < kiln_tensor_numel(y); i++) {
+    if (strcmp(a->act, "Relu") == 0) v[i] = v[i] > 0 ? v[i] : 0;
+    else if (strcmp(a->act, "LeakyRelu") == 0) v[i] = v[i] >= 0 ? v[i] : v[i] * ACT_SLOPE;
+    else v[i] = v[i] < ACT_LO ? ACT_LO : v[i] > ACT_HI ? ACT_HI : v[i];
+  }
+}
+
 static kiln_tensor doubles(int rank, const int64_t *dims) {
   kiln_tensor t;
   if (kiln_tensor_alloc(&t, KILN_DOUBLE, rank, dims)) abort();
@@ -143,8 +173,8 @@ static kiln_tensor doubles(int rank, const int64_t *dims) {
 
 /* ------------------------------------------------------------------ Gemm */
 
-static void gemm_case(const char *what, kiln_dtype dt, int64_t M, int64_t N, int64_t K, int ta, int tb, float alpha,
-                      float beta, int c_rank, const int64_t *c_dims, kiln_pool *pool) {
+static void gemm_act_case(const char *what, kiln_dtype dt, int64_t M, int64_t N, int64_t K, int ta, int tb, float alpha,
+                          float beta, int c_rank, const int64_t *c_dims, const char *act, kiln_pool *pool) {
   kiln_tensor a = random_tensor(dt, 2, ta ? (int64_t[]){K, M} : (int64_t[]){M, K});
   kiln_tensor b = random_tensor(dt, 2, tb ? (int64_t[]){N, K} : (int64_t[]){K, N});
   kiln_tensor c = {0};
@@ -160,13 +190,19 @@ static void gemm_case(const char *what, kiln_dtype dt, int64_t M, int64_t N, int
       if (c_rank >= 0) v += beta * get(&c, (cm == 1 ? 0 : i) * cn + (cn == 1 ? 0 : j));
       ((double *)want.data)[i * N + j] = ints ? (double)(int32_t)v : v;
     }
-  node_attrs at = {.trans_a = ta, .trans_b = tb, .alpha = alpha, .beta = beta};
+  node_attrs at = {.trans_a = ta, .trans_b = tb, .alpha = alpha, .beta = beta, .act = act};
+  ref_activation(&at, &want);
   const kiln_tensor *xs[3] = {&a, &b, c_rank >= 0 ? &c : NULL};
   check_node(what, "Gemm", 13, 3, xs, &at, &want, pool);
   kiln_tensor_release(&a);
   kiln_tensor_release(&b);
   kiln_tensor_release(&c);
   kiln_tensor_release(&want);
+}
+
+static void gemm_case(const char *what, kiln_dtype dt, int64_t M, int64_t N, int64_t K, int ta, int tb, float alpha,
+                      float beta, int c_rank, const int64_t *c_dims, kiln_pool *pool) {
+  gemm_act_case(what, dt, M, N, K, ta, tb, alpha, beta, c_rank, c_dims, NULL, pool);
 }
 
 static void test_gemm(void) {
@@ -229,13 +265,20 @@ static kiln_tensor ref_matmul(const kiln_tensor *a, const kiln_tensor *b) {
   return y;
 }
 
-static void matmul_case(const char *what, kiln_dtype dt, int ra, const int64_t *da, int rb, const int64_t *db, kiln_pool *pool) {
+static void matmul_act_case(const char *what, kiln_dtype dt, int ra, const int64_t *da, int rb, const int64_t *db,
+                            const char *act, kiln_pool *pool) {
   kiln_tensor a = random_tensor(dt, ra, da), b = random_tensor(dt, rb, db), want = ref_matmul(&a, &b);
+  node_attrs at = {.act = act};
+  ref_activation(&at, &want);
   const kiln_tensor *xs[2] = {&a, &b};
-  check_node(what, "MatMul", 13, 2, xs, NULL, &want, pool);
+  check_node(what, "MatMul", 13, 2, xs, &at, &want, pool);
   kiln_tensor_release(&a);
   kiln_tensor_release(&b);
   kiln_tensor_release(&want);
+}
+
+static void matmul_case(const char *what, kiln_dtype dt, int ra, const int64_t *da, int rb, const int64_t *db, kiln_pool *pool) {
+  matmul_act_case(what, dt, ra, da, rb, db, NULL, pool);
 }
 
 static void test_matmul(void) {
@@ -259,6 +302,26 @@ static void test_matmul(void) {
   matmul_case("int32", KILN_INT32, 3, (int64_t[]){2, 3, 4}, 2, (int64_t[]){4, 5}, pool);
   matmul_case("int64", KILN_INT64, 2, (int64_t[]){3, 4}, 3, (int64_t[]){2, 4, 5}, pool);
   matmul_case("uint32", KILN_UINT32, 2, (int64_t[]){3, 4}, 2, (int64_t[]){4, 5}, pool);
+  kiln_pool_free(pool);
+}
+
+/* Relu, LeakyRelu and Clip fused into the GEMM's store (full and partial tiles, 8-column tails,
+ * several K blocks, the single-row path, K = 0) and left to the executor for other dtypes. */
+static void test_fused_activations(void) {
+  kiln_pool *pool = test_pool();
+  const char *acts[] = {"Relu", "LeakyRelu", "Clip"};
+  for (int i = 0; i < 3; i++) {
+    const char *act = acts[i];
+    gemm_act_case(act, KILN_FLOAT, 13, 300, 400, 0, 1, 1, 1, 1, (int64_t[]){300}, act, pool);
+    gemm_act_case(act, KILN_FLOAT, 20, 70, 33, 1, 0, 2, 0.5f, 2, (int64_t[]){20, 70}, act, pool);
+    gemm_act_case(act, KILN_FLOAT, 1, 133, 70, 0, 0, 1, 1, 1, (int64_t[]){133}, act, pool);
+    gemm_act_case(act, KILN_FLOAT, 4, 5, 0, 0, 0, 1, 1, 1, (int64_t[]){5}, act, pool);
+    gemm_act_case(act, KILN_FLOAT16, 6, 5, 4, 0, 1, 1, 1, 1, (int64_t[]){5}, act, pool);
+    matmul_act_case(act, KILN_FLOAT, 2, (int64_t[]){23, 410}, 2, (int64_t[]){410, 41}, act, pool);
+    matmul_act_case(act, KILN_FLOAT, 2, (int64_t[]){1, 300}, 2, (int64_t[]){300, 150}, act, pool);
+    matmul_act_case(act, KILN_FLOAT, 3, (int64_t[]){7, 40, 30}, 3, (int64_t[]){7, 30, 50}, act, pool);
+  }
+  matmul_act_case("int32 Relu", KILN_INT32, 2, (int64_t[]){3, 4}, 2, (int64_t[]){4, 5}, "Relu", pool);
   kiln_pool_free(pool);
 }
 
@@ -422,4 +485,4 @@ static void test_errors(void) {
   kiln_tensor_release(&b35);
 }
 
-TEST_MAIN(TEST(test_gemm), TEST(test_matmul), TEST(test_einsum), TEST(test_errors))
+TEST_MAIN(TEST(test_gemm), TEST(test_matmul), TEST(test_fused_activations), TEST(test_einsum), TEST(test_errors))
