@@ -4,7 +4,9 @@
  *
  * As in elementwise.c: one typed loop per dtype, float16/bfloat16 through the float loop in
  * blocks, libm through <tgmath.h>, and branch-free float32 Sigmoid and Tanh that gcc vectorizes. */
+#include "ops/typelist.h"
 #include "ops/util.h"
+#include "ops/vmath.h"
 
 #include <float.h>
 #include <stdlib.h>
@@ -13,43 +15,10 @@
 
 /* ------------------------------------------------------------------ float32 approximations */
 
-static inline float float_from_bits(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
-static inline uint32_t float_bits(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-
-/* e^x with a relative error below 2e-7 over the whole float range, subnormal results included;
- * +-inf and NaN behave as in libm. (The same function as in elementwise.c, which explains it.) */
-static inline float fast_expf(float x) {
-  const float round_magic = 12582912.0f;
-  float xc = x < -104.0f ? -104.0f : x;
-  xc = xc > 88.8f ? 88.8f : xc;
-  float t = xc * 1.44269504f + round_magic;
-  float k = t - round_magic;
-  float r = xc - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 0.0013836834f;
-  p = p * r + 0.008374822f;
-  p = p * r + 0.041668225f;
-  p = p * r + 0.1666642f;
-  p = p * r + 0.4999999f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t ki = (int32_t)float_bits(t) - (int32_t)float_bits(round_magic), k1 = ki / 2;
-  return p * float_from_bits((uint32_t)(k1 + 127) << 23) * float_from_bits((uint32_t)(ki - k1 + 127) << 23);
-}
-
 /* 1 / (1 + e^-x), relative error below 3e-7. Written through e = e^-|x| so that tiny results for
  * very negative x (e / (1 + e)) keep their precision instead of underflowing via 1 / inf. */
 static inline float fast_sigmoidf(float x) {
-  float e = fast_expf(-fabsf(x));
+  float e = kx_fast_expf(-fabsf(x));
   return (x >= 0 ? 1.0f : e) / (1.0f + e);
 }
 
@@ -64,7 +33,7 @@ static inline float fast_tanhf(float x) {
   p = p * u + 0.13333304f;
   p = p * u + -0.33333334f;
   float small = x + x * u * p;
-  float t = 1.0f - 2.0f / (fast_expf(2.0f * a) + 1.0f);
+  float t = 1.0f - 2.0f / (kx_fast_expf(2.0f * a) + 1.0f);
   float large = x < 0 ? -t : t;
   return a < 0.625f ? small : large;
 }
@@ -119,7 +88,6 @@ typedef void (*act_fn)(const void *args, const void *x, void *y, int64_t n);
 #define REAL_LOOPS(op, EXPR)      \
   ACT_LOOP(op##_f32, float, EXPR) \
   ACT_LOOP(op##_f64, double, EXPR)
-#define REAL_ENTRIES(op) [KILN_FLOAT] = op##_f32, [KILN_DOUBLE] = op##_f64
 
 REAL_LOOPS(relu, x > 0 ? x : 0)
 ACT_LOOP(relu_i8, int8_t, x > 0 ? x : 0)

@@ -16,6 +16,7 @@
  * Integer semantics: +, -, * wrap around (computed in unsigned arithmetic, as numpy does). Division
  * and Mod by zero, which ONNX leaves undefined, give 0 rather than trapping; INT_MIN / -1 wraps.
  * Shifts by the bit width or more give 0. */
+#include "ops/typelist.h"
 #include "ops/util.h"
 
 #include <math.h>
@@ -130,26 +131,6 @@ typedef void (*binary_fn)(const void *a, const void *b, void *y, int64_t n, int 
       for (int64_t i = 0; i < n; i++) vy[i] = v;                                                  \
     }                                                                                             \
   }
-
-/* Type lists: X(op, dtype, suffix, C type, W) where W is the type integer arithmetic wraps in
- * (unsigned, at least 32 bits so that nothing is promoted to a signed int that could overflow). */
-#define SIGNED_TYPES(X, op)                 \
-  X(op, KILN_INT8, i8, int8_t, uint32_t)    \
-  X(op, KILN_INT16, i16, int16_t, uint32_t) \
-  X(op, KILN_INT32, i32, int32_t, uint32_t) \
-  X(op, KILN_INT64, i64, int64_t, uint64_t)
-#define UNSIGNED_TYPES(X, op)                 \
-  X(op, KILN_UINT8, u8, uint8_t, uint32_t)    \
-  X(op, KILN_UINT16, u16, uint16_t, uint32_t) \
-  X(op, KILN_UINT32, u32, uint32_t, uint32_t) \
-  X(op, KILN_UINT64, u64, uint64_t, uint64_t)
-#define REAL_TYPES(X, op)              \
-  X(op, KILN_FLOAT, f32, float, float) \
-  X(op, KILN_DOUBLE, f64, double, double)
-#define NUMERIC_TYPES(X, op) SIGNED_TYPES(X, op) UNSIGNED_TYPES(X, op) REAL_TYPES(X, op)
-
-/* A table entry: fns[dtype] = op_suffix. */
-#define ENTRY(op, D, S, T, W) [D] = op##_##S,
 
 #define DEF_ADD(op, D, S, T, W) BINARY_LOOP(op##_##S, T, T, T, (T)((W)a + (W)b))
 #define DEF_SUB(op, D, S, T, W) BINARY_LOOP(op##_##S, T, T, T, (T)((W)a - (W)b))

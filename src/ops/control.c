@@ -8,29 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *kind_name(const kiln_value *v) {
-  if (!v) return "nothing (absent)";
-  switch (v->kind) {
-  case KILN_VALUE_TENSOR: return "a tensor";
-  case KILN_VALUE_SEQUENCE: return "a sequence";
-  default: return "an empty optional";
-  }
-}
-
-/* to[i] = copy of from[i] for n strings (NULL read as ""). On failure the rest stay NULL. */
-static kiln_status dup_strings(char **to, char *const *from, int64_t n) {
-  for (int64_t i = 0; i < n; i++)
-    if (!(to[i] = strdup(from[i] ? from[i] : ""))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory copying strings");
-  return NULL;
-}
-
-/* Copies n elements of dtype from `from` to `to` (strings duplicated). */
-static kiln_status copy_elements(void *to, const void *from, kiln_dtype dtype, int64_t n) {
-  if (dtype == KILN_STRING) return dup_strings(to, from, n);
-  if (n) memcpy(to, from, (size_t)n * kiln_dtype_size(dtype));
-  return NULL;
-}
-
 /* dst becomes a deep copy of src. dst's buffer is reused when it is an owned tensor buffer of the
  * same size (no strings), which is what makes steady loops allocation-free. */
 static kiln_status value_assign(kiln_value *dst, const kiln_value *src) {
@@ -43,28 +20,14 @@ static kiln_status value_assign(kiln_value *dst, const kiln_value *src) {
     memcpy(buf, t->data, kiln_tensor_nbytes(t));
     return NULL;
   }
-  kiln_value_release(dst);
-  if (src->kind == KILN_VALUE_TENSOR) return kiln_tensor_copy(&dst->tensor, t);
-  dst->kind = src->kind;
-  if (src->kind != KILN_VALUE_SEQUENCE) return NULL;
-  dst->elem_dtype = src->elem_dtype;
-  for (size_t i = 0; i < src->count; i++) {
-    kiln_status s = kiln_value_seq_append(dst, &src->items[i], 0);
-    if (s) return s;
-  }
-  return NULL;
+  return kx_value_copy(dst, src);
 }
 
 /* Node output i becomes a copy of v: tensors through kx_output (the planned arena), sequences and
  * optionals as owned values. */
 static kiln_status emit(kx_ctx *c, int i, const kiln_value *v) {
   if (!kx_has_output(c, i)) return NULL;
-  if (v->kind == KILN_VALUE_TENSOR) {
-    const kiln_tensor *t = &v->tensor;
-    kiln_tensor *y;
-    kiln_status s = kx_output(c, i, t->dtype, t->rank, t->dims, &y);
-    return s ? s : copy_elements(y->data, t->data, t->dtype, kiln_tensor_numel(t));
-  }
+  if (v->kind == KILN_VALUE_TENSOR) return kx_output_copy(c, i, &v->tensor);
   return value_assign(kx_output_value(c, i), v);
 }
 
@@ -107,7 +70,7 @@ static kiln_status read_bool(const kiln_value *v, const char *what, int *out) {
     if (v && v->kind == KILN_VALUE_TENSOR)
       return kiln_error(KILN_INVALID_ARGUMENT, "%s must be a bool tensor of one element, got %s", what,
                         kiln_tensor_describe(&v->tensor, buf, sizeof buf));
-    return kiln_error(KILN_INVALID_ARGUMENT, "%s must be a bool tensor of one element, got %s", what, kind_name(v));
+    return kiln_error(KILN_INVALID_ARGUMENT, "%s must be a bool tensor of one element, got %s", what, kx_value_kind_name(v));
   }
   *out = *(const uint8_t *)v->tensor.data != 0;
   return NULL;
@@ -158,7 +121,7 @@ typedef struct stack {
 
 static kiln_status stack_push(stack *st, const kiln_value *v, int k, int64_t iter) {
   if (v->kind != KILN_VALUE_TENSOR)
-    return kiln_error(KILN_INVALID_ARGUMENT, "scan output %d must be a tensor, got %s", k, kind_name(v));
+    return kiln_error(KILN_INVALID_ARGUMENT, "scan output %d must be a tensor, got %s", k, kx_value_kind_name(v));
   const kiln_tensor *t = &v->tensor;
   if (st->count == 0) {
     if (t->rank >= KILN_MAX_RANK)
@@ -190,7 +153,7 @@ static kiln_status stack_push(stack *st, const kiln_value *v, int k, int64_t ite
   if (t->dtype == KILN_STRING) memset(to, 0, bytes); /* so that a failed copy leaves freeable NULLs */
   st->len += bytes;
   st->count++;
-  return copy_elements(to, t->data, t->dtype, kiln_tensor_numel(t));
+  return kx_copy_elements(to, t->data, t->dtype, kiln_tensor_numel(t));
 }
 
 static void stack_free(stack *st) {
@@ -411,7 +374,7 @@ static kiln_status scan_step(kx_ctx *c, const kx_graph *body, const scan_params 
   if (s) return s;
   for (int k = 0; k < p->n_state + p->n_out; k++)
     if (st->out[k]->kind != KILN_VALUE_TENSOR)
-      return kiln_error(KILN_INVALID_ARGUMENT, "body output %d must be a tensor, got %s", k, kind_name(st->out[k]));
+      return kiln_error(KILN_INVALID_ARGUMENT, "body output %d must be a tensor, got %s", k, kx_value_kind_name(st->out[k]));
   kiln_value *next = st->bufs[iter & 1]; /* never the buffer the body just read */
   for (int j = 0; j < p->n_state; j++) {
     if ((s = value_assign(&next[j], st->out[j]))) return s;
@@ -464,7 +427,7 @@ static kiln_status write_slot(kiln_tensor *y, int axis, int64_t pos, const kiln_
   size_t es = kiln_dtype_size(y->dtype);
   for (int64_t o = 0; o < outer; o++) {
     char *to = (char *)y->data + (size_t)((o * len + pos) * inner) * es;
-    kiln_status s = copy_elements(to, (const char *)t->data + (size_t)(o * inner) * es, y->dtype, inner);
+    kiln_status s = kx_copy_elements(to, (const char *)t->data + (size_t)(o * inner) * es, y->dtype, inner);
     if (s) return s;
   }
   return NULL;
@@ -515,7 +478,7 @@ static kiln_status scan_run(kx_ctx *c) {
   kiln_status s;
   if ((s = check_arity(c, body, "body", p->n_state + p->n_in, p->n_state + p->n_out))) return s;
   for (int j = 0; j < p->n_state; j++)
-    if (!kx_input(c, j)) return kiln_error(KILN_INVALID_ARGUMENT, "state %d must be a tensor, got %s", j, kind_name(kx_input_value(c, j)));
+    if (!kx_input(c, j)) return kiln_error(KILN_INVALID_ARGUMENT, "state %d must be a tensor, got %s", j, kx_value_kind_name(kx_input_value(c, j)));
   scan_state st = {0};
   int64_t len;
   size_t gather;
@@ -652,11 +615,11 @@ static kiln_status sequence_map_run(kx_ctx *c) {
   kiln_status s;
   if ((s = check_arity(c, body, "body", n->n_in, n->n_out))) return s;
   const kiln_value *seq = kx_input_value(c, 0);
-  if (!seq || seq->kind != KILN_VALUE_SEQUENCE) return kiln_error(KILN_INVALID_ARGUMENT, "input 0 must be a sequence, got %s", kind_name(seq));
+  if (!seq || seq->kind != KILN_VALUE_SEQUENCE) return kiln_error(KILN_INVALID_ARGUMENT, "input 0 must be a sequence, got %s", kx_value_kind_name(seq));
   for (int i = 1; i < n->n_in; i++) {
     const kiln_value *v = kx_input_value(c, i);
     if (!v || v->kind == KILN_VALUE_NONE)
-      return kiln_error(KILN_INVALID_ARGUMENT, "input %d must be a sequence or a tensor, got %s", i, kind_name(v));
+      return kiln_error(KILN_INVALID_ARGUMENT, "input %d must be a sequence or a tensor, got %s", i, kx_value_kind_name(v));
     if (v->kind == KILN_VALUE_SEQUENCE && v->count != seq->count)
       return kiln_error(KILN_INVALID_ARGUMENT, "input %d is a sequence of %zu items, input 0 has %zu", i, v->count, seq->count);
   }
@@ -687,7 +650,7 @@ static kiln_status sequence_map_run(kx_ctx *c) {
     if ((s = c->api->run_graph(c, body, in, n->n_in, out))) return kiln_status_prefix(s, "body, item %zu: ", t);
     for (int k = 0; k < n->n_out; k++) {
       if (out[k]->kind != KILN_VALUE_TENSOR)
-        return kiln_error(KILN_INVALID_ARGUMENT, "body, item %zu: output %d must be a tensor, got %s", t, k, kind_name(out[k]));
+        return kiln_error(KILN_INVALID_ARGUMENT, "body, item %zu: output %d must be a tensor, got %s", t, k, kx_value_kind_name(out[k]));
       if (!ys[k]) continue;
       if (t == 0) ys[k]->elem_dtype = out[k]->tensor.dtype;
       /* with take = 0 the tensor is only read */

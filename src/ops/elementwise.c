@@ -5,10 +5,12 @@
  *
  * Each op has one typed loop per supported dtype; float16/bfloat16 are widened to float in blocks,
  * computed with the float loop and narrowed back. Loops are split over the pool. float32 Exp uses
- * the branch-free approximation below so that gcc vectorizes it, and float32 Erf (GELU's, on the
- * hot path of transformers) its own in AVX2 registers; everything else calls libm (through
- * <tgmath.h>, so one expression serves float and double). */
+ * the branch-free approximation of vmath.h so that gcc vectorizes it, and float32 Erf (GELU's, on
+ * the hot path of transformers) its own in AVX2 registers below; everything else calls libm
+ * (through <tgmath.h>, so one expression serves float and double). */
+#include "ops/typelist.h"
 #include "ops/util.h"
+#include "ops/vmath.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -17,48 +19,12 @@
 
 /* ------------------------------------------------------------------ float32 approximations */
 
-static inline float float_from_bits(uint32_t b) {
-  float f;
-  memcpy(&f, &b, sizeof f);
-  return f;
-}
-
-static inline uint32_t float_bits(float f) {
-  uint32_t b;
-  memcpy(&b, &f, sizeof b);
-  return b;
-}
-
-/* e^x with a relative error below 2e-7 (about 2 ulp) over the whole float range, subnormal
- * results included; +-inf and NaN behave as in libm. x = k ln2 + r with |r| <= ln2/2 (Cody-Waite:
- * ln2 split in a part exact in k * hi and a correction); e^r by a degree-6 minimax polynomial;
- * 2^k applied as two power-of-two factors so that neither leaves the normal range. Rounding
- * x/ln2 to an integer uses the 1.5 * 2^23 trick, which also leaves k in the low mantissa bits. */
-static inline float fast_expf(float x) {
-  const float round_magic = 12582912.0f;
-  float xc = x < -104.0f ? -104.0f : x; /* e^-104 rounds to 0, e^88.8 to inf */
-  xc = xc > 88.8f ? 88.8f : xc;
-  float t = xc * 1.44269504f + round_magic;
-  float k = t - round_magic;
-  float r = xc - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 0.0013836834f;
-  p = p * r + 0.008374822f;
-  p = p * r + 0.041668225f;
-  p = p * r + 0.1666642f;
-  p = p * r + 0.4999999f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t ki = (int32_t)float_bits(t) - (int32_t)float_bits(round_magic), k1 = ki / 2;
-  return p * float_from_bits((uint32_t)(k1 + 127) << 23) * float_from_bits((uint32_t)(ki - k1 + 127) << 23);
-}
-
 /* erf(x) on eight floats, relative error below 2e-7. |x| < 1: x * P(x^2), a degree-6 minimax fit
  * of erf(x)/x. 1 <= |x| < 3.92: 1 - e^-x^2 * Q(1/|x|), Q a degree-7 fit of erfcx = e^x^2 erfc(x);
  * from 3.92 on, erf rounds to +-1. Both branches are computed and one selected. e^-x^2 is
- * fast_expf's method, simpler here: -x^2 lies in [-15.4, -1], so 2^k is one normal factor. NaN takes
- * the second branch, where it propagates (the clamps keep it: max_ps and min_ps return their
- * second operand when one is NaN). */
+ * kx_fast_expf's method, simpler here: -x^2 lies in [-15.4, -1], so 2^k is one normal factor.
+ * NaN takes the second branch, where it propagates (the clamps keep it: max_ps and min_ps return
+ * their second operand when one is NaN). */
 static inline __m256 erf8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
   __m256 a = _mm256_andnot_ps(sign, x), u = _mm256_mul_ps(x, x);
@@ -82,7 +48,7 @@ static inline __m256 erf8(__m256 x) {
   q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.55785555f));
   q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.00034202146f));
 
-  /* e^v for v = -ac^2: v = k ln2 + r, e^r by fast_expf's polynomial, 2^k in the exponent bits */
+  /* e^v for v = -ac^2: v = k ln2 + r, e^r by kx_fast_expf's polynomial, 2^k in the exponent bits */
   const __m256 round_magic = _mm256_set1_ps(12582912.0f);
   __m256 v = _mm256_fnmadd_ps(ac, ac, _mm256_setzero_ps());
   __m256 kr = _mm256_fmadd_ps(v, _mm256_set1_ps(1.44269504f), round_magic);
@@ -120,25 +86,6 @@ typedef void (*unary_fn)(const void *x, void *y, int64_t n);
     }                                                     \
   }
 
-/* Type lists: X(op, dtype, suffix, C type, W), W being the unsigned type integer arithmetic
- * wraps in (so that negating INT_MIN is defined). */
-#define SIGNED_TYPES(X, op)                 \
-  X(op, KILN_INT8, i8, int8_t, uint32_t)    \
-  X(op, KILN_INT16, i16, int16_t, uint32_t) \
-  X(op, KILN_INT32, i32, int32_t, uint32_t) \
-  X(op, KILN_INT64, i64, int64_t, uint64_t)
-#define UNSIGNED_TYPES(X, op)                 \
-  X(op, KILN_UINT8, u8, uint8_t, uint32_t)    \
-  X(op, KILN_UINT16, u16, uint16_t, uint32_t) \
-  X(op, KILN_UINT32, u32, uint32_t, uint32_t) \
-  X(op, KILN_UINT64, u64, uint64_t, uint64_t)
-#define REAL_TYPES(X, op)              \
-  X(op, KILN_FLOAT, f32, float, float) \
-  X(op, KILN_DOUBLE, f64, double, double)
-
-#define ENTRY(op, D, S, T, W) [D] = op##_##S,
-#define REAL_ENTRIES(op) [KILN_FLOAT] = op##_f32, [KILN_DOUBLE] = op##_f64
-
 /* A float and a double loop from one type-generic expression. */
 #define REAL_LOOPS(op, EXPR)               \
   UNARY_LOOP(op##_f32, float, float, EXPR) \
@@ -175,7 +122,7 @@ REAL_LOOPS(atanh, atanh(x))
 REAL_LOOPS(floor, floor(x))
 REAL_LOOPS(ceil, ceil(x))
 REAL_LOOPS(round, rint(x)) /* the default rounding mode: halves to even */
-UNARY_LOOP(exp_f32, float, float, fast_expf(x))
+UNARY_LOOP(exp_f32, float, float, kx_fast_expf(x))
 UNARY_LOOP(exp_f64, double, double, exp(x))
 
 /* Eight at a time; the last n % 8 through a block on the stack, so that an element's result does

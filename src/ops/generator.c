@@ -175,18 +175,6 @@ typedef struct random_params {
 
 #define RANDOM_DTYPES (KX_BIT(KILN_FLOAT) | KX_BIT(KILN_DOUBLE) | KX_BIT(KILN_FLOAT16))
 
-/* splitmix64's output function: a strong 64-bit mix. */
-static uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1) at position i of the stream `key`. */
-static double uniform_at(uint64_t key, uint64_t i) {
-  return (double)(mix64(key + (i + 1) * 0x9e3779b97f4a7c15ULL) >> 11) * 0x1.0p-53;
-}
-
 static kiln_status random_prepare(kx_node *n) {
   random_params *p = calloc(1, sizeof *p);
   if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
@@ -201,7 +189,7 @@ static kiln_status random_prepare(kx_node *n) {
     uint64_t bits;
     memcpy(&bits, &seed, sizeof bits);
     p->seeded = 1;
-    p->key = mix64(bits);
+    p->key = kx_mix64(bits);
   }
   kiln_status s = NULL;
   if (!p->like || kx_attr_has(n->proto, "dtype")) s = dtype_attr(n, KILN_FLOAT, RANDOM_DTYPES, &p->dtype);
@@ -234,10 +222,10 @@ static void random_range(void *arg, int64_t begin, int64_t end) {
       uint64_t at = (uint64_t)(i + k);
       double v;
       if (p->normal) {
-        double u1 = uniform_at(j->key, 2 * at), u2 = uniform_at(j->key, 2 * at + 1);
+        double u1 = kx_uniform_at(j->key, 2 * at), u2 = kx_uniform_at(j->key, 2 * at + 1);
         v = p->a + p->b * sqrt(-2 * log1p(-u1)) * cos(2 * M_PI * u2);
       } else {
-        v = p->a + (p->b - p->a) * uniform_at(j->key, at);
+        v = p->a + (p->b - p->a) * kx_uniform_at(j->key, at);
       }
       if (j->y->dtype == KILN_DOUBLE) ((double *)j->y->data)[i + k] = v;
       else buf[k] = (float)v;
@@ -263,7 +251,7 @@ static kiln_status random_run(kx_ctx *c) {
   }
   kiln_tensor *y;
   if ((s = kx_output(c, 0, t, rank, dims, &y))) return s;
-  uint64_t key = p->seeded ? p->key : mix64(((uint64_t)c->node->index << 32) ^ atomic_fetch_add(&p->runs, 1));
+  uint64_t key = p->seeded ? p->key : kx_mix64(((uint64_t)c->node->index << 32) ^ atomic_fetch_add(&p->runs, 1));
   random_job j = {p, y, key};
   kx_parallel(c, kiln_tensor_numel(y), p->normal ? 60 : 20, random_range, &j);
   return NULL;

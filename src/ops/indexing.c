@@ -3,7 +3,7 @@
  *
  * Indices come from outside the model: every one is checked before anything is copied, and a bad
  * one is reported with its position, its value and the valid range. String elements are moved as
- * pointers and duplicated afterwards (dup_strings), so the copy loops serve every dtype. */
+ * pointers and duplicated afterwards (kx_own_strings), so the copy loops serve every dtype. */
 #include "ops/util.h"
 
 #include <stdio.h>
@@ -11,24 +11,6 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------ helpers */
-
-/* After a kernel copied string elements as pointers into its output, gives each element its
- * own copy. On failure the elements not yet copied are cleared, so the tensor never frees
- * memory that belongs to an input. */
-static kiln_status dup_strings(kiln_tensor *t) {
-  if (t->dtype != KILN_STRING) return NULL;
-  char **s = t->data;
-  int64_t n = kiln_tensor_numel(t);
-  for (int64_t i = 0; i < n; i++) {
-    char *copy = strdup(s[i] ? s[i] : "");
-    if (!copy) {
-      memset(s + i, 0, (size_t)(n - i) * sizeof *s);
-      return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory copying strings");
-    }
-    s[i] = copy;
-  }
-  return NULL;
-}
 
 /* Copies one element; called with constant sizes so the memcpy compiles to a single move. */
 static inline void copy_elem(char *dst, const char *src, size_t size) { memcpy(dst, src, size); }
@@ -135,7 +117,7 @@ static kiln_status gather_run(kx_ctx *c) {
   if ((s = kx_output(c, 0, x->dtype, rank, dims, &y))) return s;
   gather_job j = {x->data, y->data, idx, n_idx, axis_dim, (size_t)kx_prod(x->dims, axis + 1, x->rank) * kiln_dtype_size(x->dtype)};
   if (n_idx && j.row) kx_parallel(c, kx_prod(x->dims, 0, axis) * n_idx, 1 + (double)j.row / 8, gather_range, &j);
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ GatherElements */
@@ -205,7 +187,7 @@ static kiln_status gather_elements_run(kx_ctx *c) {
   elements_job j = {x, ind, y->data, axis, {0}};
   kx_strides(x->rank, x->dims, j.xs);
   kx_parallel(c, kiln_tensor_numel(ind) / ind->dims[ind->rank - 1], 4.0 * (double)ind->dims[ind->rank - 1], elements_range, &j);
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ GatherND */
@@ -267,7 +249,7 @@ static kiln_status gather_nd_run(kx_ctx *c) {
                      (size_t)kx_prod(x->dims, (int)(b + k), x->rank) * kiln_dtype_size(x->dtype)};
   kx_strides(x->rank, x->dims, j.xs);
   if (count && j.slice) kx_parallel(c, count / k, 2 + (double)j.slice / 8, gather_nd_range, &j);
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ Scatter */
@@ -389,7 +371,7 @@ static kiln_status scatter_elements_run(kx_ctx *c) {
     else combine(op, x->dtype, dst, src);
     for (int d = ind->rank - 1; d >= 0 && ++coord[d] == ind->dims[d]; d--) coord[d] = 0;
   }
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ScatterND: each index tuple names a slice of data that the matching slice of updates replaces
@@ -436,7 +418,7 @@ static kiln_status scatter_nd_run(kx_ctx *c) {
     else
       for (int64_t e = 0; e < slice; e++) combine(op, x->dtype, dst + e * (int64_t)es, src + e * (int64_t)es);
   }
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ OneHot */
@@ -474,7 +456,7 @@ static kiln_status one_hot_run(kx_ctx *c) {
     if (k < 0) k += depth;
     if (k >= 0) memcpy(out + ((o * depth + k) * inner + r) * (int64_t)es, on_value, es);
   }
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ Compress */
@@ -514,7 +496,7 @@ static kiln_status compress_run(kx_ctx *c) {
         memcpy(dst, (const char *)x->data + (o * dim + i) * (int64_t)row, row);
         dst += row;
       }
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ NonZero */
@@ -605,7 +587,7 @@ static kiln_status reverse_sequence_run(kx_ctx *c) {
       int64_t dst = batch_axis == 0 ? b * steps + t : t * batch + b, src = batch_axis == 0 ? b * steps + from : from * batch + b;
       memcpy((char *)y->data + dst * (int64_t)row, (const char *)x->data + src * (int64_t)row, row);
     }
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ Unique */
@@ -732,7 +714,7 @@ static kiln_status unique_run(kx_ctx *c) {
       memcpy((char *)y->data + (o * groups + slot[g]) * (int64_t)row, u.data + (o * n + first[g]) * (int64_t)row, row);
   }
   for (int64_t i = 0; i < n; i++) ((int64_t *)inverse->data)[i] = slot[group_of[i]];
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ TopK */

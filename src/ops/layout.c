@@ -4,7 +4,7 @@
  * input and cost nothing. The others reduce to three copy routines: a strided gather (Transpose,
  * Slice, Expand, Tile, DepthToSpace, SpaceToDepth) with a blocked path for transposed layouts,
  * row copies (Concat, Split, Trilu) and per-axis index maps (Pad). String elements are moved as
- * pointers and duplicated afterwards (dup_strings), so every routine serves every dtype. */
+ * pointers and duplicated afterwards (kx_own_strings), so every routine serves every dtype. */
 #include "ops/util.h"
 
 #include <stdatomic.h>
@@ -27,24 +27,6 @@ static const char *dims_str(int rank, const int64_t *dims, char *buf, size_t siz
     len += (size_t)snprintf(buf + len, size - len, d ? ",%lld" : "%lld", (long long)dims[d]);
   if (len < size) snprintf(buf + len, size - len, "]");
   return buf;
-}
-
-/* After a kernel copied string elements as pointers into its output, gives each element its
- * own copy (NULL, from padding or zeroing, becomes ""). On failure the elements not yet copied
- * are cleared, so the tensor never frees memory that belongs to an input. */
-static kiln_status dup_strings(kiln_tensor *t) {
-  if (t->dtype != KILN_STRING) return NULL;
-  char **s = t->data;
-  int64_t n = kiln_tensor_numel(t);
-  for (int64_t i = 0; i < n; i++) {
-    char *copy = strdup(s[i] ? s[i] : "");
-    if (!copy) {
-      memset(s + i, 0, (size_t)(n - i) * sizeof *s);
-      return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory copying strings");
-    }
-    s[i] = copy;
-  }
-  return NULL;
 }
 
 /* The axes of Squeeze and Unsqueeze: an attribute before opset 13, input 1 from then on.
@@ -88,19 +70,6 @@ static kiln_status counter_prepare(kx_node *n) {
   atomic_init(&rc->runs, 0);
   n->params = rc;
   return NULL;
-}
-
-/* splitmix64's output function: a strong 64-bit mix. */
-static uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1) at position i of the stream `key`: splitmix64 evaluated at i, so every
- * element is independent of how the work is split. */
-static double uniform_at(uint64_t key, uint64_t i) {
-  return (double)(mix64(key + (i + 1) * 0x9e3779b97f4a7c15ULL) >> 11) * 0x1.0p-53;
 }
 
 /* ------------------------------------------------------------------ strided gather */
@@ -282,7 +251,7 @@ static kiln_status plan_output(kx_ctx *c, const kiln_tensor *x, int rank, const 
   p->dst = y->data;
   p->block = kiln_dtype_size(x->dtype);
   gather_run(c, p);
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ row copies */
@@ -452,15 +421,15 @@ static kiln_status dropout_mask_all(kx_ctx *c, const kiln_tensor *x, kiln_dtype 
  * executor gives it its own buffer. */
 static kiln_status dropout_train(kx_ctx *c, const kiln_tensor *x, double ratio, kiln_dtype mask_dtype) {
   run_counter *rc = c->node->params;
-  uint64_t key = kx_attr_has(c->node->proto, "seed") ? mix64((uint64_t)kx_attr_int(c->node->proto, "seed", 0))
-                                                     : mix64(((uint64_t)c->node->index << 32) ^ atomic_fetch_add(&rc->runs, 1));
+  uint64_t key = kx_attr_has(c->node->proto, "seed") ? kx_mix64((uint64_t)kx_attr_int(c->node->proto, "seed", 0))
+                                                     : kx_mix64(((uint64_t)c->node->index << 32) ^ atomic_fetch_add(&rc->runs, 1));
   kiln_tensor *y, *mask;
   kiln_status s;
   if ((s = kx_output(c, 0, x->dtype, x->rank, x->dims, &y)) || (s = kx_output(c, 1, mask_dtype, x->rank, x->dims, &mask))) return s;
   double scale = ratio < 1 ? 1 / (1 - ratio) : 0;
   int64_t n = kiln_tensor_numel(x);
   for (int64_t i = 0; i < n; i++) {
-    int keep = uniform_at(key, (uint64_t)i) >= ratio;
+    int keep = kx_uniform_at(key, (uint64_t)i) >= ratio;
     kx_set_f64(y, i, keep ? kiln_tensor_get_f64(x, i) * scale : 0);
     kx_set_f64(mask, i, keep);
   }
@@ -635,7 +604,7 @@ static kiln_status concat_run(kx_ctx *c) {
     copy_rows(c, &j, outer);
     at += t->dims[axis];
   }
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* Split: lengths from input 1 (opset 13+) or the `split` attribute, else equal parts. */
@@ -686,7 +655,7 @@ static kiln_status split_run(kx_ctx *c) {
                   (size_t)len[i] * inner};
     copy_rows(c, &j, outer);
     at += len[i];
-    if ((s = dup_strings(y))) return s;
+    if ((s = kx_own_strings(y))) return s;
   }
   return NULL;
 }
@@ -877,7 +846,7 @@ static kiln_status pad_run(kx_ctx *c) {
   if (kiln_tensor_numel(y) == 0) return NULL;
   if (r == 0) {
     memcpy(y->data, x->data, kiln_dtype_size(x->dtype));
-    return dup_strings(y);
+    return kx_own_strings(y);
   }
   int64_t *map[KILN_MAX_RANK], *buf;
   size_t total = 0;
@@ -892,7 +861,7 @@ static kiln_status pad_run(kx_ctx *c) {
   if (hi > dims[r - 1]) hi = dims[r - 1];
   pad_job j = {x, y, (const int64_t *const *)map, value.bytes, lo, hi};
   kx_parallel(c, kx_prod(dims, 0, r - 1), (double)dims[r - 1], pad_range, &j);
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 /* ------------------------------------------------------------------ DepthToSpace, SpaceToDepth */
@@ -987,7 +956,7 @@ static kiln_status trilu_run(kx_ctx *c) {
   if (kiln_tensor_numel(y) == 0) return NULL;
   trilu_job j = {x->data, y->data, rows, cols, (int64_t)k, kiln_dtype_size(x->dtype), kx_attr_int(c->node->proto, "upper", 1) != 0};
   kx_parallel(c, kiln_tensor_numel(x) / cols, (double)cols, trilu_range, &j);
-  return dup_strings(y);
+  return kx_own_strings(y);
 }
 
 const kx_op kx_ops_layout[] = {

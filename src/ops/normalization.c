@@ -5,34 +5,20 @@
  * double runs plain loops in double. Statistics of float data are accumulated in float lanes, and
  * variances are taken around the mean (two passes), never as E[x^2] - E[x]^2. */
 #include "ops/util.h"
+#include "ops/vmath.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Floats per AVX2 register. At -O2 gcc only vectorizes loops whose trip count is a known multiple
- * of the vector width, so inner loops run in blocks of LANES with a scalar tail. */
-enum { LANES = 8 };
-
-static float sum_f32(const float *x, int64_t n) {
-  float acc[LANES] = {0};
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] += x[i + k];
-  float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
-  for (; i < n; i++) s += x[i];
-  return s;
-}
-
 /* sum (x - mean)^2 */
 static float centered_sumsq_f32(const float *x, float mean, int64_t n) {
-  float acc[LANES] = {0};
+  float acc[KX_LANES] = {0};
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] += (x[i + k] - mean) * (x[i + k] - mean);
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) acc[k] += (x[i + k] - mean) * (x[i + k] - mean);
   float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
+  for (int k = 0; k < KX_LANES; k++) s += acc[k];
   for (; i < n; i++) s += (x[i] - mean) * (x[i] - mean);
   return s;
 }
@@ -40,17 +26,9 @@ static float centered_sumsq_f32(const float *x, float mean, int64_t n) {
 /* y = x * a + b */
 static void affine_f32(float *restrict y, const float *restrict x, float a, float b, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] = x[i + k] * a + b;
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] = x[i + k] * a + b;
   for (; i < n; i++) y[i] = x[i] * a + b;
-}
-
-/* Float scratch for the widened input and output of a float16/bfloat16 tensor of n elements; NULL
- * (with *s set) when memory runs out. */
-static float *widen_scratch(kx_ctx *c, int64_t n, kiln_status *s) {
-  float *buf = kx_scratch(c, (size_t)(2 * n) * sizeof *buf);
-  if (!buf) *s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch", (long long)(2 * n));
-  return buf;
 }
 
 /* The input must be [N, C, ...] */
@@ -232,7 +210,7 @@ static void in_planes_f32(void *arg, int64_t begin, int64_t end) {
     const float *x = (const float *)j->x + item * j->plane;
     float *y = (float *)j->y + item * j->plane;
     int64_t ch = item % j->channels;
-    float mean = sum_f32(x, j->plane) / (float)j->plane;
+    float mean = kx_sum_f32(x, j->plane) / (float)j->plane;
     float var = centered_sumsq_f32(x, mean, j->plane) / (float)j->plane;
     float a = (float)kiln_tensor_get_f64(j->scale, ch) / sqrtf(var + j->epsilon);
     affine_f32(y, x, a, (float)kiln_tensor_get_f64(j->bias, ch) - mean * a, j->plane);
@@ -274,7 +252,7 @@ static kiln_status instance_norm_run(kx_ctx *c) {
   } else if (x->dtype == KILN_FLOAT) {
     kx_parallel(c, planes, (double)plane * 5, in_planes_f32, &j);
   } else {
-    float *buf = widen_scratch(c, count, &s);
+    float *buf = kx_scratch_floats(c, 2 * count, &s); /* widened x and y */
     if (!buf) return s;
     kx_to_float(x->dtype, x->data, buf, count);
     j.x = buf;
@@ -300,12 +278,12 @@ static void ln_row_f32(float *restrict y, const float *restrict x, float mean, f
                        const float *restrict bias, int64_t n) {
   int64_t i = 0;
   if (bias) {
-    for (; i + LANES <= n; i += LANES)
-      for (int k = 0; k < LANES; k++) y[i + k] = (x[i + k] - mean) * inv * scale[i + k] + bias[i + k];
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) y[i + k] = (x[i + k] - mean) * inv * scale[i + k] + bias[i + k];
     for (; i < n; i++) y[i] = (x[i] - mean) * inv * scale[i] + bias[i];
   } else {
-    for (; i + LANES <= n; i += LANES)
-      for (int k = 0; k < LANES; k++) y[i + k] = (x[i + k] - mean) * inv * scale[i + k];
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) y[i + k] = (x[i + k] - mean) * inv * scale[i + k];
     for (; i < n; i++) y[i] = (x[i] - mean) * inv * scale[i];
   }
 }
@@ -315,7 +293,7 @@ static void ln_rows_f32(void *arg, int64_t begin, int64_t end) {
   int64_t n = j->n;
   for (int64_t row = begin; row < end; row++) {
     const float *x = (const float *)j->x + row * n;
-    float mean = sum_f32(x, n) / (float)n;
+    float mean = kx_sum_f32(x, n) / (float)n;
     float inv = 1.0f / sqrtf(centered_sumsq_f32(x, mean, n) / (float)n + j->epsilon);
     ln_row_f32((float *)j->y + row * n, x, mean, inv, j->scale, j->bias, n);
     if (j->mean) kx_set_f64(j->mean, row, mean);
@@ -462,8 +440,8 @@ static void lrn_planes_f32(void *arg, int64_t begin, int64_t end) {
     for (int64_t k = lo; k <= hi; k++) {
       const float *xk = (const float *)j->x + (n0 + k) * j->plane;
       int64_t i = 0;
-      for (; i + LANES <= j->plane; i += LANES)
-        for (int l = 0; l < LANES; l++) y[i + l] += xk[i + l] * xk[i + l];
+      for (; i + KX_LANES <= j->plane; i += KX_LANES)
+        for (int l = 0; l < KX_LANES; l++) y[i + l] += xk[i + l] * xk[i + l];
       for (; i < j->plane; i++) y[i] += xk[i] * xk[i];
     }
     const float *x = (const float *)j->x + item * j->plane;
@@ -516,7 +494,7 @@ static kiln_status lrn_run(kx_ctx *c) {
   } else if (x->dtype == KILN_FLOAT) {
     kx_parallel(c, planes, cost, lrn_planes_f32, &j);
   } else {
-    float *buf = widen_scratch(c, count, &s);
+    float *buf = kx_scratch_floats(c, 2 * count, &s); /* widened x and y */
     if (!buf) return s;
     kx_to_float(x->dtype, x->data, buf, count);
     j.x = buf;

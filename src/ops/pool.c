@@ -13,15 +13,13 @@
  * touch the padding along W). double, and MaxPool's Indices output, use a per-element path that
  * reads and writes elements as double. */
 #include "ops/util.h"
+#include "ops/vmath.h"
 
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Floats per AVX2 register. At -O2 gcc only vectorizes loops whose trip count is a known multiple
- * of the vector width, so inner loops run in blocks of LANES with a scalar tail. */
-enum { LANES = 8 };
 enum { MAX_SPATIAL = 3 };
 
 typedef enum pool_kind { P_MAX, P_AVG, P_LP } pool_kind;
@@ -242,13 +240,13 @@ static void combine_rows(pool_kind kind, float p, float *restrict v, const float
   int64_t i = 0;
   switch (kind) {
   case P_MAX:
-    for (; i + LANES <= n; i += LANES)
-      for (int k = 0; k < LANES; k++) v[i + k] = x[i + k] > v[i + k] ? x[i + k] : v[i + k];
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) v[i + k] = x[i + k] > v[i + k] ? x[i + k] : v[i + k];
     for (; i < n; i++) v[i] = x[i] > v[i] ? x[i] : v[i];
     break;
   case P_AVG:
-    for (; i + LANES <= n; i += LANES)
-      for (int k = 0; k < LANES; k++) v[i + k] += x[i + k];
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) v[i + k] += x[i + k];
     for (; i < n; i++) v[i] += x[i];
     break;
   case P_LP:
@@ -263,11 +261,11 @@ static void combine_rows(pool_kind kind, float p, float *restrict v, const float
 static void combine_tap(pool_kind kind, float *restrict y, const float *restrict v, int64_t s, int64_t n) {
   int64_t i = 0;
   if (kind == P_MAX && s == 1) {
-    for (; i + LANES <= n; i += LANES)
-      for (int k = 0; k < LANES; k++) y[i + k] = v[i + k] > y[i + k] ? v[i + k] : y[i + k];
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) y[i + k] = v[i + k] > y[i + k] ? v[i + k] : y[i + k];
   } else if (s == 1) {
-    for (; i + LANES <= n; i += LANES)
-      for (int k = 0; k < LANES; k++) y[i + k] += v[i + k];
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) y[i + k] += v[i + k];
   }
   if (kind == P_MAX)
     for (; i < n; i++) y[i] = v[i * s] > y[i] ? v[i * s] : y[i];
@@ -279,8 +277,8 @@ static void combine_tap(pool_kind kind, float *restrict y, const float *restrict
  * contiguous memory. gcc vectorizes this loop, which loads both elements of each pair. */
 static void split_even_odd(float *restrict even, float *restrict odd, const float *restrict v, int64_t n) {
   int64_t i = 0, pairs = n / 2;
-  for (; i + LANES <= pairs; i += LANES)
-    for (int k = 0; k < LANES; k++) {
+  for (; i + KX_LANES <= pairs; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) {
       even[i + k] = v[2 * (i + k)];
       odd[i + k] = v[2 * (i + k) + 1];
     }
@@ -356,8 +354,8 @@ static void pool_columns(const pool_job *j, const float *plane, const window *wd
 
 static void scale_row(float *y, float f, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] *= f;
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] *= f;
   for (; i < n; i++) y[i] *= f;
 }
 
@@ -372,14 +370,14 @@ static void divide_edges(const pool_geom *g, float *y, int64_t rows, int64_t fro
 /* ---------------------------------------------------------------- AVX2 rows for column strides 1 and 2 */
 
 /* The padded row buffer: the window's input rows combined, behind pad[2] identity elements and
- * followed by enough of them that every block of LANES outputs loads whole registers for every tap.
+ * followed by enough of them that every block of KX_LANES outputs loads whole registers for every tap.
  * Returns its length in floats, or 0 when this path does not serve the geometry (LpPool, dilated
  * or wider-strided columns, rows too long). */
 static int64_t padded_row_len(const pool_geom *g) {
   if (g->kind == P_LP || g->d[2] != 1 || (g->s[2] != 1 && g->s[2] != 2)) return 0;
-  int64_t blocks = (g->out[2] + LANES - 1) / LANES;
-  /* the last block's last load ends before (blocks - 1) * LANES * s + k - 1 + 2 * LANES */
-  int64_t reach = (blocks - 1) * LANES * g->s[2] + g->k[2] + 2 * LANES, row = g->pad[2] + g->in[2];
+  int64_t blocks = (g->out[2] + KX_LANES - 1) / KX_LANES;
+  /* the last block's last load ends before (blocks - 1) * KX_LANES * s + k - 1 + 2 * KX_LANES */
+  int64_t reach = (blocks - 1) * KX_LANES * g->s[2] + g->k[2] + 2 * KX_LANES, row = g->pad[2] + g->in[2];
   int64_t len = reach > row ? reach : row;
   return len <= SPAN ? len : 0;
 }
@@ -395,7 +393,7 @@ enum { ROWS_PER_PASS = 8 };
 /* dst = op over the n rows of w floats (dst may be rows[0]). */
 static void combine_into(pool_kind kind, float *dst, const float *const *rows, int n, int64_t w) {
   int64_t i = 0;
-  for (; i + LANES <= w; i += LANES) {
+  for (; i + KX_LANES <= w; i += KX_LANES) {
     __m256 v = _mm256_loadu_ps(rows[0] + i);
     for (int r = 1; r < n; r++) v = combine8(kind, v, _mm256_loadu_ps(rows[r] + i));
     _mm256_storeu_ps(dst + i, v);
@@ -433,7 +431,7 @@ static void fill_padded_row(const pool_job *j, const float *plane, const window 
  * come out in the lane order 0 1 4 5 2 3 6 7; max and add do not mind, and fix_order restores the
  * order once per block. */
 static inline void split_pairs(const float *p, __m256 *even, __m256 *odd) {
-  __m256 lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + LANES);
+  __m256 lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + KX_LANES);
   *even = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
   *odd = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
 }
@@ -447,7 +445,7 @@ static inline __m256 fix_order(__m256 v) {
 static void pool_padded_row(const pool_geom *g, const float *buf, float *y, int64_t n) {
   int64_t k = g->k[2];
   pool_kind kind = g->kind;
-  for (int64_t i = 0; i < n; i += LANES) {
+  for (int64_t i = 0; i < n; i += KX_LANES) {
     __m256 acc, even, odd;
     if (g->s[2] == 1) {
       acc = _mm256_loadu_ps(buf + i);
@@ -463,10 +461,10 @@ static void pool_padded_row(const pool_geom *g, const float *buf, float *y, int6
       }
       acc = fix_order(acc);
     }
-    if (n - i >= LANES) {
+    if (n - i >= KX_LANES) {
       _mm256_storeu_ps(y + i, acc);
     } else { /* through the stack: masked stores are slow on AMD */
-      float tail[LANES];
+      float tail[KX_LANES];
       _mm256_storeu_ps(tail, acc);
       for (int64_t l = 0; l < n - i; l++) y[i + l] = tail[l];
     }
@@ -488,7 +486,7 @@ static int is_2x2_s2(const pool_geom *g) {
 static inline void load_up_to_16(const float *p, int64_t count, __m256 *lo, __m256 *hi) {
   __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   *lo = _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lane));
-  *hi = count > LANES ? _mm256_maskload_ps(p + LANES, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(count - LANES)), lane))
+  *hi = count > KX_LANES ? _mm256_maskload_ps(p + KX_LANES, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(count - KX_LANES)), lane))
                       : _mm256_setzero_ps();
 }
 
@@ -511,12 +509,12 @@ static void pool_2x2_rows(const pool_job *j, int64_t begin, int64_t end) {
     const float *a = j->x + (plane * g->in[1] + 2 * oh) * w, *b = a + w;
     float *y = j->y + item * n;
     int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-      _mm256_storeu_ps(y + i, pool_2x2_block(g->kind, _mm256_loadu_ps(a + 2 * i), _mm256_loadu_ps(a + 2 * i + LANES),
-                                             _mm256_loadu_ps(b + 2 * i), _mm256_loadu_ps(b + 2 * i + LANES)));
+    for (; i + KX_LANES <= n; i += KX_LANES)
+      _mm256_storeu_ps(y + i, pool_2x2_block(g->kind, _mm256_loadu_ps(a + 2 * i), _mm256_loadu_ps(a + 2 * i + KX_LANES),
+                                             _mm256_loadu_ps(b + 2 * i), _mm256_loadu_ps(b + 2 * i + KX_LANES)));
     if (i < n) { /* the last outputs: masked loads, and a store through the stack (masked stores are slow on AMD) */
       __m256 a_lo, a_hi, b_lo, b_hi;
-      float tail[LANES];
+      float tail[KX_LANES];
       load_up_to_16(a + 2 * i, 2 * (n - i), &a_lo, &a_hi);
       load_up_to_16(b + 2 * i, 2 * (n - i), &b_lo, &b_hi);
       _mm256_storeu_ps(tail, pool_2x2_block(g->kind, a_lo, a_hi, b_lo, b_hi));
@@ -694,10 +692,9 @@ static kiln_status run_pool(kx_ctx *c, const pool_geom *g, const kiln_tensor *x,
     kx_parallel(c, rows, cost, pool_rows_f32, &j);
     return NULL;
   }
-  float *buf = kx_scratch(c, (size_t)(in_count + out_count) * sizeof *buf);
-  if (!buf)
-    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch",
-                      (long long)(in_count + out_count));
+  kiln_status st;
+  float *buf = kx_scratch_floats(c, in_count + out_count, &st);
+  if (!buf) return st;
   widen(x, buf, in_count);
   j.x = buf;
   j.y = buf + in_count;
@@ -724,30 +721,6 @@ static kiln_status pool_run(kx_ctx *c) {
 
 /* ---------------------------------------------------------------- global pooling */
 
-static float plane_sum(const float *x, int64_t n) {
-  float acc[LANES] = {0};
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] += x[i + k];
-  float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
-  for (; i < n; i++) s += x[i];
-  return s;
-}
-
-/* n >= 1 */
-static float plane_max(const float *x, int64_t n) {
-  float acc[LANES];
-  for (int k = 0; k < LANES; k++) acc[k] = x[0];
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
-  float m = acc[0];
-  for (int k = 1; k < LANES; k++) m = acc[k] > m ? acc[k] : m;
-  for (; i < n; i++) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
 typedef struct global_job {
   pool_kind kind;
   float p;
@@ -761,9 +734,9 @@ static void global_planes_f32(void *arg, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; i++) {
     const float *x = j->x + i * j->plane;
     if (j->kind == P_MAX) {
-      j->y[i] = plane_max(x, j->plane);
+      j->y[i] = kx_max_f32(x, j->plane);
     } else if (j->kind == P_AVG) {
-      j->y[i] = plane_sum(x, j->plane) / (float)j->plane;
+      j->y[i] = kx_sum_f32(x, j->plane) / (float)j->plane;
     } else {
       float s = 0;
       for (int64_t k = 0; k < j->plane; k++) s += powf(fabsf(x[k]), j->p);
@@ -796,9 +769,7 @@ static kiln_status global_run(kx_ctx *c, pool_kind kind) {
   global_job j = {kind, p, plane, x->data, y->data};
   float *buf = NULL;
   if (x->dtype != KILN_FLOAT) {
-    if (!(buf = kx_scratch(c, (size_t)(planes * plane + planes) * sizeof *buf)))
-      return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch",
-                        (long long)(planes * plane + planes));
+    if (!(buf = kx_scratch_floats(c, planes * plane + planes, &s))) return s;
     kx_to_float(x->dtype, x->data, buf, planes * plane);
     j.x = buf;
     j.y = buf + planes * plane;

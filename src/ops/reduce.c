@@ -10,14 +10,12 @@
  * accumulating in double or, for integers, in 64-bit integers (exact, wrapping like the element
  * type). */
 #include "ops/util.h"
+#include "ops/vmath.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Floats per AVX2 register. At -O2 gcc only vectorizes loops whose trip count is a known multiple
- * of the vector width, so inner loops run in blocks of LANES with a scalar tail. */
-enum { LANES = 8 };
 /* Columns per tile when reducing along a non-last axis (accumulators on the stack). */
 enum { TILE = 256 };
 
@@ -80,79 +78,55 @@ static kiln_status reduce_prepare(kx_node *n) {
 
 /* ---------------------------------------------------------------- float32 fast paths */
 
-static float row_sum(const float *x, int64_t n) {
-  float acc[LANES] = {0};
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] += x[i + k];
-  float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
-  for (; i < n; i++) s += x[i];
-  return s;
-}
-
 static float row_sum_abs(const float *x, int64_t n) {
-  float acc[LANES] = {0};
+  float acc[KX_LANES] = {0};
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] += fabsf(x[i + k]);
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) acc[k] += fabsf(x[i + k]);
   float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
+  for (int k = 0; k < KX_LANES; k++) s += acc[k];
   for (; i < n; i++) s += fabsf(x[i]);
   return s;
 }
 
 static float row_sum_square(const float *x, int64_t n) {
-  float acc[LANES] = {0};
+  float acc[KX_LANES] = {0};
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] += x[i + k] * x[i + k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) acc[k] += x[i + k] * x[i + k];
   float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
+  for (int k = 0; k < KX_LANES; k++) s += acc[k];
   for (; i < n; i++) s += x[i] * x[i];
   return s;
 }
 
 static float row_prod(const float *x, int64_t n) {
-  float acc[LANES] = {1, 1, 1, 1, 1, 1, 1, 1};
+  float acc[KX_LANES] = {1, 1, 1, 1, 1, 1, 1, 1};
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] *= x[i + k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) acc[k] *= x[i + k];
   float s = 1;
-  for (int k = 0; k < LANES; k++) s *= acc[k];
+  for (int k = 0; k < KX_LANES; k++) s *= acc[k];
   for (; i < n; i++) s *= x[i];
   return s;
 }
 
 /* n >= 1 */
-static float row_max(const float *x, int64_t n) {
-  float acc[LANES];
-  for (int k = 0; k < LANES; k++) acc[k] = x[0];
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
-  float m = acc[0];
-  for (int k = 1; k < LANES; k++) m = acc[k] > m ? acc[k] : m;
-  for (; i < n; i++) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
-/* n >= 1 */
 static float row_min(const float *x, int64_t n) {
-  float acc[LANES];
-  for (int k = 0; k < LANES; k++) acc[k] = x[0];
+  float acc[KX_LANES];
+  for (int k = 0; k < KX_LANES; k++) acc[k] = x[0];
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] = x[i + k] < acc[k] ? x[i + k] : acc[k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) acc[k] = x[i + k] < acc[k] ? x[i + k] : acc[k];
   float m = acc[0];
-  for (int k = 1; k < LANES; k++) m = acc[k] < m ? acc[k] : m;
+  for (int k = 1; k < KX_LANES; k++) m = acc[k] < m ? acc[k] : m;
   for (; i < n; i++) m = x[i] < m ? x[i] : m;
   return m;
 }
 
 /* log(sum(exp(x))) computed as max + log(sum(exp(x - max))); n >= 1 */
 static float row_log_sum_exp(const float *x, int64_t n) {
-  float m = row_max(x, n);
+  float m = kx_max_f32(x, n);
   if (isinf(m)) return m;
   float s = 0;
   for (int64_t i = 0; i < n; i++) s += expf(x[i] - m);
@@ -180,56 +154,56 @@ static void rows_f32(void *arg, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; row++) {
     const float *x = (const float *)j->x + row * n;
     switch (j->kind) {
-    case R_SUM: y[row] = row_sum(x, n); break;
-    case R_MEAN: y[row] = row_sum(x, n) / (float)n; break;
-    case R_MAX: y[row] = row_max(x, n); break;
+    case R_SUM: y[row] = kx_sum_f32(x, n); break;
+    case R_MEAN: y[row] = kx_sum_f32(x, n) / (float)n; break;
+    case R_MAX: y[row] = kx_max_f32(x, n); break;
     case R_MIN: y[row] = row_min(x, n); break;
     case R_PROD: y[row] = row_prod(x, n); break;
     case R_L1: y[row] = row_sum_abs(x, n); break;
     case R_L2: y[row] = sqrtf(row_sum_square(x, n)); break;
-    case R_LOG_SUM: y[row] = logf(row_sum(x, n)); break;
+    case R_LOG_SUM: y[row] = logf(kx_sum_f32(x, n)); break;
     case R_LOG_SUM_EXP: y[row] = row_log_sum_exp(x, n); break;
     case R_SUM_SQUARE: y[row] = row_sum_square(x, n); break;
     }
   }
 }
 
-/* acc[i] (op)= x[i] for one row of a column tile; blocks of LANES and a scalar tail. */
+/* acc[i] (op)= x[i] for one row of a column tile; blocks of KX_LANES and a scalar tail. */
 static void accumulate(reduce_kind kind, float *restrict acc, const float *restrict x, int64_t w) {
   int64_t i = 0;
   switch (kind) {
   case R_SUM:
   case R_MEAN:
   case R_LOG_SUM:
-    for (; i + LANES <= w; i += LANES)
-      for (int k = 0; k < LANES; k++) acc[i + k] += x[i + k];
+    for (; i + KX_LANES <= w; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) acc[i + k] += x[i + k];
     for (; i < w; i++) acc[i] += x[i];
     break;
   case R_L1:
-    for (; i + LANES <= w; i += LANES)
-      for (int k = 0; k < LANES; k++) acc[i + k] += fabsf(x[i + k]);
+    for (; i + KX_LANES <= w; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) acc[i + k] += fabsf(x[i + k]);
     for (; i < w; i++) acc[i] += fabsf(x[i]);
     break;
   case R_L2:
   case R_SUM_SQUARE:
-    for (; i + LANES <= w; i += LANES)
-      for (int k = 0; k < LANES; k++) acc[i + k] += x[i + k] * x[i + k];
+    for (; i + KX_LANES <= w; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) acc[i + k] += x[i + k] * x[i + k];
     for (; i < w; i++) acc[i] += x[i] * x[i];
     break;
   case R_PROD:
-    for (; i + LANES <= w; i += LANES)
-      for (int k = 0; k < LANES; k++) acc[i + k] *= x[i + k];
+    for (; i + KX_LANES <= w; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) acc[i + k] *= x[i + k];
     for (; i < w; i++) acc[i] *= x[i];
     break;
   case R_MAX:
   case R_LOG_SUM_EXP: /* its first sweep finds the maximum */
-    for (; i + LANES <= w; i += LANES)
-      for (int k = 0; k < LANES; k++) acc[i + k] = x[i + k] > acc[i + k] ? x[i + k] : acc[i + k];
+    for (; i + KX_LANES <= w; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) acc[i + k] = x[i + k] > acc[i + k] ? x[i + k] : acc[i + k];
     for (; i < w; i++) acc[i] = x[i] > acc[i] ? x[i] : acc[i];
     break;
   case R_MIN:
-    for (; i + LANES <= w; i += LANES)
-      for (int k = 0; k < LANES; k++) acc[i + k] = x[i + k] < acc[i + k] ? x[i + k] : acc[i + k];
+    for (; i + KX_LANES <= w; i += KX_LANES)
+      for (int k = 0; k < KX_LANES; k++) acc[i + k] = x[i + k] < acc[i + k] ? x[i + k] : acc[i + k];
     for (; i < w; i++) acc[i] = x[i] < acc[i] ? x[i] : acc[i];
     break;
   }
@@ -526,9 +500,7 @@ static kiln_status reduce_run(kx_ctx *c) {
     j.y = y->data;
     float *buf = NULL;
     if (widen) {
-      if (!(buf = kx_scratch(c, (size_t)(in_count + count) * sizeof *buf)))
-        return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch",
-                          (long long)(in_count + count));
+      if (!(buf = kx_scratch_floats(c, in_count + count, &s))) return s;
       kx_to_float(x->dtype, x->data, buf, in_count);
       j.x = buf;
       j.y = buf + in_count;
@@ -630,8 +602,8 @@ static kiln_status arg_run(kx_ctx *c, int want_max) {
                x->data,       y->data};
   if (x->dtype == KILN_FLOAT16 || x->dtype == KILN_BFLOAT16) {
     int64_t count = kiln_tensor_numel(x);
-    float *buf = kx_scratch(c, (size_t)count * sizeof *buf);
-    if (!buf) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch", (long long)count);
+    float *buf = kx_scratch_floats(c, count, &s);
+    if (!buf) return s;
     kx_to_float(x->dtype, x->data, buf, count);
     j.x = buf;
   }
@@ -711,9 +683,8 @@ static kiln_status cumsum_run(kx_ctx *c) {
   case KILN_INT64: kx_parallel(c, blocks, cost, cumsum_i64, &j); break;
   case KILN_UINT64: kx_parallel(c, blocks, cost, cumsum_u64, &j); break;
   default: { /* float16, bfloat16: summed in float */
-    float *buf = kx_scratch(c, (size_t)count * 2 * sizeof *buf);
-    if (!buf)
-      return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch", (long long)count * 2);
+    float *buf = kx_scratch_floats(c, count * 2, &s);
+    if (!buf) return s;
     kx_to_float(x->dtype, x->data, buf, count);
     j.x = buf;
     j.y = buf + count;

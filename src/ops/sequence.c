@@ -7,61 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *kind_name(const kiln_value *v) {
-  if (!v) return "nothing (absent)";
-  switch (v->kind) {
-  case KILN_VALUE_TENSOR: return "a tensor";
-  case KILN_VALUE_SEQUENCE: return "a sequence";
-  default: return "an empty optional";
-  }
-}
-
 static kiln_status require_seq(const kx_ctx *c, int i, const kiln_value **out) {
   const kiln_value *v = *out = kx_input_value(c, i);
   if (!v || v->kind != KILN_VALUE_SEQUENCE)
-    return kiln_error(KILN_INVALID_ARGUMENT, "input %d must be a sequence, got %s", i, kind_name(v));
+    return kiln_error(KILN_INVALID_ARGUMENT, "input %d must be a sequence, got %s", i, kx_value_kind_name(v));
   return NULL;
-}
-
-/* dst (released first) becomes a deep copy of a tensor, sequence or empty optional. */
-static kiln_status value_copy(kiln_value *dst, const kiln_value *src) {
-  kiln_value_release(dst);
-  if (src->kind == KILN_VALUE_TENSOR) return kiln_tensor_copy(&dst->tensor, &src->tensor);
-  dst->kind = src->kind;
-  if (src->kind != KILN_VALUE_SEQUENCE) return NULL;
-  dst->elem_dtype = src->elem_dtype;
-  for (size_t i = 0; i < src->count; i++) {
-    kiln_status s = kiln_value_seq_append(dst, &src->items[i], 0);
-    if (s) return s;
-  }
-  return NULL;
-}
-
-/* Copies n elements of dtype from `from` to `to` (strings duplicated, NULL read as ""). */
-static kiln_status copy_elements(void *to, const void *from, kiln_dtype dtype, int64_t n) {
-  if (dtype != KILN_STRING) {
-    if (n) memcpy(to, from, (size_t)n * kiln_dtype_size(dtype));
-    return NULL;
-  }
-  for (int64_t i = 0; i < n; i++) {
-    const char *str = ((char *const *)from)[i];
-    if (!(((char **)to)[i] = strdup(str ? str : ""))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory copying strings");
-  }
-  return NULL;
-}
-
-/* Output i as a copy of tensor t. */
-static kiln_status output_tensor_copy(kx_ctx *c, int i, const kiln_tensor *t) {
-  kiln_tensor *y;
-  kiln_status s = kx_output(c, i, t->dtype, t->rank, t->dims, &y);
-  return s ? s : copy_elements(y->data, t->data, t->dtype, kiln_tensor_numel(t));
 }
 
 /* Reads a position input (a one-element int32/int64 tensor) and checks it against a sequence of
  * `count` items: valid positions are -count .. count-1, or .. count when `end_ok` (insertion). */
 static kiln_status read_position(const kx_ctx *c, int i, size_t count, int end_ok, size_t *out) {
   const kiln_tensor *t = kx_input(c, i);
-  if (!t) return kiln_error(KILN_INVALID_ARGUMENT, "input %d (position) must be a tensor, got %s", i, kind_name(kx_input_value(c, i)));
+  if (!t) return kiln_error(KILN_INVALID_ARGUMENT, "input %d (position) must be a tensor, got %s", i, kx_value_kind_name(kx_input_value(c, i)));
   if ((t->dtype != KILN_INT64 && t->dtype != KILN_INT32) || kiln_tensor_numel(t) != 1)
     return kiln_error(KILN_INVALID_ARGUMENT, "position must be a scalar int32 or int64, got a %s tensor of %lld elements",
                       kiln_dtype_name(t->dtype), (long long)kiln_tensor_numel(t));
@@ -120,7 +77,7 @@ static kiln_status sequence_at_run(kx_ctx *c) {
   size_t pos;
   kiln_status s;
   if ((s = require_seq(c, 0, &seq)) || (s = read_position(c, 1, seq->count, 0, &pos))) return s;
-  return output_tensor_copy(c, 0, &seq->items[pos]);
+  return kx_output_copy(c, 0, &seq->items[pos]);
 }
 
 static kiln_status sequence_insert_run(kx_ctx *c) {
@@ -178,7 +135,7 @@ static kiln_status copy_slab(const kiln_tensor *t, int axis, int64_t begin, int6
   size_t es = kiln_dtype_size(t->dtype);
   for (int64_t o = 0; o < outer; o++) {
     const char *from = (const char *)t->data + (size_t)((o * dim + begin) * inner) * es;
-    kiln_status s = copy_elements((char *)out->data + (size_t)(o * len * inner) * es, from, t->dtype, len * inner);
+    kiln_status s = kx_copy_elements((char *)out->data + (size_t)(o * len * inner) * es, from, t->dtype, len * inner);
     if (s) return s;
   }
   return NULL;
@@ -298,7 +255,7 @@ static kiln_status concat_from_sequence_run(kx_ctx *c) {
     for (int64_t o = 0; o < outer; o++) {
       const char *from = (const char *)t->data + (size_t)(o * len * inner) * es;
       char *to = (char *)y->data + (size_t)((o * total + at) * inner) * es;
-      if ((s = copy_elements(to, from, first->dtype, len * inner))) return s;
+      if ((s = kx_copy_elements(to, from, first->dtype, len * inner))) return s;
     }
     at += len;
   }
@@ -315,15 +272,15 @@ static kiln_status optional_run(kx_ctx *c) {
     y->kind = KILN_VALUE_NONE;
     return NULL;
   }
-  return value_copy(y, x);
+  return kx_value_copy(y, x);
 }
 
 static kiln_status optional_get_element_run(kx_ctx *c) {
   const kiln_value *x = kx_input_value(c, 0);
   if (!x || x->kind == KILN_VALUE_NONE) return kiln_error(KILN_INVALID_ARGUMENT, "the optional input is empty");
-  if (x->kind == KILN_VALUE_TENSOR) return output_tensor_copy(c, 0, &x->tensor);
+  if (x->kind == KILN_VALUE_TENSOR) return kx_output_copy(c, 0, &x->tensor);
   kiln_value *y = kx_output_value(c, 0);
-  return y ? value_copy(y, x) : NULL;
+  return y ? kx_value_copy(y, x) : NULL;
 }
 
 static kiln_status optional_has_element_run(kx_ctx *c) {

@@ -10,13 +10,11 @@
  * float32 runs on a polynomial exp that gcc vectorizes (libm's expf is a call per element);
  * float16/bfloat16 are widened to float32, double is computed with libm in double. */
 #include "ops/util.h"
+#include "ops/vmath.h"
 
 #include <math.h>
 #include <string.h>
 
-/* Floats per AVX2 register. At -O2 gcc only vectorizes loops whose trip count is a known multiple
- * of the vector width, so inner loops run in blocks of LANES with a scalar tail. */
-enum { LANES = 8 };
 /* Columns per tile when normalizing along a non-last axis (two float arrays on the stack). */
 enum { TILE = 256 };
 
@@ -50,23 +48,11 @@ static inline float exp_core(float x) {
   return p * scale;
 }
 
-static float max_of(const float *x, int64_t n) {
-  float acc[LANES];
-  for (int k = 0; k < LANES; k++) acc[k] = x[0];
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
-  float m = acc[0];
-  for (int k = 1; k < LANES; k++) m = acc[k] > m ? acc[k] : m;
-  for (; i < n; i++) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
 /* m[i] = max(m[i], x[i]) */
 static void max_each(float *restrict m, const float *restrict x, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) m[i + k] = x[i + k] > m[i + k] ? x[i + k] : m[i + k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) m[i + k] = x[i + k] > m[i + k] ? x[i + k] : m[i + k];
   for (; i < n; i++) m[i] = x[i] > m[i] ? x[i] : m[i];
 }
 
@@ -76,30 +62,30 @@ static inline float exp_arg(float v) { return v < EXP_LO ? EXP_LO : v; }
 /* y = exp_arg(x - m): kept apart from the exp so that both loops vectorize. */
 static void shift(float *restrict y, const float *restrict x, float m, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] = exp_arg(x[i + k] - m);
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] = exp_arg(x[i + k] - m);
   for (; i < n; i++) y[i] = exp_arg(x[i] - m);
 }
 
 /* y = exp_arg(x - m[i]), for columns. */
 static void shift_each(float *restrict y, const float *restrict x, const float *restrict m, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] = exp_arg(x[i + k] - m[i + k]);
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] = exp_arg(x[i + k] - m[i + k]);
   for (; i < n; i++) y[i] = exp_arg(x[i] - m[i]);
 }
 
 /* y = exp(y) in place; returns the sum. */
 static float exp_sum(float *y, int64_t n) {
-  float acc[LANES] = {0};
+  float acc[KX_LANES] = {0};
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) {
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) {
       y[i + k] = exp_core(y[i + k]);
       acc[k] += y[i + k];
     }
   float s = 0;
-  for (int k = 0; k < LANES; k++) s += acc[k];
+  for (int k = 0; k < KX_LANES; k++) s += acc[k];
   for (; i < n; i++) {
     y[i] = exp_core(y[i]);
     s += y[i];
@@ -110,8 +96,8 @@ static float exp_sum(float *y, int64_t n) {
 /* y = exp(y) in place, sum[i] += y[i]. */
 static void exp_accumulate(float *restrict y, float *restrict sum, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) {
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) {
       y[i + k] = exp_core(y[i + k]);
       sum[i + k] += y[i + k];
     }
@@ -123,22 +109,22 @@ static void exp_accumulate(float *restrict y, float *restrict sum, int64_t n) {
 
 static void scale(float *y, float f, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] *= f;
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] *= f;
   for (; i < n; i++) y[i] *= f;
 }
 
 static void scale_each(float *restrict y, const float *restrict f, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] *= f[i + k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] *= f[i + k];
   for (; i < n; i++) y[i] *= f[i];
 }
 
 static void reciprocal(float *y, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] = 1.0f / y[i + k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] = 1.0f / y[i + k];
   for (; i < n; i++) y[i] = 1.0f / y[i];
 }
 
@@ -146,16 +132,16 @@ static void reciprocal(float *y, int64_t n) {
  * the digits that m + ls would round away when x is large. */
 static void log_out(float *restrict y, const float *restrict x, float m, float ls, int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] = (x[i + k] - m) - ls;
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] = (x[i + k] - m) - ls;
   for (; i < n; i++) y[i] = (x[i] - m) - ls;
 }
 
 static void log_out_each(float *restrict y, const float *restrict x, const float *restrict m, const float *restrict ls,
                          int64_t n) {
   int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int k = 0; k < LANES; k++) y[i + k] = (x[i + k] - m[i + k]) - ls[i + k];
+  for (; i + KX_LANES <= n; i += KX_LANES)
+    for (int k = 0; k < KX_LANES; k++) y[i + k] = (x[i + k] - m[i + k]) - ls[i + k];
   for (; i < n; i++) y[i] = (x[i] - m[i]) - ls[i];
 }
 
@@ -175,7 +161,7 @@ static void rows_f32(void *arg, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; row++) {
     const float *x = j->x + row * n;
     float *y = j->y + row * n;
-    float m = max_of(x, n);
+    float m = kx_max_f32(x, n);
     shift(y, x, m, n);
     float sum = exp_sum(y, n);
     if (j->kind == SOFTMAX)

@@ -227,16 +227,13 @@ static uint64_t hash_bytes(const char *s, size_t len) {
   return h;
 }
 
-static uint64_t mix(uint64_t x) { /* splitmix64's finalizer: spreads int keys over the table */
-  x = (x ^ x >> 30) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ x >> 27) * 0x94d049bb133111ebull;
-  return x ^ x >> 31;
-}
+/* The hash tables below start probing at kx_mix64 of the key, which spreads int keys (token
+ * values, node-token pairs) over the table. */
 
 /* The id of a token (-1 when not in the pool): an int64 value, or a string of len bytes. */
 static int32_t tok_find(const vectorizer *v, int64_t value, const char *str, size_t len) {
   uint64_t h = str ? hash_bytes(str, len) : (uint64_t)value;
-  for (size_t i = mix(h) & (v->tok_cap - 1);; i = (i + 1) & (v->tok_cap - 1)) {
+  for (size_t i = kx_mix64(h) & (v->tok_cap - 1);; i = (i + 1) & (v->tok_cap - 1)) {
     const tok_slot *t = &v->toks[i];
     if (t->id < 0) return -1;
     if (t->hash == h && (!str || (strlen(t->str) == len && memcmp(t->str, str, len) == 0))) return t->id;
@@ -246,7 +243,7 @@ static int32_t tok_find(const vectorizer *v, int64_t value, const char *str, siz
 static kiln_status tok_add(vectorizer *v, int64_t value, const char *str, size_t len, int32_t *id) {
   if ((*id = tok_find(v, value, str, len)) >= 0) return NULL;
   uint64_t h = str ? hash_bytes(str, len) : (uint64_t)value;
-  size_t i = mix(h) & (v->tok_cap - 1);
+  size_t i = kx_mix64(h) & (v->tok_cap - 1);
   while (v->toks[i].id >= 0) i = (i + 1) & (v->tok_cap - 1);
   v->toks[i].hash = h;
   v->toks[i].id = *id = v->n_toks++;
@@ -259,7 +256,7 @@ static kiln_status tok_add(vectorizer *v, int64_t value, const char *str, size_t
 
 static int32_t edge_find(const vectorizer *v, int32_t node, int32_t tok) {
   uint64_t key = (uint64_t)node << 32 | (uint32_t)tok;
-  for (size_t i = mix(key) & (v->edge_cap - 1);; i = (i + 1) & (v->edge_cap - 1)) {
+  for (size_t i = kx_mix64(key) & (v->edge_cap - 1);; i = (i + 1) & (v->edge_cap - 1)) {
     if (v->edges[i].child < 0) return -1;
     if (v->edges[i].key == key) return v->edges[i].child;
   }
@@ -270,7 +267,7 @@ static int32_t edge_walk(vectorizer *v, int32_t node, int32_t tok) {
   int32_t child = edge_find(v, node, tok);
   if (child >= 0) return child;
   uint64_t key = (uint64_t)node << 32 | (uint32_t)tok;
-  size_t i = mix(key) & (v->edge_cap - 1);
+  size_t i = kx_mix64(key) & (v->edge_cap - 1);
   while (v->edges[i].child >= 0) i = (i + 1) & (v->edge_cap - 1);
   v->edges[i].key = key;
   v->edges[i].child = v->n_nodes;

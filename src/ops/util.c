@@ -144,6 +144,63 @@ int64_t kx_prod(const int64_t *dims, int from, int to) {
   return p;
 }
 
+float *kx_scratch_floats(kx_ctx *c, int64_t n, kiln_status *s) {
+  float *buf = kx_scratch(c, (size_t)n * sizeof *buf);
+  if (!buf) *s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for %lld floats of scratch", (long long)n);
+  return buf;
+}
+
+kiln_status kx_copy_strings(char **to, char *const *from, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    char *copy = strdup(from[i] ? from[i] : "");
+    if (!copy) {
+      memset(to + i, 0, (size_t)(n - i) * sizeof *to);
+      return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory copying strings");
+    }
+    to[i] = copy;
+  }
+  return NULL;
+}
+
+kiln_status kx_own_strings(kiln_tensor *t) {
+  if (t->dtype != KILN_STRING) return NULL;
+  return kx_copy_strings(t->data, t->data, kiln_tensor_numel(t));
+}
+
+kiln_status kx_copy_elements(void *to, const void *from, kiln_dtype dtype, int64_t n) {
+  if (dtype == KILN_STRING) return kx_copy_strings(to, from, n);
+  if (n) memcpy(to, from, (size_t)n * kiln_dtype_size(dtype));
+  return NULL;
+}
+
+kiln_status kx_output_copy(kx_ctx *c, int i, const kiln_tensor *t) {
+  kiln_tensor *y;
+  kiln_status s = kx_output(c, i, t->dtype, t->rank, t->dims, &y);
+  return s ? s : kx_copy_elements(y->data, t->data, t->dtype, kiln_tensor_numel(t));
+}
+
+kiln_status kx_value_copy(kiln_value *dst, const kiln_value *src) {
+  kiln_value_release(dst);
+  if (src->kind == KILN_VALUE_TENSOR) return kiln_tensor_copy(&dst->tensor, &src->tensor);
+  dst->kind = src->kind;
+  if (src->kind != KILN_VALUE_SEQUENCE) return NULL;
+  dst->elem_dtype = src->elem_dtype;
+  for (size_t i = 0; i < src->count; i++) {
+    kiln_status s = kiln_value_seq_append(dst, &src->items[i], 0);
+    if (s) return s;
+  }
+  return NULL;
+}
+
+const char *kx_value_kind_name(const kiln_value *v) {
+  if (!v) return "nothing (absent)";
+  switch (v->kind) {
+  case KILN_VALUE_TENSOR: return "a tensor";
+  case KILN_VALUE_SEQUENCE: return "a sequence";
+  default: return "an empty optional";
+  }
+}
+
 const kx_graph *kx_node_subgraph(const kx_node *n, const char *attr) {
   for (int i = 0; i < n->n_subgraphs; i++)
     if (strcmp(n->subgraph_names[i], attr) == 0) return n->subgraphs[i];

@@ -1,5 +1,6 @@
-/* Helpers every op family uses: axes, broadcasting, reading small integer tensors, dtype checks
- * and float16/bfloat16 widening. */
+/* Helpers every op family uses: axes, broadcasting, reading small integer tensors, dtype checks,
+ * float16/bfloat16 widening, copies of string elements and of values, and counter-based random
+ * numbers. */
 #ifndef KX_OPS_UTIL_H
 #define KX_OPS_UTIL_H
 
@@ -55,6 +56,39 @@ static inline void kx_activation_f32(const kx_activation *a, float *y, int64_t n
 /* Applies c->node->post_bias and c->node->post to all of output tensor y, over the pool: for
  * kernels whose fast paths do not fuse them into their own loops. */
 kiln_status kx_post_apply(const kx_ctx *c, kiln_tensor *y);
+
+/* kx_scratch for n floats (float16/bfloat16 widened to float32, say); NULL with *s set to an
+ * out-of-memory error when there is no memory. */
+float *kx_scratch_floats(kx_ctx *c, int64_t n, kiln_status *s);
+
+/* to[i] = a copy of from[i] for n string elements, NULL read as "". to may be from: after a kernel
+ * copied string pointers of its input into its output, this gives each element its own copy. On
+ * failure to[i..n) are cleared, so that a tensor never frees strings it does not own. */
+kiln_status kx_copy_strings(char **to, char *const *from, int64_t n);
+/* Gives each element of a string tensor its own copy (kx_copy_strings in place), for kernels that
+ * copied string pointers into t; nothing for other dtypes. */
+kiln_status kx_own_strings(kiln_tensor *t);
+/* Copies n elements of dtype from `from` to `to`, strings through kx_copy_strings. */
+kiln_status kx_copy_elements(void *to, const void *from, kiln_dtype dtype, int64_t n);
+/* Output i as a copy of tensor t. */
+kiln_status kx_output_copy(kx_ctx *c, int i, const kiln_tensor *t);
+/* dst (released first) becomes a deep copy of a tensor, sequence or empty optional. */
+kiln_status kx_value_copy(kiln_value *dst, const kiln_value *src);
+/* What v is, for messages: "a tensor", "a sequence", "an empty optional" or "nothing (absent)". */
+const char *kx_value_kind_name(const kiln_value *v);
+
+/* splitmix64's output function: a strong 64-bit mix (of seeds, counters, hash keys). */
+static inline uint64_t kx_mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1) at position i of the random stream `key`: splitmix64 evaluated at i, so every
+ * element is independent of how the work is split. */
+static inline double kx_uniform_at(uint64_t key, uint64_t i) {
+  return (double)(kx_mix64(key + (i + 1) * 0x9e3779b97f4a7c15ULL) >> 11) * 0x1.0p-53;
+}
 
 /* Row-major element strides (in elements) of a shape. */
 void kx_strides(int rank, const int64_t *dims, int64_t *strides);

@@ -187,6 +187,16 @@ static inline void tb_attr_string(tb_node *n, const char *name, const char *v) {
   a->s.data = (uint8_t *)strdup(v);
 }
 
+static inline void tb_attr_strings(tb_node *n, const char *name, int count, const char *const *v) {
+  Onnx__AttributeProto *a = tb_attr(n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRINGS);
+  a->n_strings = (size_t)count;
+  a->strings = calloc((size_t)count + 1, sizeof *a->strings);
+  for (int i = 0; i < count; i++) {
+    a->strings[i].len = strlen(v[i]);
+    a->strings[i].data = (uint8_t *)strdup(v[i]);
+  }
+}
+
 /* Serializes the model; the caller frees *buf. */
 static inline void tb_pack(tb_model *b, void **buf, size_t *len) {
   *len = onnx__model_proto__get_packed_size(&b->model);

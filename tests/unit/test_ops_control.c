@@ -3,9 +3,7 @@
  * (including bodies that pass them through or swap them), outer-scope values read by subgraphs
  * nested two deep, plan reuse across runs, and the errors bad inputs get. The bodies use only
  * these families' operators and Add on float tensors of one shape. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
+#include "op_harness.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -28,43 +26,22 @@ static tb_model *tb_sub(const char *name) {
 
 /* A float initializer of any shape. */
 static void init_f(tb_model *b, const char *name, int rank, const int64_t *dims, const float *v) {
-  kiln_tensor t = {.dtype = KILN_FLOAT};
-  kiln_tensor_set_shape(&t, KILN_FLOAT, rank, dims);
-  t.data = (void *)v;
+  kiln_tensor t = oh_view(KILN_FLOAT, rank, dims, v);
   tb_initializer(b, name, &t);
 }
 
 static void init_i64(tb_model *b, const char *name, int64_t v) {
-  kiln_tensor t = {.dtype = KILN_INT64};
-  kiln_tensor_set_shape(&t, KILN_INT64, 0, NULL);
-  t.data = &v;
+  kiln_tensor t = oh_view(KILN_INT64, 0, NULL, &v);
   tb_initializer(b, name, &t);
-}
-
-static kiln_model *load(tb_model *b) {
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  return m;
 }
 
 /* Tensor values over caller memory. */
 static kiln_value val(kiln_dtype dtype, int rank, const int64_t *dims, const void *data) {
-  kiln_value v = {.kind = KILN_VALUE_TENSOR};
-  kiln_tensor_set_shape(&v.tensor, dtype, rank, dims);
-  v.tensor.data = (void *)data;
-  return v;
+  return (kiln_value){.kind = KILN_VALUE_TENSOR, .tensor = oh_view(dtype, rank, dims, data)};
 }
 
 static kiln_value scalar_b(const uint8_t *b) { return val(KILN_BOOL, 0, NULL, b); }
 static kiln_value scalar_i64(const int64_t *i) { return val(KILN_INT64, 0, NULL, i); }
-
-static int has_shape(const kiln_tensor *t, int rank, const int64_t *dims) {
-  if (t->rank != rank) return 0;
-  for (int d = 0; d < rank; d++)
-    if (t->dims[d] != dims[d]) return 0;
-  return 1;
-}
 
 static int floats_are(const kiln_tensor *t, int n, const float *want) {
   if (t->dtype != KILN_FLOAT || kiln_tensor_numel(t) != n) return 0;
@@ -91,7 +68,7 @@ static kiln_model *if_model(int branch_outputs) {
   init_f(els, "k", 1, (int64_t[]){3}, (float[]){7, 8, 9});
   tb_output(els, "k", KILN_FLOAT);
   tb_attr_graph(n, "else_branch", els);
-  return load(b);
+  return oh_load(b);
 }
 
 static void test_if(void) {
@@ -105,8 +82,8 @@ static void test_if(void) {
       kiln_value vc = scalar_b(&c), vx = val(KILN_FLOAT, 1, (int64_t[]){2}, x);
       const kiln_value *in[2] = {&vc, &vx}, *out[1];
       CHECK_OK(kiln_session_run(s, in, out));
-      if (c) CHECK(has_shape(&out[0]->tensor, 1, (int64_t[]){2}) && floats_are(&out[0]->tensor, 2, (float[]){2, 4}));
-      else CHECK(has_shape(&out[0]->tensor, 1, (int64_t[]){3}) && floats_are(&out[0]->tensor, 3, (float[]){7, 8, 9}));
+      if (c) CHECK(oh_has_shape(&out[0]->tensor, 1, (int64_t[]){2}) && floats_are(&out[0]->tensor, 2, (float[]){2, 4}));
+      else CHECK(oh_has_shape(&out[0]->tensor, 1, (int64_t[]){3}) && floats_are(&out[0]->tensor, 3, (float[]){7, 8, 9}));
     }
   kiln_session_free(s);
   kiln_model_free(m);
@@ -123,7 +100,7 @@ static void test_if(void) {
   tb_output(els, "k", KILN_FLOAT);
   tb_attr_graph(n, "then_branch", then);
   tb_attr_graph(n, "else_branch", els);
-  if (!(m = load(b))) return;
+  if (!(m = oh_load(b))) return;
   CHECK_OK(kiln_session_create(m, NULL, &s));
   float bad = 1;
   kiln_value vc = val(KILN_FLOAT, 0, NULL, &bad);
@@ -174,7 +151,7 @@ static kiln_model *loop_add_model(void) {
   body->graph.output = tb_grow(body->graph.output, &body->graph.n_output, sizeof *body->graph.output);
   body->graph.output[2] = tb_value_info("y_out", KILN_FLOAT, 1, (int64_t[]){2}); /* declared shape for 0 trips */
   tb_attr_graph(n, "body", body);
-  return load(b);
+  return oh_load(b);
 }
 
 static void test_loop(void) {
@@ -195,7 +172,7 @@ static void test_loop(void) {
     CHECK_OK(kiln_session_run(s, in, out));
     int64_t t = trips[r];
     CHECK(floats_are(&out[0]->tensor, 2, (float[]){1 + 10.f * t, 2 + 100.f * t}));
-    CHECK(has_shape(&out[1]->tensor, 2, (int64_t[]){t, 2}));
+    CHECK(oh_has_shape(&out[1]->tensor, 2, (int64_t[]){t, 2}));
     for (int64_t k = 0; k < t; k++) {
       const float *row = (const float *)out[1]->tensor.data + 2 * k;
       CHECK(row[0] == 1 + 10.f * (k + 1) && row[1] == 2 + 100.f * (k + 1));
@@ -208,7 +185,7 @@ static void test_loop(void) {
              vx = val(KILN_FLOAT, 1, (int64_t[]){2}, x);
   const kiln_value *in[4] = {&vm, &vc, &vy, &vx}, *out[2];
   CHECK_OK(kiln_session_run(s, in, out));
-  CHECK(floats_are(&out[0]->tensor, 2, y0) && has_shape(&out[1]->tensor, 2, (int64_t[]){0, 2}));
+  CHECK(floats_are(&out[0]->tensor, 2, y0) && oh_has_shape(&out[1]->tensor, 2, (int64_t[]){0, 2}));
   kiln_session_free(s);
   kiln_model_free(m);
   kiln_pool_free(pool);
@@ -235,7 +212,7 @@ static void test_loop_passthrough_swap(void) {
   tb_output(body, "a_in", KILN_FLOAT);
   tb_output(body, "i", KILN_INT64);
   tb_attr_graph(n, "body", body);
-  kiln_model *m = load(b);
+  kiln_model *m = oh_load(b);
   if (!m) return;
   kiln_session *s;
   CHECK_OK(kiln_session_create(m, NULL, &s));
@@ -247,7 +224,7 @@ static void test_loop_passthrough_swap(void) {
     int swapped = trips % 2;
     CHECK(floats_are(&out[0]->tensor, swapped ? 3 : 2, swapped ? b0 : a0));
     CHECK(floats_are(&out[1]->tensor, swapped ? 2 : 3, swapped ? a0 : b0));
-    CHECK(has_shape(&out[2]->tensor, 1, &trips));
+    CHECK(oh_has_shape(&out[2]->tensor, 1, &trips));
     for (int64_t k = 0; k < trips; k++) CHECK(((const int64_t *)out[2]->tensor.data)[k] == k);
   }
   kiln_session_free(s);
@@ -286,7 +263,7 @@ static kiln_model *loop_nested_model(void) {
   tb_attr_graph(inner, "then_branch", then);
   tb_attr_graph(inner, "else_branch", els);
   tb_attr_graph(n, "body", body);
-  return load(b);
+  return oh_load(b);
 }
 
 static void test_loop_sequence_nested(void) {
@@ -328,7 +305,7 @@ static void test_loop_errors(void) {
   tb_output(body, "y_in", KILN_FLOAT); /* the carried value as the condition */
   tb_output(body, "y_in", KILN_FLOAT);
   tb_attr_graph(n, "body", body);
-  kiln_model *m = load(b);
+  kiln_model *m = oh_load(b);
   if (!m) return;
   kiln_session *s;
   CHECK_OK(kiln_session_create(m, NULL, &s));
@@ -356,7 +333,7 @@ static void test_loop_errors(void) {
   tb_output(body, "y_in", KILN_FLOAT);
   tb_output(body, "y_in", KILN_FLOAT);
   tb_attr_graph(n, "body", body);
-  if (!(m = load(b))) return;
+  if (!(m = oh_load(b))) return;
   CHECK_OK(kiln_session_create(m, NULL, &s));
   uint8_t cond = 1;
   kiln_value vc = scalar_b(&cond);
@@ -380,7 +357,7 @@ static void test_loop_errors(void) {
   tb_output(body, "c", KILN_BOOL);
   tb_output(body, "y_in", KILN_FLOAT);
   tb_attr_graph(n, "body", body);
-  if (!(m = load(b))) return;
+  if (!(m = oh_load(b))) return;
   CHECK_OK(kiln_session_create(m, NULL, &s));
   const kiln_value *in3[1] = {&vy}, *out2[2];
   CHECK_ERROR(kiln_session_run(s, in3, out2), KILN_INVALID_ARGUMENT, "node 0 (Loop): body has 2 outputs, the node needs 3");
@@ -415,7 +392,7 @@ static kiln_model *scan_model(int opset, int64_t in_axis, int64_t in_dir, int64_
   tb_output(body, "s_out", KILN_FLOAT);
   tb_output(body, "s_out", KILN_FLOAT);
   tb_attr_graph(n, "body", body);
-  return load(b);
+  return oh_load(b);
 }
 
 /* x is [R, C] = rows of values r * C + c; scanning axis `axis` of it with running sums. */
@@ -449,7 +426,7 @@ static void test_scan_axes(void) {
           }
           CHECK(floats_are(&out[0]->tensor, (int)width, run));
           int64_t dims[2] = {oa == 0 ? len : width, oa == 0 ? width : len};
-          CHECK(has_shape(&out[1]->tensor, 2, dims) && floats_are(&out[1]->tensor, 12, ys));
+          CHECK(oh_has_shape(&out[1]->tensor, 2, dims) && floats_are(&out[1]->tensor, 12, ys));
           kiln_session_free(s);
           kiln_model_free(m);
         }
@@ -504,7 +481,7 @@ static void test_scan8(void) {
   CHECK_OK(kiln_session_run(s, in, out));
   /* batch 0, reversed: steps (5,6), (3,4), (1,2); batch 1, one step: (7,8) */
   CHECK(floats_are(&out[0]->tensor, 4, (float[]){9, 12, 107, 108}));
-  CHECK(has_shape(&out[1]->tensor, 3, (int64_t[]){2, 3, 2}));
+  CHECK(oh_has_shape(&out[1]->tensor, 3, (int64_t[]){2, 3, 2}));
   CHECK(floats_are(&out[1]->tensor, 12, (float[]){5, 6, 8, 10, 9, 12, 107, 108, 0, 0, 0, 0}));
   lens[1] = 4;
   CHECK_ERROR(kiln_session_run(s, in, out), KILN_INVALID_ARGUMENT, "sequence_lens[1] is 4, outside 0..3");
@@ -547,15 +524,15 @@ static void test_sequence_ops(void) {
   tb_add_node(b, "OptionalGetElement", "some", "got");
   const char *outs[] = {"at", "cat", "stacked", "len", "has_none", "has_some", "got", "none"};
   for (int i = 0; i < 8; i++) tb_output(b, outs[i], KILN_FLOAT);
-  kiln_model *m = load(b);
+  kiln_model *m = oh_load(b);
   if (!m) return;
   kiln_session *s = NULL;
   const kiln_value *out[8];
   CHECK_OK(run_no_inputs(m, &s, out));
   if (s && out[0]) {
-    CHECK(has_shape(&out[0]->tensor, 2, (int64_t[]){2, 2}) && floats_are(&out[0]->tensor, 4, a));
-    CHECK(has_shape(&out[1]->tensor, 2, (int64_t[]){4, 2}) && floats_are(&out[1]->tensor, 8, (float[]){7, 8, 1, 2, 3, 4, 5, 6}));
-    CHECK(has_shape(&out[2]->tensor, 2, (int64_t[]){2, 3}) && floats_are(&out[2]->tensor, 6, (float[]){1, 3, 5, 2, 4, 6}));
+    CHECK(oh_has_shape(&out[0]->tensor, 2, (int64_t[]){2, 2}) && floats_are(&out[0]->tensor, 4, a));
+    CHECK(oh_has_shape(&out[1]->tensor, 2, (int64_t[]){4, 2}) && floats_are(&out[1]->tensor, 8, (float[]){7, 8, 1, 2, 3, 4, 5, 6}));
+    CHECK(oh_has_shape(&out[2]->tensor, 2, (int64_t[]){2, 3}) && floats_are(&out[2]->tensor, 6, (float[]){1, 3, 5, 2, 4, 6}));
     CHECK(*(const int64_t *)out[3]->tensor.data == 2);
     CHECK(*(const uint8_t *)out[4]->tensor.data == 0 && *(const uint8_t *)out[5]->tensor.data == 1);
     CHECK(out[6]->kind == KILN_VALUE_SEQUENCE && out[6]->count == 2 && floats_are(&out[6]->items[0], 2, c));
@@ -583,7 +560,7 @@ static kiln_model *seq_model(const char *op, const char *inputs, const char *att
   tb_node *n = tb_add_node(b, op, inputs, "y");
   if (attr) tb_attr_int(n, attr, attr_value);
   tb_output(b, "y", KILN_FLOAT);
-  return load(b);
+  return oh_load(b);
 }
 
 static void expect_error(kiln_model *m, kiln_code code, const char *text) {
@@ -651,7 +628,7 @@ static void test_sequence_map(void) {
     body->graph.output = tb_grow(body->graph.output, &body->graph.n_output, sizeof *body->graph.output);
     body->graph.output[0] = tb_value_info("sum", KILN_DOUBLE, -1, NULL); /* declared: tells an empty result's dtype */
     tb_attr_graph(n, "body", body);
-    kiln_model *m = load(b);
+    kiln_model *m = oh_load(b);
     if (!m) return;
     kiln_session *s = NULL;
     const kiln_value *out[1];

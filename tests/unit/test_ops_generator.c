@@ -1,102 +1,49 @@
 /* Generator kernels (src/ops/generator.c): shapes from outside are checked, Range is exact for
  * int64, and random ops are deterministic with a seed, vary without one, and have the right
  * distribution. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
-
-static kiln_pool *pool;
-
-/* ---- a one-node model run through the public API */
-
-/* A model of one `op` node reading inputs x0.. (NULL entries are absent) and writing y0... */
-static tb_model *model(int opset, const char *op, int n_in, const kiln_tensor *const *in, int n_out, tb_node **node) {
-  tb_model *b = tb_new(opset);
-  char ins[128] = "", outs[128] = "", name[16];
-  for (int i = 0; i < n_in; i++) {
-    snprintf(name, sizeof name, "x%d", i);
-    if (in[i]) tb_input(b, name, in[i]->dtype, -1, NULL);
-    snprintf(ins + strlen(ins), sizeof ins - strlen(ins), "%s%s", i ? "," : "", in[i] ? name : "");
-  }
-  for (int i = 0; i < n_out; i++) {
-    snprintf(name, sizeof name, "y%d", i);
-    tb_output(b, name, KILN_UNDEFINED);
-    snprintf(outs + strlen(outs), sizeof outs - strlen(outs), "%s%s", i ? "," : "", name);
-  }
-  *node = tb_add_node(b, op, ins, outs);
-  return b;
-}
-
-/* Loads and runs the model (freeing the builder); out[i] receives copies of the outputs. */
-static kiln_status run(tb_model *b, int n_in, const kiln_tensor *const *in, int n_out, kiln_tensor *out) {
-  kiln_model *m;
-  kiln_session *s = NULL;
-  kiln_status st = tb_load(b, &m);
-  tb_free(b);
-  if (st) return st;
-  kiln_session_options opt = {.pool = pool};
-  const kiln_tensor *given[8], *got[8];
-  int k = 0;
-  for (int i = 0; i < n_in; i++)
-    if (in[i]) given[k++] = in[i];
-  if (!(st = kiln_session_create(m, &opt, &s)) && !(st = kiln_session_run_tensors(s, given, got)))
-    for (int i = 0; i < n_out && !st; i++) st = kiln_tensor_copy(&out[i], got[i]);
-  kiln_session_free(s);
-  kiln_model_free(m);
-  return st;
-}
-
-static kiln_tensor ints(int rank, const int64_t *dims, const int64_t *values) {
-  kiln_tensor t;
-  CHECK_OK(kiln_tensor_alloc(&t, KILN_INT64, rank, dims));
-  memcpy(t.data, values, kiln_tensor_nbytes(&t));
-  return t;
-}
-static kiln_tensor vec(int n, const int64_t *values) { return ints(1, (int64_t[]){n}, values); }
+#include "op_harness.h"
 
 static void test_constant_of_shape(void) {
-  kiln_tensor shape = vec(2, (int64_t[]){2, -3}), y;
+  kiln_tensor shape = oh_vec(2, (int64_t[]){2, -3}), y;
   tb_node *n;
-  CHECK_ERROR(run(model(9, "ConstantOfShape", 1, (const kiln_tensor *[]){&shape}, 1, &n), 1, (const kiln_tensor *[]){&shape}, 1, &y),
+  CHECK_ERROR(oh_run_once(oh_model(9, "ConstantOfShape", (const kiln_tensor *[]){&shape}, 1, 1, &n), (const kiln_tensor *[]){&shape}, 1, 0, &y, 1, 2),
               KILN_INVALID_ARGUMENT, "shape[1] is negative (-3)");
   kiln_tensor_release(&shape);
-  shape = vec(3, (int64_t[]){(int64_t)1 << 30, (int64_t)1 << 30, 4});
-  CHECK_ERROR(run(model(9, "ConstantOfShape", 1, (const kiln_tensor *[]){&shape}, 1, &n), 1, (const kiln_tensor *[]){&shape}, 1, &y),
+  shape = oh_vec(3, (int64_t[]){(int64_t)1 << 30, (int64_t)1 << 30, 4});
+  CHECK_ERROR(oh_run_once(oh_model(9, "ConstantOfShape", (const kiln_tensor *[]){&shape}, 1, 1, &n), (const kiln_tensor *[]){&shape}, 1, 0, &y, 1, 2),
               KILN_RESOURCE_EXHAUSTED, "too large");
   kiln_tensor_release(&shape);
   /* an int32 value fills the output; an empty shape makes a scalar */
-  shape = vec(1, (int64_t[]){5});
-  tb_model *b = model(9, "ConstantOfShape", 1, (const kiln_tensor *[]){&shape}, 1, &n);
+  shape = oh_vec(1, (int64_t[]){5});
+  tb_model *b = oh_model(9, "ConstantOfShape", (const kiln_tensor *[]){&shape}, 1, 1, &n);
   Onnx__AttributeProto *a = tb_attr(n, "value", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__TENSOR);
   kiln_tensor value;
   CHECK_OK(kiln_tensor_alloc(&value, KILN_INT32, 1, (int64_t[]){1}));
   *(int32_t *)value.data = 7;
   tb_initializer(b, "unused", &value); /* borrow the builder's TensorProto conversion */
   a->t = b->graph.initializer[--b->graph.n_initializer];
-  CHECK_OK(run(b, 1, (const kiln_tensor *[]){&shape}, 1, &y));
+  CHECK_OK(oh_run_once(b, (const kiln_tensor *[]){&shape}, 1, 0, &y, 1, 2));
   CHECK(y.dtype == KILN_INT32 && y.dims[0] == 5 && ((int32_t *)y.data)[4] == 7);
   kiln_tensor_release(&y);
   kiln_tensor_release(&value);
   kiln_tensor_release(&shape);
 }
 
-static kiln_tensor scalar64(int64_t v) { return ints(0, NULL, &v); }
-
 static void test_range(void) {
-  kiln_tensor start = scalar64(INT64_MAX - 10), limit = scalar64(INT64_MAX), delta = scalar64(3), y;
+  kiln_tensor start = oh_scalar(INT64_MAX - 10), limit = oh_scalar(INT64_MAX), delta = oh_scalar(3), y;
   const kiln_tensor *in[3] = {&start, &limit, &delta};
   tb_node *n;
-  CHECK_OK(run(model(11, "Range", 3, in, 1, &n), 3, in, 1, &y));
+  CHECK_OK(oh_run_once(oh_model(11, "Range", in, 3, 1, &n), in, 3, 0, &y, 1, 2));
   CHECK(y.dims[0] == 4 && ((int64_t *)y.data)[3] == INT64_MAX - 1);
   kiln_tensor_release(&y);
   *(int64_t *)delta.data = 0;
-  CHECK_ERROR(run(model(11, "Range", 3, in, 1, &n), 3, in, 1, &y), KILN_INVALID_ARGUMENT, "delta must be non-zero");
+  CHECK_ERROR(oh_run_once(oh_model(11, "Range", in, 3, 1, &n), in, 3, 0, &y, 1, 2), KILN_INVALID_ARGUMENT, "delta must be non-zero");
   *(int64_t *)start.data = INT64_MIN;
   *(int64_t *)delta.data = 1;
-  CHECK_ERROR(run(model(11, "Range", 3, in, 1, &n), 3, in, 1, &y), KILN_INVALID_ARGUMENT, "has too many elements");
+  CHECK_ERROR(oh_run_once(oh_model(11, "Range", in, 3, 1, &n), in, 3, 0, &y, 1, 2), KILN_INVALID_ARGUMENT, "has too many elements");
   *(int64_t *)start.data = 5;
   *(int64_t *)limit.data = 0;
-  CHECK_OK(run(model(11, "Range", 3, in, 1, &n), 3, in, 1, &y));
+  CHECK_OK(oh_run_once(oh_model(11, "Range", in, 3, 1, &n), in, 3, 0, &y, 1, 2));
   CHECK(y.rank == 1 && y.dims[0] == 0);
   kiln_tensor_release(&y);
   kiln_tensor_release(&start);
@@ -108,22 +55,22 @@ static void test_eye_like(void) {
   kiln_tensor x, y;
   CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 2, (int64_t[]){3, 4}));
   tb_node *n;
-  tb_model *b = model(9, "EyeLike", 1, (const kiln_tensor *[]){&x}, 1, &n);
+  tb_model *b = oh_model(9, "EyeLike", (const kiln_tensor *[]){&x}, 1, 1, &n);
   tb_attr_int(n, "k", INT64_MIN);
-  CHECK_OK(run(b, 1, (const kiln_tensor *[]){&x}, 1, &y));
+  CHECK_OK(oh_run_once(b, (const kiln_tensor *[]){&x}, 1, 0, &y, 1, 2));
   float sum = 0;
   for (int i = 0; i < 12; i++) sum += ((float *)y.data)[i];
   CHECK(sum == 0);
   kiln_tensor_release(&y);
-  b = model(9, "EyeLike", 1, (const kiln_tensor *[]){&x}, 1, &n);
+  b = oh_model(9, "EyeLike", (const kiln_tensor *[]){&x}, 1, 1, &n);
   tb_attr_int(n, "k", 1);
   tb_attr_int(n, "dtype", KILN_INT64);
-  CHECK_OK(run(b, 1, (const kiln_tensor *[]){&x}, 1, &y));
+  CHECK_OK(oh_run_once(b, (const kiln_tensor *[]){&x}, 1, 0, &y, 1, 2));
   CHECK(y.dtype == KILN_INT64 && memcmp(y.data, (int64_t[]){0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1}, 12 * sizeof(int64_t)) == 0);
   kiln_tensor_release(&y);
-  b = model(9, "EyeLike", 1, (const kiln_tensor *[]){&x}, 1, &n);
+  b = oh_model(9, "EyeLike", (const kiln_tensor *[]){&x}, 1, 1, &n);
   tb_attr_int(n, "dtype", KILN_STRING);
-  CHECK_ERROR(run(b, 1, (const kiln_tensor *[]){&x}, 1, &y), KILN_INVALID_ARGUMENT, "dtype 8 (string) is not supported here");
+  CHECK_ERROR(oh_run_once(b, (const kiln_tensor *[]){&x}, 1, 0, &y, 1, 2), KILN_INVALID_ARGUMENT, "dtype 8 (string) is not supported here");
   kiln_tensor_release(&x);
 }
 
@@ -148,6 +95,8 @@ static void run_random_twice(const char *op, int seeded, kiln_tensor *first, kil
   kiln_session *s;
   CHECK_OK(tb_load(b, &m));
   tb_free(b);
+  kiln_pool *pool = NULL;
+  CHECK_OK(kiln_pool_create(2, &pool));
   kiln_session_options opt = {.pool = pool};
   CHECK_OK(kiln_session_create(m, &opt, &s));
   kiln_tensor unused;
@@ -160,6 +109,7 @@ static void run_random_twice(const char *op, int seeded, kiln_tensor *first, kil
   kiln_tensor_release(&unused);
   kiln_session_free(s);
   kiln_model_free(m);
+  kiln_pool_free(pool);
 }
 
 static void test_random(void) {
@@ -214,8 +164,4 @@ static void test_random_attributes(void) {
   tb_free(b);
 }
 
-static void test_setup(void) { CHECK_OK(kiln_pool_create(2, &pool)); }
-static void test_teardown(void) { kiln_pool_free(pool); }
-
-TEST_MAIN(TEST(test_setup), TEST(test_constant_of_shape), TEST(test_range), TEST(test_eye_like), TEST(test_random), TEST(test_random_attributes),
-          TEST(test_teardown))
+TEST_MAIN(TEST(test_constant_of_shape), TEST(test_range), TEST(test_eye_like), TEST(test_random), TEST(test_random_attributes))

@@ -1,19 +1,7 @@
 /* NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss against a naive reference written like
  * ONNX's (per-element loop, weights gathered per target, mean over the counted weight), over
  * ranks 2..4, all reductions, with and without weights and ignore_index; plus bad inputs. */
-#include <math.h>
-
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
-
-static uint64_t rng = 88172645463325252ull;
-static double uniform(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (double)(rng >> 11) / 9007199254740992.0;
-}
+#include "op_harness.h"
 
 static kiln_model *loss_model(const char *op, const char *reduction, int has_weight, int has_ignore, int64_t ignore, int log_prob) {
   tb_model *b = tb_new(13);
@@ -25,10 +13,7 @@ static kiln_model *loss_model(const char *op, const char *reduction, int has_wei
   tb_node *n = tb_add_node(b, op, has_weight ? "x,t,w" : "x,t", log_prob ? "loss,log_prob" : "loss");
   tb_attr_string(n, "reduction", reduction);
   if (has_ignore) tb_attr_int(n, "ignore_index", ignore);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  return m;
+  return oh_load(b);
 }
 
 /* The reference: log-probabilities lp (the scores themselves for NLL), per-element losses and
@@ -62,15 +47,15 @@ static int64_t reference(int sce, const float *x, const int64_t *t, const float 
 }
 
 static void check_case(int sce, int rank, const char *reduction, int has_weight, int has_ignore, int log_prob) {
-  int64_t dims[4] = {2 + (int64_t)(uniform() * 2), 2 + (int64_t)(uniform() * 4), 1 + (int64_t)(uniform() * 3), 1 + (int64_t)(uniform() * 3)};
+  int64_t dims[4] = {oh_int(2, 3), oh_int(2, 5), oh_int(1, 3), oh_int(1, 3)};
   int64_t n = dims[0], c = dims[1], d = 1;
   for (int k = 2; k < rank; k++) d *= dims[k];
-  int64_t ignore = has_ignore ? (int64_t)(uniform() * (double)c) : 0;
+  int64_t ignore = has_ignore ? oh_int(0, c - 1) : 0;
   float x[3 * 5 * 9], w[5];
   int64_t t[3 * 9];
-  for (int64_t i = 0; i < n * c * d; i++) x[i] = (float)(uniform() * 4 - 2);
-  for (int64_t i = 0; i < c; i++) w[i] = (float)(uniform() + 0.25);
-  for (int64_t i = 0; i < n * d; i++) t[i] = (int64_t)(uniform() * (double)c);
+  for (int64_t i = 0; i < n * c * d; i++) x[i] = (float)oh_uniform(-2, 2);
+  for (int64_t i = 0; i < c; i++) w[i] = (float)oh_uniform(0.25, 1.25);
+  for (int64_t i = 0; i < n * d; i++) t[i] = oh_int(0, c - 1);
   t[0] = has_ignore ? ignore : t[0]; /* at least one ignored target */
   if (has_ignore) t[1] = (ignore + 1) % c; /* and one counted */
 
@@ -79,13 +64,8 @@ static void check_case(int sce, int rank, const char *reduction, int has_weight,
   kiln_session *s;
   CHECK_OK(kiln_session_create(m, NULL, &s));
   int64_t tdims[3] = {dims[0], dims[2], dims[3]};
-  kiln_tensor tx = {0}, tt = {0}, tw = {0};
-  kiln_tensor_set_shape(&tx, KILN_FLOAT, rank, dims);
-  kiln_tensor_set_shape(&tt, KILN_INT64, rank - 1, tdims);
-  kiln_tensor_set_shape(&tw, KILN_FLOAT, 1, &c);
-  tx.data = x;
-  tt.data = t;
-  tw.data = w;
+  kiln_tensor tx = oh_view(KILN_FLOAT, rank, dims, x), tt = oh_view(KILN_INT64, rank - 1, tdims, t);
+  kiln_tensor tw = oh_view(KILN_FLOAT, 1, &c, w);
   const kiln_tensor *in[3] = {&tx, &tt, &tw}, *out[2];
   CHECK_OK(kiln_session_run_tensors(s, in, out));
   double lp[3 * 5 * 9], want[3 * 9];
@@ -115,11 +95,7 @@ static void test_bad_inputs(void) {
   CHECK_OK(kiln_session_create(m, NULL, &s));
   float x[6] = {0};
   int64_t t[2] = {1, 3};
-  kiln_tensor tx = {0}, tt = {0};
-  kiln_tensor_set_shape(&tx, KILN_FLOAT, 2, (int64_t[]){2, 3});
-  kiln_tensor_set_shape(&tt, KILN_INT64, 1, (int64_t[]){2});
-  tx.data = x;
-  tt.data = t;
+  kiln_tensor tx = oh_view(KILN_FLOAT, 2, (int64_t[]){2, 3}, x), tt = oh_view(KILN_INT64, 1, (int64_t[]){2}, t);
   const kiln_tensor *in[2] = {&tx, &tt}, *out[1];
   CHECK_ERROR(kiln_session_run_tensors(s, in, out), KILN_INVALID_ARGUMENT, "target value 3 (element 1) is not a class in 0..2");
   t[1] = -1; /* ignored */

@@ -4,105 +4,7 @@
  * stride 1 or 2) for every width of their last block, the per-tap paths, the chunking of wide rows
  * and the per-element path, on one thread and on a 2-thread pool; MaxPool's
  * Indices; the other element types; global pooling, MaxUnpool, MaxRoiPool; bad attributes. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "ops/util.h"
-#include "test.h"
-
-#include <stdint.h>
-
-/* ---- harness: one-node models built in memory */
-
-static uint64_t rng = 0x9E3779B97F4A7C15u;
-
-static uint32_t next_u32(void) {
-  rng = rng * 6364136223846793005u + 1442695040888963407u;
-  return (uint32_t)(rng >> 33);
-}
-
-static int64_t rand_int(int64_t lo, int64_t hi) { return lo + (int64_t)(next_u32() % (uint32_t)(hi - lo + 1)); }
-static float rand_float(void) { return (float)next_u32() / 2147483648.0f - 1.0f; }
-
-static kiln_tensor make(kiln_dtype dtype, int rank, const int64_t *dims) {
-  kiln_tensor t;
-  kiln_status s = kiln_tensor_alloc(&t, dtype, rank, dims);
-  if (s) abort();
-  return t;
-}
-
-/* Adds a node whose inputs x0.. are graph inputs, or initializers where const_mask has their bit
- * (NULL entries are absent inputs), with outputs y0... */
-static tb_node *add_node(tb_model *b, const char *op, const kiln_tensor *const *in, int n_in, unsigned const_mask,
-                         int n_out) {
-  char ins[128] = "", outs[128] = "", name[16];
-  for (int i = 0; i < n_in; i++) {
-    snprintf(name, sizeof name, "x%d", i);
-    if (in[i] && (const_mask >> i & 1))
-      tb_initializer(b, name, in[i]);
-    else if (in[i])
-      tb_input(b, name, in[i]->dtype, in[i]->rank, in[i]->dims);
-    snprintf(ins + strlen(ins), sizeof ins - strlen(ins), "%s%s", i ? "," : "", in[i] ? name : "");
-  }
-  for (int i = 0; i < n_out; i++) {
-    snprintf(name, sizeof name, "y%d", i);
-    tb_output(b, name, KILN_FLOAT);
-    snprintf(outs + strlen(outs), sizeof outs - strlen(outs), "%s%s", i ? "," : "", name);
-  }
-  return tb_add_node(b, op, ins, outs);
-}
-
-/* Loads and runs the model twice (the second run uses the planned arena) on `threads` threads;
- * copies the outputs of the last run into out. Frees the builder. */
-static kiln_status run(tb_model *b, const kiln_tensor *const *in, int n_in, unsigned const_mask, kiln_tensor *out,
-                       int n_out, int threads) {
-  kiln_model *m = NULL;
-  kiln_session *session = NULL;
-  kiln_pool *pool = NULL;
-  kiln_status s = tb_load(b, &m);
-  tb_free(b);
-  if (!s && threads > 1) s = kiln_pool_create(threads, &pool);
-  kiln_session_options opt = {.pool = pool};
-  if (!s) s = kiln_session_create(m, &opt, &session);
-  const kiln_tensor *inputs[8], *outputs[8];
-  int k = 0;
-  for (int i = 0; i < n_in; i++)
-    if (in[i] && !(const_mask >> i & 1)) inputs[k++] = in[i];
-  for (int rep = 0; rep < 2 && !s; rep++) s = kiln_session_run_tensors(session, inputs, outputs);
-  for (int i = 0; i < n_out && !s; i++) s = kiln_tensor_copy(&out[i], outputs[i]);
-  kiln_session_free(session);
-  kiln_model_free(m);
-  kiln_pool_free(pool);
-  return s;
-}
-
-static void release(kiln_tensor *t, int n) {
-  for (int i = 0; i < n; i++) kiln_tensor_release(&t[i]);
-}
-
-/* Elementwise comparison: |got - want| <= tol * max(1, |want|); NaNs and same-signed infinities
- * match. Reports the first mismatch with `what`. */
-static int close_to(const kiln_tensor *got, const kiln_tensor *want, double tol, const char *what) {
-  if (got->dtype != want->dtype || got->rank != want->rank) {
-    fprintf(stderr, "%s: got %s rank %d, want %s rank %d\n", what, kiln_dtype_name(got->dtype), got->rank,
-            kiln_dtype_name(want->dtype), want->rank);
-    return 0;
-  }
-  for (int d = 0; d < got->rank; d++)
-    if (got->dims[d] != want->dims[d]) {
-      fprintf(stderr, "%s: dimension %d is %lld, want %lld\n", what, d, (long long)got->dims[d],
-              (long long)want->dims[d]);
-      return 0;
-    }
-  for (int64_t i = 0; i < kiln_tensor_numel(got); i++) {
-    double g = kiln_tensor_get_f64(got, i), w = kiln_tensor_get_f64(want, i);
-    if ((isnan(g) && isnan(w)) || g == w) continue;
-    if (!(fabs(g - w) <= tol * (fabs(w) > 1 ? fabs(w) : 1))) {
-      fprintf(stderr, "%s: element %lld is %.9g, want %.9g\n", what, (long long)i, g, w);
-      return 0;
-    }
-  }
-  return 1;
-}
+#include "op_harness.h"
 
 /* ---------------------------------------------------------------- reference */
 
@@ -151,8 +53,8 @@ static int pool_reference(const pool_cfg *c, const kiln_tensor *x, kiln_tensor *
     s[off + i] = c->s[i];
     d[off + i] = c->d[i];
   }
-  *want = make(x->dtype, x->rank, dims);
-  *indices = make(KILN_INT64, x->rank, dims);
+  *want = oh_tensor(x->dtype, x->rank, dims);
+  *indices = oh_tensor(KILN_INT64, x->rank, dims);
   int64_t planes = x->dims[0] * x->dims[1], in_plane = in[0] * in[1] * in[2], out_plane = out[0] * out[1] * out[2];
   for (int64_t p = 0; p < planes; p++)
     for (int64_t o = 0; o < out_plane; o++) {
@@ -198,7 +100,7 @@ static int pool_reference(const pool_cfg *c, const kiln_tensor *x, kiln_tensor *
 }
 
 static tb_node *pool_node(tb_model *b, const pool_cfg *c, const kiln_tensor *const *in, int n_out) {
-  tb_node *n = add_node(b, names[c->kind], in, 1, 0, n_out);
+  tb_node *n = oh_node(b, names[c->kind], in, 1, 0, n_out);
   int sp = c->spatial;
   tb_attr_ints(n, "kernel_shape", sp, c->k);
   tb_attr_ints(n, "strides", sp, c->s);
@@ -221,7 +123,7 @@ static void check_pool(const pool_cfg *c, const kiln_tensor *x, int with_indices
   int valid = pool_reference(c, x, &want, &want_idx);
   tb_model *b = tb_new(c->kind == LP ? 11 : 12);
   pool_node(b, c, in, with_indices ? 2 : 1);
-  kiln_status s = run(b, in, 1, 0, got, with_indices ? 2 : 1, threads);
+  kiln_status s = oh_run(b, in, 1, 0, got, with_indices ? 2 : 1, threads);
   char what[160];
   snprintf(what, sizeof what, "%s %dD k %lld s %lld d %lld pads %lld,%lld auto_pad %d ceil %d incl %d", names[c->kind],
            c->spatial, (long long)c->k[0], (long long)c->s[0], (long long)c->d[0], (long long)c->pads[0],
@@ -232,25 +134,25 @@ static void check_pool(const pool_cfg *c, const kiln_tensor *x, int with_indices
   }
   CHECK_OK(s);
   double tol = x->dtype == KILN_FLOAT16 ? 2e-3 : x->dtype == KILN_BFLOAT16 ? 1e-2 : 1e-5;
-  if (!s) CHECK(close_to(&got[0], &want, tol, what));
-  if (!s && with_indices) CHECK(close_to(&got[1], &want_idx, 0, what));
-  release(got, 2);
+  if (!s) CHECK(oh_close_to(&got[0], &want, tol, what));
+  if (!s && with_indices) CHECK(oh_close_to(&got[1], &want_idx, 0, what));
+  oh_release(got, 2);
   kiln_tensor_release(&want);
   kiln_tensor_release(&want_idx);
 }
 
 static pool_cfg random_cfg(int kind, int spatial) {
-  pool_cfg c = {.kind = kind, .spatial = spatial, .p = (int)rand_int(1, 3)};
-  c.auto_pad = rand_int(0, 2) ? NOTSET : (int)rand_int(1, 3);
-  c.ceil_mode = kind != LP && rand_int(0, 1); /* LpPool has no ceil_mode */
-  c.count_include_pad = (int)rand_int(0, 1);
-  c.storage_order = (int)rand_int(0, 1);
+  pool_cfg c = {.kind = kind, .spatial = spatial, .p = (int)oh_int(1, 3)};
+  c.auto_pad = oh_int(0, 2) ? NOTSET : (int)oh_int(1, 3);
+  c.ceil_mode = kind != LP && oh_int(0, 1); /* LpPool has no ceil_mode */
+  c.count_include_pad = (int)oh_int(0, 1);
+  c.storage_order = (int)oh_int(0, 1);
   for (int i = 0; i < spatial; i++) {
-    c.k[i] = rand_int(1, spatial == 3 ? 3 : 5);
-    c.s[i] = rand_int(1, 3);
-    c.d[i] = kind == MAX ? rand_int(1, 2) : 1;
-    c.pads[i] = rand_int(0, c.k[i] - 1);
-    c.pads[spatial + i] = rand_int(0, c.k[i] - 1);
+    c.k[i] = oh_int(1, spatial == 3 ? 3 : 5);
+    c.s[i] = oh_int(1, 3);
+    c.d[i] = kind == MAX ? oh_int(1, 2) : 1;
+    c.pads[i] = oh_int(0, c.k[i] - 1);
+    c.pads[spatial + i] = oh_int(0, c.k[i] - 1);
   }
   return c;
 }
@@ -259,14 +161,14 @@ static pool_cfg random_cfg(int kind, int spatial) {
 
 static void test_random(void) {
   for (int iter = 0; iter < 300; iter++) {
-    int kind = iter % 3, spatial = (int)rand_int(1, 3);
+    int kind = iter % 3, spatial = (int)oh_int(1, 3);
     pool_cfg c = random_cfg(kind, spatial);
-    int64_t dims[5] = {rand_int(1, 2), rand_int(1, 4)};
-    for (int i = 0; i < spatial; i++) dims[2 + i] = rand_int(1, spatial == 3 ? 12 : spatial == 2 ? 40 : 200);
-    kiln_tensor x = make(KILN_FLOAT, 2 + spatial, dims);
-    for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+    int64_t dims[5] = {oh_int(1, 2), oh_int(1, 4)};
+    for (int i = 0; i < spatial; i++) dims[2 + i] = oh_int(1, spatial == 3 ? 12 : spatial == 2 ? 40 : 200);
+    kiln_tensor x = oh_tensor(KILN_FLOAT, 2 + spatial, dims);
+    oh_fill_uniform(&x, -1, 1);
     check_pool(&c, &x, kind == MAX && iter % 2, iter % 4 < 2 ? 2 : 1);
-    release(&x, 1);
+    oh_release(&x, 1);
   }
 }
 
@@ -282,10 +184,10 @@ static void test_common_windows(void) {
                     .d = {1, 1},
                     .pads = {p[w], p[w], p[w], p[w]},
                     .count_include_pad = w % 2};
-      kiln_tensor x = make(KILN_FLOAT, 4, (int64_t[]){2, 16, 57, 57});
-      for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+      kiln_tensor x = oh_tensor(KILN_FLOAT, 4, (int64_t[]){2, 16, 57, 57});
+      oh_fill_uniform(&x, -1, 1);
       check_pool(&c, &x, 0, 2);
-      release(&x, 1);
+      oh_release(&x, 1);
     }
 }
 
@@ -297,8 +199,8 @@ static void test_avx2_rows(void) {
   for (int64_t w = 1; w <= 50; w++)
     for (int kind = 0; kind < 2; kind++) {
       int64_t h = 2 + w % 5;
-      kiln_tensor x = make(KILN_FLOAT, 4, (int64_t[]){2, 3, h, w});
-      for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+      kiln_tensor x = oh_tensor(KILN_FLOAT, 4, (int64_t[]){2, 3, h, w});
+      oh_fill_uniform(&x, -1, 1);
       pool_cfg pairs = {.kind = kind, .spatial = 2, .k = {2, 2}, .s = {2, 2}, .d = {1, 1}, .ceil_mode = w % 3 == 0};
       if (w >= 2) check_pool(&pairs, &x, 0, w % 2 ? 1 : 2);
       for (int64_t k = 1; k <= 4; k++) {
@@ -312,14 +214,14 @@ static void test_avx2_rows(void) {
                            .count_include_pad = (int)(w % 2)};
         check_pool(&padded, &x, 0, k % 2 ? 1 : 2);
       }
-      release(&x, 1);
+      oh_release(&x, 1);
     }
   /* a 3-D input with a 1x2x2 window is not the 2-D 2x2/2 case */
   pool_cfg c = {.kind = MAX, .spatial = 3, .k = {1, 2, 2}, .s = {2, 2, 2}, .d = {1, 1, 1}};
-  kiln_tensor x = make(KILN_FLOAT, 5, (int64_t[]){1, 2, 5, 6, 20});
-  for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 5, (int64_t[]){1, 2, 5, 6, 20});
+  oh_fill_uniform(&x, -1, 1);
   check_pool(&c, &x, 0, 2);
-  release(&x, 1);
+  oh_release(&x, 1);
 }
 
 /* Rows wider than the row kernel's span are pooled in chunks; windows wider than it per element. */
@@ -327,14 +229,14 @@ static void test_wide(void) {
   pool_cfg chunked = {.kind = MAX, .spatial = 1, .k = {3}, .s = {2}, .d = {1}, .pads = {1, 1}};
   pool_cfg per_element = {.kind = AVG, .spatial = 1, .k = {300}, .s = {7}, .d = {1}, .pads = {5, 5}};
   pool_cfg dilated = {.kind = MAX, .spatial = 1, .k = {250}, .s = {3}, .d = {9}, .pads = {10, 0}};
-  kiln_tensor x = make(KILN_FLOAT, 3, (int64_t[]){1, 3, 5001});
-  for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 3, (int64_t[]){1, 3, 5001});
+  oh_fill_uniform(&x, -1, 1);
   check_pool(&chunked, &x, 0, 2);
   chunked.kind = AVG;
   check_pool(&chunked, &x, 0, 1);
   check_pool(&per_element, &x, 0, 2);
   check_pool(&dilated, &x, 0, 1);
-  release(&x, 1);
+  oh_release(&x, 1);
 }
 
 static void test_types(void) {
@@ -345,11 +247,11 @@ static void test_types(void) {
       if (is_int && kind != MAX) continue;
       pool_cfg c = random_cfg(kind, 2);
       c.auto_pad = NOTSET;
-      kiln_tensor x = make(types[t], 4, (int64_t[]){1, 3, 17, 19});
+      kiln_tensor x = oh_tensor(types[t], 4, (int64_t[]){1, 3, 17, 19});
       for (int64_t i = 0; i < kiln_tensor_numel(&x); i++)
-        kx_set_f64(&x, i, is_int ? (double)rand_int(types[t] == KILN_INT8 ? -128 : 0, 127) : rand_float());
+        kx_set_f64(&x, i, is_int ? (double)oh_int(types[t] == KILN_INT8 ? -128 : 0, 127) : oh_uniform(-1, 1));
       check_pool(&c, &x, types[t] == KILN_DOUBLE && kind == MAX, 1);
-      release(&x, 1);
+      oh_release(&x, 1);
     }
 }
 
@@ -357,14 +259,14 @@ static void test_global(void) {
   const char *const ops[3] = {"GlobalMaxPool", "GlobalAveragePool", "GlobalLpPool"};
   const kiln_dtype types[3] = {KILN_FLOAT, KILN_DOUBLE, KILN_FLOAT16};
   for (int iter = 0; iter < 27; iter++) {
-    int kind = iter % 3, rank = (int)rand_int(2, 5);
+    int kind = iter % 3, rank = (int)oh_int(2, 5);
     kiln_dtype t = types[iter / 3 % 3];
-    int64_t dims[5] = {rand_int(1, 3), rand_int(1, 40), rand_int(1, 30), rand_int(1, 30), rand_int(1, 4)};
-    kiln_tensor x = make(t, rank, dims), y = {0};
-    for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) kx_set_f64(&x, i, rand_float());
+    int64_t dims[5] = {oh_int(1, 3), oh_int(1, 40), oh_int(1, 30), oh_int(1, 30), oh_int(1, 4)};
+    kiln_tensor x = oh_tensor(t, rank, dims), y = {0};
+    oh_fill_uniform(&x, -1, 1);
     int64_t wdims[5], plane = kx_prod(dims, 2, rank), planes = dims[0] * dims[1];
     for (int d = 0; d < rank; d++) wdims[d] = d < 2 ? dims[d] : 1;
-    kiln_tensor want = make(t, rank, wdims);
+    kiln_tensor want = oh_tensor(t, rank, wdims);
     for (int64_t p = 0; p < planes; p++) {
       double acc = kind == MAX ? -INFINITY : 0;
       for (int64_t i = 0; i < plane; i++) {
@@ -375,45 +277,45 @@ static void test_global(void) {
     }
     const kiln_tensor *in[1] = {&x};
     tb_model *b = tb_new(2);
-    add_node(b, ops[kind], in, 1, 0, 1);
-    CHECK_OK(run(b, in, 1, 0, &y, 1, iter % 2 ? 2 : 1));
-    CHECK(close_to(&y, &want, t == KILN_FLOAT16 ? 2e-3 : 1e-5, ops[kind]));
-    release(&x, 1);
+    oh_node(b, ops[kind], in, 1, 0, 1);
+    CHECK_OK(oh_run(b, in, 1, 0, &y, 1, iter % 2 ? 2 : 1));
+    CHECK(oh_close_to(&y, &want, t == KILN_FLOAT16 ? 2e-3 : 1e-5, ops[kind]));
+    oh_release(&x, 1);
     kiln_tensor_release(&y);
     kiln_tensor_release(&want);
   }
   /* opset 1's GlobalLpPool takes p as a float */
-  kiln_tensor x = make(KILN_FLOAT, 3, (int64_t[]){1, 1, 2}), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 3, (int64_t[]){1, 1, 2}), y = {0};
   ((float *)x.data)[0] = 1;
   ((float *)x.data)[1] = 2;
   const kiln_tensor *in[1] = {&x};
   tb_model *b = tb_new(1);
-  tb_attr_float(add_node(b, "GlobalLpPool", in, 1, 0, 1), "p", 3.0f);
-  CHECK_OK(run(b, in, 1, 0, &y, 1, 1));
+  tb_attr_float(oh_node(b, "GlobalLpPool", in, 1, 0, 1), "p", 3.0f);
+  CHECK_OK(oh_run(b, in, 1, 0, &y, 1, 1));
   CHECK(y.data && fabs(((float *)y.data)[0] - cbrt(9.0)) < 1e-6);
   kiln_tensor_release(&y);
-  release(&x, 1);
+  oh_release(&x, 1);
 }
 
 /* MaxUnpool scatters what MaxPool's Indices point at; an output_shape adds zeros at the ends. */
 static void test_max_unpool(void) {
-  kiln_tensor x = make(KILN_FLOAT, 4, (int64_t[]){2, 3, 6, 8}), pooled[2] = {{0}}, y = {0};
-  for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = rand_float();
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 4, (int64_t[]){2, 3, 6, 8}), pooled[2] = {{0}}, y = {0};
+  oh_fill_uniform(&x, -1, 1);
   pool_cfg c = {.kind = MAX, .spatial = 2, .k = {2, 2}, .s = {2, 2}, .d = {1, 1}};
   const kiln_tensor *in[1] = {&x};
   tb_model *b = tb_new(12);
   pool_node(b, &c, in, 2);
-  CHECK_OK(run(b, in, 1, 0, pooled, 2, 1));
+  CHECK_OK(oh_run(b, in, 1, 0, pooled, 2, 1));
   for (int with_shape = 0; with_shape < 2 && pooled[1].data; with_shape++) {
-    kiln_tensor shape = make(KILN_INT64, 1, (int64_t[]){4});
+    kiln_tensor shape = oh_tensor(KILN_INT64, 1, (int64_t[]){4});
     int64_t out[4] = {2, 3, with_shape ? 7 : 6, with_shape ? 9 : 8};
     memcpy(shape.data, out, sizeof out);
     const kiln_tensor *uin[3] = {&pooled[0], &pooled[1], with_shape ? &shape : NULL};
     b = tb_new(11);
-    tb_node *n = add_node(b, "MaxUnpool", uin, 3, 0, 1);
+    tb_node *n = oh_node(b, "MaxUnpool", uin, 3, 0, 1);
     tb_attr_ints(n, "kernel_shape", 2, c.k);
     tb_attr_ints(n, "strides", 2, c.s);
-    CHECK_OK(run(b, uin, 3, 0, &y, 1, 1));
+    CHECK_OK(oh_run(b, uin, 3, 0, &y, 1, 1));
     CHECK(y.rank == 4 && y.dims[2] == out[2] && y.dims[3] == out[3]);
     const int64_t *idx = pooled[1].data;
     for (int64_t i = 0; y.data && i < kiln_tensor_numel(&y); i++) { /* y[n, c, h, w] = x where pooled, else 0 */
@@ -431,31 +333,31 @@ static void test_max_unpool(void) {
       }
     }
     kiln_tensor_release(&y);
-    release(&shape, 1);
+    oh_release(&shape, 1);
   }
   ((int64_t *)pooled[1].data)[3] = 2 * 3 * 6 * 8;
   const kiln_tensor *bad[2] = {&pooled[0], &pooled[1]};
   b = tb_new(11);
-  tb_node *n = add_node(b, "MaxUnpool", bad, 2, 0, 1);
+  tb_node *n = oh_node(b, "MaxUnpool", bad, 2, 0, 1);
   tb_attr_ints(n, "kernel_shape", 2, c.k);
   tb_attr_ints(n, "strides", 2, c.s);
-  CHECK_ERROR(run(b, bad, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run(b, bad, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "I[3] is 288, outside the unpooled tensor's 288 elements");
-  release(pooled, 2);
-  release(&x, 1);
+  oh_release(pooled, 2);
+  oh_release(&x, 1);
 }
 
 static void test_max_roi_pool(void) {
-  kiln_tensor x = make(KILN_FLOAT, 4, (int64_t[]){1, 2, 4, 4}), rois = make(KILN_FLOAT, 2, (int64_t[]){2, 5}), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 4, (int64_t[]){1, 2, 4, 4}), rois = oh_tensor(KILN_FLOAT, 2, (int64_t[]){2, 5}), y = {0};
   for (int i = 0; i < 32; i++) ((float *)x.data)[i] = (float)i;
   const float r[10] = {0, 0, 0, 3, 3, /* the whole map */ 0, 2, 2, 7, 7 /* scaled by 0.5: cells 1..4, clipped */};
   memcpy(rois.data, r, sizeof r);
   const kiln_tensor *in[2] = {&x, &rois};
   tb_model *b = tb_new(1);
-  tb_node *n = add_node(b, "MaxRoiPool", in, 2, 0, 1);
+  tb_node *n = oh_node(b, "MaxRoiPool", in, 2, 0, 1);
   tb_attr_ints(n, "pooled_shape", 2, (int64_t[]){2, 2});
   tb_attr_float(n, "spatial_scale", 0.5f);
-  CHECK_OK(run(b, in, 2, 0, &y, 1, 1));
+  CHECK_OK(oh_run(b, in, 2, 0, &y, 1, 1));
   /* roi 0 scaled: cells (0,0)-(2,2) (round(1.5) = 2), 3x3 split into bins [0,2)x[0,2) ... */
   const float want[16] = {5, 6, 9, 10, 21, 22, 25, 26, 10, 11, 14, 15, 26, 27, 30, 31};
   CHECK(y.rank == 4 && y.dims[0] == 2 && y.dims[1] == 2 && y.dims[2] == 2 && y.dims[3] == 2);
@@ -463,53 +365,53 @@ static void test_max_roi_pool(void) {
   kiln_tensor_release(&y);
   ((float *)rois.data)[5] = 1; /* batch index 1 of 1 */
   b = tb_new(1);
-  tb_attr_ints(add_node(b, "MaxRoiPool", in, 2, 0, 1), "pooled_shape", 2, (int64_t[]){2, 2});
-  CHECK_ERROR(run(b, in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "rois[1] has batch index 1, outside [0, 1)");
-  release(&x, 1);
-  release(&rois, 1);
+  tb_attr_ints(oh_node(b, "MaxRoiPool", in, 2, 0, 1), "pooled_shape", 2, (int64_t[]){2, 2});
+  CHECK_ERROR(oh_run(b, in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "rois[1] has batch index 1, outside [0, 1)");
+  oh_release(&x, 1);
+  oh_release(&rois, 1);
 }
 
 static void test_errors(void) {
-  kiln_tensor x = make(KILN_FLOAT, 4, (int64_t[]){1, 1, 3, 3}), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 4, (int64_t[]){1, 1, 3, 3}), y = {0};
   const kiln_tensor *in[1] = {&x};
   pool_cfg big = {.kind = MAX, .spatial = 2, .k = {5, 5}, .s = {1, 1}, .d = {1, 1}};
   tb_model *b = tb_new(12);
   pool_node(b, &big, in, 1);
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "kernel extent 5 is larger than spatial axis 0 of the padded input (3 + pads 0, 0)");
   pool_cfg padded = {.kind = AVG, .spatial = 2, .k = {2, 2}, .s = {1, 1}, .d = {1, 1}, .pads = {2, 0, 2, 0}};
   b = tb_new(12);
   pool_node(b, &padded, in, 1);
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "pooling window 0 along spatial axis 0 lies entirely in the padding");
   b = tb_new(12);
-  tb_node *n = add_node(b, "MaxPool", in, 1, 0, 1);
+  tb_node *n = oh_node(b, "MaxPool", in, 1, 0, 1);
   tb_attr_ints(n, "kernel_shape", 2, (int64_t[]){2, 2});
   tb_attr_ints(n, "pads", 3, (int64_t[]){1, 1, 1});
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "pads has 3 values, expected 4");
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "pads has 3 values, expected 4");
   b = tb_new(12);
-  n = add_node(b, "MaxPool", in, 1, 0, 1);
+  n = oh_node(b, "MaxPool", in, 1, 0, 1);
   tb_attr_ints(n, "kernel_shape", 2, (int64_t[]){2, 2});
   tb_attr_ints(n, "strides", 2, (int64_t[]){1, 0});
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "strides[1] is 0, outside [1, 2147483647]");
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "strides[1] is 0, outside [1, 2147483647]");
   b = tb_new(12);
-  n = add_node(b, "AveragePool", in, 1, 0, 1);
+  n = oh_node(b, "AveragePool", in, 1, 0, 1);
   tb_attr_ints(n, "kernel_shape", 2, (int64_t[]){2, 2});
   tb_attr_string(n, "auto_pad", "SAME");
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "auto_pad 'SAME' is not");
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "auto_pad 'SAME' is not");
   b = tb_new(12);
-  add_node(b, "MaxPool", in, 1, 0, 1);
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "kernel_shape is required");
+  oh_node(b, "MaxPool", in, 1, 0, 1);
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "kernel_shape is required");
   b = tb_new(12);
-  tb_attr_ints(add_node(b, "MaxPool", in, 1, 0, 1), "kernel_shape", 1, (int64_t[]){2});
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "input has rank 4, expected 3");
-  kiln_tensor ints = make(KILN_INT32, 4, (int64_t[]){1, 1, 3, 3});
+  tb_attr_ints(oh_node(b, "MaxPool", in, 1, 0, 1), "kernel_shape", 1, (int64_t[]){2});
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "input has rank 4, expected 3");
+  kiln_tensor ints = oh_tensor(KILN_INT32, 4, (int64_t[]){1, 1, 3, 3});
   in[0] = &ints;
   b = tb_new(12);
-  tb_attr_ints(add_node(b, "MaxPool", in, 1, 0, 1), "kernel_shape", 2, (int64_t[]){2, 2});
-  CHECK_ERROR(run(b, in, 1, 0, &y, 1, 1), KILN_UNIMPLEMENTED, "dtype int32");
-  release(&x, 1);
-  release(&ints, 1);
+  tb_attr_ints(oh_node(b, "MaxPool", in, 1, 0, 1), "kernel_shape", 2, (int64_t[]){2, 2});
+  CHECK_ERROR(oh_run(b, in, 1, 0, &y, 1, 1), KILN_UNIMPLEMENTED, "dtype int32");
+  oh_release(&x, 1);
+  oh_release(&ints, 1);
 }
 
 TEST_MAIN(TEST(test_random), TEST(test_common_windows), TEST(test_avx2_rows), TEST(test_wide), TEST(test_types),

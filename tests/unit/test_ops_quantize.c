@@ -1,77 +1,17 @@
 /* Quantization kernels: rounding and saturation, per-axis layouts, and the integer matmul and
  * convolution against naive loops over random shapes (on one thread and on a pool of two), plus
  * bad inputs. */
-#include <math.h>
-#include <stdio.h>
-
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static uint64_t next_rand(void) {
-  rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
-  return rng_state;
-}
-static int64_t irand(int64_t n) { return (int64_t)(next_rand() % (uint64_t)n); }
-static float frand(float lo, float hi) { return lo + (hi - lo) * (float)(next_rand() >> 40) / (float)(1 << 24); }
-
-/* A one-node model at the given opset with inputs in[0..n_in) (NULL: absent) and n_out outputs. */
-static tb_model *one_node(const char *op, int opset, const kiln_tensor *const *in, int n_in, int n_out, tb_node **node) {
-  tb_model *b = tb_new(opset);
-  char ins[256] = "", outs[256] = "", name[16];
-  for (int i = 0; i < n_in; i++) {
-    if (i) strcat(ins, ",");
-    if (!in[i]) continue;
-    snprintf(name, sizeof name, "i%d", i);
-    strcat(ins, name);
-    tb_input(b, name, in[i]->dtype, -1, NULL);
-  }
-  for (int i = 0; i < n_out; i++) {
-    snprintf(name, sizeof name, "o%d", i);
-    if (i) strcat(outs, ",");
-    strcat(outs, name);
-    tb_output(b, name, KILN_FLOAT);
-  }
-  *node = tb_add_node(b, op, ins, outs);
-  return b;
-}
-
-/* Loads b (freeing it), runs it once and copies its n_out outputs into out. */
-static kiln_status run(tb_model *b, kiln_pool *pool, const kiln_tensor *const *in, int n_in, kiln_tensor *out, int n_out) {
-  kiln_model *m;
-  kiln_status s = tb_load(b, &m);
-  tb_free(b);
-  if (s) return s;
-  kiln_session *ss = NULL;
-  kiln_session_options opt = {.pool = pool};
-  s = kiln_session_create(m, &opt, &ss);
-  const kiln_tensor *ins[16], *outs[4];
-  int k = 0;
-  for (int i = 0; i < n_in; i++)
-    if (in[i]) ins[k++] = in[i];
-  if (!s) s = kiln_session_run_tensors(ss, ins, outs);
-  for (int i = 0; i < n_out && !s; i++) s = kiln_tensor_copy(&out[i], outs[i]);
-  kiln_session_free(ss);
-  kiln_model_free(m);
-  return s;
-}
-
-static kiln_tensor make(kiln_dtype dtype, int rank, const int64_t *dims) {
-  kiln_tensor t;
-  kiln_tensor_alloc(&t, dtype, rank, dims);
-  return t;
-}
+#include "op_harness.h"
 
 /* Fills an 8-bit tensor with random values of its type. */
 static void fill_q8(kiln_tensor *t) {
   for (int64_t i = 0; i < kiln_tensor_numel(t); i++) {
-    if (t->dtype == KILN_UINT8) ((uint8_t *)t->data)[i] = (uint8_t)irand(256);
-    else ((int8_t *)t->data)[i] = (int8_t)(irand(256) - 128);
+    if (t->dtype == KILN_UINT8) ((uint8_t *)t->data)[i] = (uint8_t)oh_int(0, 255);
+    else ((int8_t *)t->data)[i] = (int8_t)oh_int(-128, 127);
   }
 }
 
-static kiln_dtype random_q8(void) { return irand(2) ? KILN_UINT8 : KILN_INT8; }
+static kiln_dtype random_q8(void) { return oh_int(0, 1) ? KILN_UINT8 : KILN_INT8; }
 
 static float saturate(float v, kiln_dtype t) {
   float lo = t == KILN_UINT8 ? 0 : -128, hi = t == KILN_UINT8 ? 255 : 127;
@@ -84,23 +24,23 @@ static void test_quantize_rounding(void) {
   float xs[] = {0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 300, -300, 3.49f, NAN};
   int8_t want_i8[] = {0, 2, 2, 0, -2, -2, 127, -128, 3, -128};
   uint8_t want_u8[] = {10, 12, 12, 10, 8, 8, 255, 0, 13, 0};
-  kiln_tensor x = make(KILN_FLOAT, 1, (int64_t[]){10}), scale = make(KILN_FLOAT, 0, NULL);
-  kiln_tensor zp8 = make(KILN_INT8, 0, NULL), zpu = make(KILN_UINT8, 0, NULL), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 1, (int64_t[]){10}), scale = oh_tensor(KILN_FLOAT, 0, NULL);
+  kiln_tensor zp8 = oh_tensor(KILN_INT8, 0, NULL), zpu = oh_tensor(KILN_UINT8, 0, NULL), y = {0};
   memcpy(x.data, xs, sizeof xs);
   *(float *)scale.data = 1;
   *(uint8_t *)zpu.data = 10;
   tb_node *node;
   const kiln_tensor *in[3] = {&x, &scale, &zp8};
-  CHECK_OK(run(one_node("QuantizeLinear", 13, in, 3, 1, &node), NULL, in, 3, &y, 1));
+  CHECK_OK(oh_run_once(oh_model(13, "QuantizeLinear", in, 3, 1, &node), in, 3, 0, &y, 1, 1));
   CHECK(y.dtype == KILN_INT8);
   for (int i = 0; i < 10 && y.dtype == KILN_INT8; i++) CHECK(((int8_t *)y.data)[i] == want_i8[i]);
   kiln_tensor_release(&y);
   in[2] = &zpu;
-  CHECK_OK(run(one_node("QuantizeLinear", 10, in, 3, 1, &node), NULL, in, 3, &y, 1));
+  CHECK_OK(oh_run_once(oh_model(10, "QuantizeLinear", in, 3, 1, &node), in, 3, 0, &y, 1, 1));
   for (int i = 0; i < 10 && y.dtype == KILN_UINT8; i++) CHECK(((uint8_t *)y.data)[i] == want_u8[i]);
   kiln_tensor_release(&y);
   /* no zero point: uint8 with zero point 0 */
-  CHECK_OK(run(one_node("QuantizeLinear", 13, in, 2, 1, &node), NULL, in, 2, &y, 1));
+  CHECK_OK(oh_run_once(oh_model(13, "QuantizeLinear", in, 2, 1, &node), in, 2, 0, &y, 1, 1));
   CHECK(y.dtype == KILN_UINT8 && ((uint8_t *)y.data)[2] == 2 && ((uint8_t *)y.data)[4] == 0);
   kiln_tensor_release(&y);
   kiln_tensor_release(&x);
@@ -110,19 +50,19 @@ static void test_quantize_rounding(void) {
 }
 
 /* Per-axis QuantizeLinear and DequantizeLinear against a naive loop. */
-static void check_per_axis(kiln_pool *pool, int rank, const int64_t *dims, int axis, kiln_dtype qt) {
+static void check_per_axis(int threads, int rank, const int64_t *dims, int axis, kiln_dtype qt) {
   int64_t ch = dims[axis], inner = 1, total = 1;
   for (int d = 0; d < rank; d++) total *= dims[d];
   for (int d = axis + 1; d < rank; d++) inner *= dims[d];
-  kiln_tensor x = make(KILN_FLOAT, rank, dims), scale = make(KILN_FLOAT, 1, &ch), zp = make(qt, 1, &ch), y = {0}, back = {0};
-  for (int64_t i = 0; i < total; i++) ((float *)x.data)[i] = frand(-300, 300);
-  for (int64_t c = 0; c < ch; c++) ((float *)scale.data)[c] = frand(0.05f, 3);
+  kiln_tensor x = oh_tensor(KILN_FLOAT, rank, dims), scale = oh_tensor(KILN_FLOAT, 1, &ch), zp = oh_tensor(qt, 1, &ch), y = {0}, back = {0};
+  oh_fill_uniform(&x, -300, 300);
+  oh_fill_uniform(&scale, 0.05, 3);
   fill_q8(&zp);
   tb_node *node;
   const kiln_tensor *in[3] = {&x, &scale, &zp};
-  tb_model *b = one_node("QuantizeLinear", 13, in, 3, 1, &node);
+  tb_model *b = oh_model(13, "QuantizeLinear", in, 3, 1, &node);
   tb_attr_int(node, "axis", axis - rank); /* negative: counted from the end */
-  CHECK_OK(run(b, pool, in, 3, &y, 1));
+  CHECK_OK(oh_run_once(b, in, 3, 0, &y, 1, threads));
   int bad = 0;
   for (int64_t i = 0; i < total && y.dtype == qt; i++) {
     int64_t c = i / inner % ch;
@@ -133,9 +73,9 @@ static void check_per_axis(kiln_pool *pool, int rank, const int64_t *dims, int a
   }
   CHECK(bad == 0);
   in[0] = &y;
-  b = one_node("DequantizeLinear", 13, in, 3, 1, &node);
+  b = oh_model(13, "DequantizeLinear", in, 3, 1, &node);
   tb_attr_int(node, "axis", axis);
-  CHECK_OK(run(b, pool, in, 3, &back, 1));
+  CHECK_OK(oh_run_once(b, in, 3, 0, &back, 1, threads));
   bad = 0;
   for (int64_t i = 0; i < total && back.dtype == KILN_FLOAT; i++) {
     int64_t c = i / inner % ch;
@@ -152,26 +92,23 @@ static void check_per_axis(kiln_pool *pool, int rank, const int64_t *dims, int a
 }
 
 static void test_quantize_per_axis(void) {
-  kiln_pool *pool;
-  CHECK_OK(kiln_pool_create(2, &pool));
   for (int trial = 0; trial < 30; trial++) {
-    int rank = 1 + (int)irand(4);
+    int rank = (int)oh_int(1, 4);
     int64_t dims[4];
-    for (int d = 0; d < rank; d++) dims[d] = 1 + irand(5);
-    check_per_axis(trial % 2 ? pool : NULL, rank, dims, (int)irand(rank), random_q8());
+    for (int d = 0; d < rank; d++) dims[d] = oh_int(1, 5);
+    check_per_axis(trial % 2 ? 2 : 1, rank, dims, (int)oh_int(0, rank - 1), random_q8());
   }
-  check_per_axis(pool, 3, (int64_t[]){7, 3, 50000}, 1, KILN_INT8); /* split over the pool */
-  kiln_pool_free(pool);
+  check_per_axis(2, 3, (int64_t[]){7, 3, 50000}, 1, KILN_INT8); /* split over the pool */
 }
 
 static void test_dequantize_int32(void) {
-  kiln_tensor x = make(KILN_INT32, 1, (int64_t[]){3}), scale = make(KILN_FLOAT, 0, NULL), y = {0};
+  kiln_tensor x = oh_tensor(KILN_INT32, 1, (int64_t[]){3}), scale = oh_tensor(KILN_FLOAT, 0, NULL), y = {0};
   int32_t xs[] = {INT32_MIN, 0, INT32_MAX};
   memcpy(x.data, xs, sizeof xs);
   *(float *)scale.data = 0.5f;
   tb_node *node;
   const kiln_tensor *in[2] = {&x, &scale};
-  CHECK_OK(run(one_node("DequantizeLinear", 13, in, 2, 1, &node), NULL, in, 2, &y, 1));
+  CHECK_OK(oh_run_once(oh_model(13, "DequantizeLinear", in, 2, 1, &node), in, 2, 0, &y, 1, 1));
   CHECK(((float *)y.data)[0] == -1073741824.0f && ((float *)y.data)[1] == 0 && ((float *)y.data)[2] == 1073741824.0f);
   kiln_tensor_release(&x);
   kiln_tensor_release(&scale);
@@ -179,31 +116,31 @@ static void test_dequantize_int32(void) {
 }
 
 static void test_quantize_bad_inputs(void) {
-  kiln_tensor x = make(KILN_FLOAT, 2, (int64_t[]){2, 3}), q = make(KILN_UINT8, 2, (int64_t[]){2, 3});
-  kiln_tensor scale = make(KILN_FLOAT, 0, NULL), scale3 = make(KILN_FLOAT, 1, (int64_t[]){3});
-  kiln_tensor zp32 = make(KILN_INT32, 0, NULL), zp8 = make(KILN_INT8, 0, NULL), zp2 = make(KILN_UINT8, 1, (int64_t[]){2});
-  kiln_tensor dscale = make(KILN_DOUBLE, 0, NULL), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 2, (int64_t[]){2, 3}), q = oh_tensor(KILN_UINT8, 2, (int64_t[]){2, 3});
+  kiln_tensor scale = oh_tensor(KILN_FLOAT, 0, NULL), scale3 = oh_tensor(KILN_FLOAT, 1, (int64_t[]){3});
+  kiln_tensor zp32 = oh_tensor(KILN_INT32, 0, NULL), zp8 = oh_tensor(KILN_INT8, 0, NULL), zp2 = oh_tensor(KILN_UINT8, 1, (int64_t[]){2});
+  kiln_tensor dscale = oh_tensor(KILN_DOUBLE, 0, NULL), y = {0};
   tb_node *node;
   const kiln_tensor *in[3] = {&x, &scale, &zp32};
-  CHECK_ERROR(run(one_node("QuantizeLinear", 13, in, 3, 1, &node), NULL, in, 3, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(13, "QuantizeLinear", in, 3, 1, &node), in, 3, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "y_zero_point must be uint8 or int8, got int32");
   in[0] = &q, in[2] = &zp8;
-  CHECK_ERROR(run(one_node("DequantizeLinear", 13, in, 3, 1, &node), NULL, in, 3, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(13, "DequantizeLinear", in, 3, 1, &node), in, 3, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "x_zero_point has dtype int8, but x is uint8");
   /* per-axis along axis 1 (the default): 3 values fit, 2 do not */
   in[0] = &x, in[1] = &scale3, in[2] = NULL;
-  CHECK_OK(run(one_node("QuantizeLinear", 13, in, 2, 1, &node), NULL, in, 2, &y, 1));
+  CHECK_OK(oh_run_once(oh_model(13, "QuantizeLinear", in, 2, 1, &node), in, 2, 0, &y, 1, 1));
   kiln_tensor_release(&y);
-  tb_model *b = one_node("QuantizeLinear", 13, in, 2, 1, &node);
+  tb_model *b = oh_model(13, "QuantizeLinear", in, 2, 1, &node);
   tb_attr_int(node, "axis", 0);
-  CHECK_ERROR(run(b, NULL, in, 2, &y, 1), KILN_INVALID_ARGUMENT, "y_scale has 3 values, but axis 0 of the input has 2");
+  CHECK_ERROR(oh_run_once(b, in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "y_scale has 3 values, but axis 0 of the input has 2");
   in[2] = &zp2;
-  CHECK_ERROR(run(one_node("QuantizeLinear", 13, in, 3, 1, &node), NULL, in, 3, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(13, "QuantizeLinear", in, 3, 1, &node), in, 3, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "the zero point has 2 values and y_scale 3");
-  CHECK_ERROR(run(one_node("QuantizeLinear", 10, in, 2, 1, &node), NULL, in, 2, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(10, "QuantizeLinear", in, 2, 1, &node), in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "y_scale must be a scalar before opset 13, got 3 values");
   in[1] = &dscale;
-  CHECK_ERROR(run(one_node("QuantizeLinear", 13, in, 2, 1, &node), NULL, in, 2, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(13, "QuantizeLinear", in, 2, 1, &node), in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "y_scale must be float, got double");
   kiln_tensor_release(&x);
   kiln_tensor_release(&q);
@@ -216,16 +153,16 @@ static void test_quantize_bad_inputs(void) {
 }
 
 static void test_dynamic_quantize(void) {
-  kiln_tensor x = make(KILN_FLOAT, 1, (int64_t[]){4}), out[3] = {{0}};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 1, (int64_t[]){4}), out[3] = {{0}};
   tb_node *node;
   const kiln_tensor *in[1] = {&x};
   memset(x.data, 0, 4 * sizeof(float)); /* no range at all: scale 1, zero point 0 */
-  CHECK_OK(run(one_node("DynamicQuantizeLinear", 11, in, 1, 3, &node), NULL, in, 1, out, 3));
+  CHECK_OK(oh_run_once(oh_model(11, "DynamicQuantizeLinear", in, 1, 3, &node), in, 1, 0, out, 3, 1));
   CHECK(*(float *)out[1].data == 1.0f && *(uint8_t *)out[2].data == 0 && ((uint8_t *)out[0].data)[3] == 0);
   for (int i = 0; i < 3; i++) kiln_tensor_release(&out[i]);
   float xs[] = {-1, 0.25f, 3, 2};
   memcpy(x.data, xs, sizeof xs);
-  CHECK_OK(run(one_node("DynamicQuantizeLinear", 11, in, 1, 3, &node), NULL, in, 1, out, 3));
+  CHECK_OK(oh_run_once(oh_model(11, "DynamicQuantizeLinear", in, 1, 3, &node), in, 1, 0, out, 3, 1));
   float scale = 4.0f / 255.0f, zp = nearbyintf(1 / scale);
   CHECK(*(float *)out[1].data == scale && *(uint8_t *)out[2].data == (uint8_t)zp);
   for (int i = 0; i < 4; i++) CHECK(((uint8_t *)out[0].data)[i] == (uint8_t)saturate(nearbyintf(xs[i] / scale) + zp, KILN_UINT8));
@@ -241,29 +178,29 @@ static int32_t q8(const kiln_tensor *t, int64_t i) {
 
 /* Random a [.., M, K] and b [.., K, N] with broadcast batch dimensions (or 1-D operands), per-tensor
  * or per-row / per-column zero points and scales; checks MatMulInteger and QLinearMatMul. */
-static void check_matmul(kiln_pool *pool, int64_t batch, int64_t M, int64_t K, int64_t N, int a_1d, int b_1d) {
-  int a_batched = !a_1d && irand(2), b_batched = !b_1d && (irand(2) || !a_batched);
-  kiln_tensor a = a_1d ? make(random_q8(), 1, &K) : make(random_q8(), a_batched ? 3 : 2, a_batched ? (int64_t[]){batch, M, K} : (int64_t[]){M, K});
-  kiln_tensor b = b_1d ? make(random_q8(), 1, &K) : make(random_q8(), b_batched ? 3 : 2, b_batched ? (int64_t[]){batch, K, N} : (int64_t[]){K, N});
+static void check_matmul(int threads, int64_t batch, int64_t M, int64_t K, int64_t N, int a_1d, int b_1d) {
+  int a_batched = !a_1d && oh_int(0, 1), b_batched = !b_1d && (oh_int(0, 1) || !a_batched);
+  kiln_tensor a = a_1d ? oh_tensor(random_q8(), 1, &K) : oh_tensor(random_q8(), a_batched ? 3 : 2, a_batched ? (int64_t[]){batch, M, K} : (int64_t[]){M, K});
+  kiln_tensor b = b_1d ? oh_tensor(random_q8(), 1, &K) : oh_tensor(random_q8(), b_batched ? 3 : 2, b_batched ? (int64_t[]){batch, K, N} : (int64_t[]){K, N});
   if (a_1d) M = 1;
   if (b_1d) N = 1;
   fill_q8(&a);
   fill_q8(&b);
-  int a_rows = !a_1d && irand(2), b_cols = !b_1d && irand(2);
-  kiln_tensor za = make(a.dtype, a_rows, &M), zb = make(b.dtype, b_cols, &N);
-  kiln_tensor sa = make(KILN_FLOAT, a_rows, &M), sb = make(KILN_FLOAT, b_cols, &N);
-  kiln_tensor sy = make(KILN_FLOAT, 0, NULL), zy = make(random_q8(), 0, NULL), y = {0}, qy = {0};
+  int a_rows = !a_1d && oh_int(0, 1), b_cols = !b_1d && oh_int(0, 1);
+  kiln_tensor za = oh_tensor(a.dtype, a_rows, &M), zb = oh_tensor(b.dtype, b_cols, &N);
+  kiln_tensor sa = oh_tensor(KILN_FLOAT, a_rows, &M), sb = oh_tensor(KILN_FLOAT, b_cols, &N);
+  kiln_tensor sy = oh_tensor(KILN_FLOAT, 0, NULL), zy = oh_tensor(random_q8(), 0, NULL), y = {0}, qy = {0};
   fill_q8(&za);
   fill_q8(&zb);
   fill_q8(&zy);
-  for (int64_t i = 0; i < kiln_tensor_numel(&sa); i++) ((float *)sa.data)[i] = frand(0.001f, 0.02f);
-  for (int64_t i = 0; i < kiln_tensor_numel(&sb); i++) ((float *)sb.data)[i] = frand(0.001f, 0.02f);
-  *(float *)sy.data = frand(0.01f, 0.5f);
+  oh_fill_uniform(&sa, 0.001, 0.02);
+  oh_fill_uniform(&sb, 0.001, 0.02);
+  oh_fill_uniform(&sy, 0.01, 0.5);
   tb_node *node;
   const kiln_tensor *in[8] = {&a, &b, &za, &zb};
-  CHECK_OK(run(one_node("MatMulInteger", 10, in, 4, 1, &node), pool, in, 4, &y, 1));
+  CHECK_OK(oh_run_once(oh_model(10, "MatMulInteger", in, 4, 1, &node), in, 4, 0, &y, 1, threads));
   const kiln_tensor *qin[8] = {&a, &sa, &za, &b, &sb, &zb, &sy, &zy};
-  CHECK_OK(run(one_node("QLinearMatMul", 10, qin, 8, 1, &node), pool, qin, 8, &qy, 1));
+  CHECK_OK(oh_run_once(oh_model(10, "QLinearMatMul", qin, 8, 1, &node), qin, 8, 0, &qy, 1, threads));
   int64_t batches = a_batched || b_batched ? batch : 1;
   CHECK(kiln_tensor_numel(&y) == batches * M * N && y.dtype == KILN_INT32);
   CHECK(kiln_tensor_numel(&qy) == batches * M * N && qy.dtype == zy.dtype);
@@ -288,27 +225,24 @@ static void check_matmul(kiln_pool *pool, int64_t batch, int64_t M, int64_t K, i
 }
 
 static void test_matmul_random(void) {
-  kiln_pool *pool;
-  CHECK_OK(kiln_pool_create(2, &pool));
   for (int trial = 0; trial < 40; trial++)
-    check_matmul(trial % 2 ? pool : NULL, 1 + irand(3), 1 + irand(6), irand(9), 1 + irand(7), irand(6) == 0, irand(6) == 0);
-  check_matmul(pool, 3, 64, 100, 80, 0, 0);
-  kiln_pool_free(pool);
+    check_matmul(trial % 2 ? 2 : 1, oh_int(1, 3), oh_int(1, 6), oh_int(0, 8), oh_int(1, 7), oh_int(0, 5) == 0, oh_int(0, 5) == 0);
+  check_matmul(2, 3, 64, 100, 80, 0, 0);
 }
 
 static void test_matmul_bad_inputs(void) {
-  kiln_tensor a = make(KILN_UINT8, 2, (int64_t[]){2, 3}), b = make(KILN_INT8, 2, (int64_t[]){3, 4});
-  kiln_tensor b5 = make(KILN_INT8, 2, (int64_t[]){5, 4}), za = make(KILN_INT8, 0, NULL), za3 = make(KILN_UINT8, 1, (int64_t[]){3});
+  kiln_tensor a = oh_tensor(KILN_UINT8, 2, (int64_t[]){2, 3}), b = oh_tensor(KILN_INT8, 2, (int64_t[]){3, 4});
+  kiln_tensor b5 = oh_tensor(KILN_INT8, 2, (int64_t[]){5, 4}), za = oh_tensor(KILN_INT8, 0, NULL), za3 = oh_tensor(KILN_UINT8, 1, (int64_t[]){3});
   kiln_tensor y = {0};
   tb_node *node;
   const kiln_tensor *in[4] = {&a, &b, &za, NULL};
-  CHECK_ERROR(run(one_node("MatMulInteger", 10, in, 4, 1, &node), NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(10, "MatMulInteger", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "a_zero_point has dtype int8, but a is uint8");
   in[2] = &za3;
-  CHECK_ERROR(run(one_node("MatMulInteger", 10, in, 4, 1, &node), NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(10, "MatMulInteger", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "a_zero_point of shape uint8[3] does not fit a of shape uint8[2,3] (one value, or one per row)");
   in[1] = &b5, in[2] = NULL;
-  CHECK_ERROR(run(one_node("MatMulInteger", 10, in, 4, 1, &node), NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(10, "MatMulInteger", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "inner dimensions 3 and 5 differ");
   kiln_tensor *all[] = {&a, &b, &b5, &za, &za3};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) kiln_tensor_release(all[i]);
@@ -322,7 +256,7 @@ typedef struct conv_case {
   const char *auto_pad;
 } conv_case;
 
-static void check_conv(kiln_pool *pool, const conv_case *cc) {
+static void check_conv(int threads, const conv_case *cc) {
   int S = cc->S;
   int64_t xd[5] = {cc->N, cc->C}, wd[5] = {cc->M, cc->C / cc->group}, out[3], pb[3];
   for (int d = 0; d < S; d++) {
@@ -341,26 +275,27 @@ static void check_conv(kiln_pool *pool, const conv_case *cc) {
       out[d] = (cc->in[d] + cc->pad[d] + cc->pad[S + d] - span) / cc->stride[d] + 1;
     }
   }
-  kiln_tensor x = make(random_q8(), 2 + S, xd), w = make(random_q8(), 2 + S, wd);
-  int per_channel = (int)irand(2);
-  kiln_tensor zx = make(x.dtype, 0, NULL), zw = make(w.dtype, per_channel, &cc->M);
-  kiln_tensor sx = make(KILN_FLOAT, 0, NULL), sw = make(KILN_FLOAT, per_channel, &cc->M), sy = make(KILN_FLOAT, 0, NULL);
-  kiln_tensor zy = make(random_q8(), 0, NULL), bias = make(KILN_INT32, 1, &cc->M), y = {0}, qy = {0};
+  kiln_tensor x = oh_tensor(random_q8(), 2 + S, xd), w = oh_tensor(random_q8(), 2 + S, wd);
+  int per_channel = (int)oh_int(0, 1);
+  kiln_tensor zx = oh_tensor(x.dtype, 0, NULL), zw = oh_tensor(w.dtype, per_channel, &cc->M);
+  kiln_tensor sx = oh_tensor(KILN_FLOAT, 0, NULL), sw = oh_tensor(KILN_FLOAT, per_channel, &cc->M), sy = oh_tensor(KILN_FLOAT, 0, NULL);
+  kiln_tensor zy = oh_tensor(random_q8(), 0, NULL), bias = oh_tensor(KILN_INT32, 1, &cc->M), y = {0}, qy = {0};
   kiln_tensor *q8s[] = {&x, &w, &zx, &zw, &zy};
   for (int i = 0; i < 5; i++) fill_q8(q8s[i]);
-  *(float *)sx.data = frand(0.001f, 0.02f), *(float *)sy.data = frand(0.01f, 0.3f);
-  for (int64_t i = 0; i < kiln_tensor_numel(&sw); i++) ((float *)sw.data)[i] = frand(0.001f, 0.02f);
-  for (int64_t m = 0; m < cc->M; m++) ((int32_t *)bias.data)[m] = (int32_t)irand(20001) - 10000;
+  oh_fill_uniform(&sx, 0.001, 0.02);
+  oh_fill_uniform(&sy, 0.01, 0.3);
+  oh_fill_uniform(&sw, 0.001, 0.02);
+  for (int64_t m = 0; m < cc->M; m++) ((int32_t *)bias.data)[m] = (int32_t)oh_int(-10000, 10000);
   tb_node *node;
   const kiln_tensor *in[4] = {&x, &w, &zx, &zw}, *qin[9] = {&x, &sx, &zx, &w, &sw, &zw, &sy, &zy, &bias};
   for (int quantized = 0; quantized < 2; quantized++) {
-    tb_model *b = quantized ? one_node("QLinearConv", 10, qin, 9, 1, &node) : one_node("ConvInteger", 10, in, 4, 1, &node);
+    tb_model *b = quantized ? oh_model(10, "QLinearConv", qin, 9, 1, &node) : oh_model(10, "ConvInteger", in, 4, 1, &node);
     tb_attr_ints(node, "strides", S, cc->stride);
     tb_attr_ints(node, "dilations", S, cc->dil);
     tb_attr_int(node, "group", cc->group);
     if (strcmp(cc->auto_pad, "NOTSET")) tb_attr_string(node, "auto_pad", cc->auto_pad);
     else tb_attr_ints(node, "pads", 2 * S, cc->pad);
-    CHECK_OK(run(b, pool, quantized ? qin : in, quantized ? 9 : 4, quantized ? &qy : &y, 1));
+    CHECK_OK(oh_run_once(b, quantized ? qin : in, quantized ? 9 : 4, 0, quantized ? &qy : &y, 1, threads));
   }
   int64_t out_size = 1, k_size = 1, in_size = 1, cg = cc->C / cc->group;
   for (int d = 0; d < S; d++) out_size *= out[d], k_size *= cc->k[d], in_size *= cc->in[d];
@@ -398,42 +333,39 @@ static void check_conv(kiln_pool *pool, const conv_case *cc) {
 }
 
 static void test_conv_random(void) {
-  kiln_pool *pool;
-  CHECK_OK(kiln_pool_create(2, &pool));
   const char *modes[] = {"NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"};
   for (int trial = 0; trial < 40; trial++) {
-    conv_case cc = {.S = 1 + (int)irand(3), .N = 1 + irand(2), .group = 1 + irand(2), .auto_pad = modes[irand(5)]};
-    cc.C = cc.group * (1 + irand(3));
-    cc.M = cc.group * (1 + irand(3));
+    conv_case cc = {.S = (int)oh_int(1, 3), .N = oh_int(1, 2), .group = oh_int(1, 2), .auto_pad = modes[oh_int(0, 4)]};
+    cc.C = cc.group * oh_int(1, 3);
+    cc.M = cc.group * oh_int(1, 3);
     for (int d = 0; d < cc.S; d++) {
-      cc.k[d] = 1 + irand(3), cc.stride[d] = 1 + irand(2), cc.dil[d] = 1 + irand(2);
-      cc.pad[d] = irand(3), cc.pad[cc.S + d] = irand(3);
-      cc.in[d] = (cc.k[d] - 1) * cc.dil[d] + 1 + irand(5);
+      cc.k[d] = oh_int(1, 3), cc.stride[d] = oh_int(1, 2), cc.dil[d] = oh_int(1, 2);
+      cc.pad[d] = oh_int(0, 2), cc.pad[cc.S + d] = oh_int(0, 2);
+      cc.in[d] = (cc.k[d] - 1) * cc.dil[d] + oh_int(1, 5);
     }
-    check_conv(trial % 2 ? pool : NULL, &cc);
+    check_conv(trial % 2 ? 2 : 1, &cc);
   }
   conv_case big = {2, 2, 4, 8, 2, {40, 40}, {3, 3}, {1, 1}, {1, 1}, {1, 1, 1, 1}, "NOTSET"};
-  check_conv(pool, &big);
-  kiln_pool_free(pool);
+  check_conv(2, &big);
 }
 
 static void test_conv_bad_inputs(void) {
-  kiln_tensor x = make(KILN_UINT8, 4, (int64_t[]){1, 3, 5, 5}), w = make(KILN_UINT8, 4, (int64_t[]){4, 2, 3, 3});
-  kiln_tensor w3 = make(KILN_UINT8, 4, (int64_t[]){4, 3, 3, 3}), zx = make(KILN_INT8, 0, NULL), y = {0};
+  kiln_tensor x = oh_tensor(KILN_UINT8, 4, (int64_t[]){1, 3, 5, 5}), w = oh_tensor(KILN_UINT8, 4, (int64_t[]){4, 2, 3, 3});
+  kiln_tensor w3 = oh_tensor(KILN_UINT8, 4, (int64_t[]){4, 3, 3, 3}), zx = oh_tensor(KILN_INT8, 0, NULL), y = {0};
   tb_node *node;
   const kiln_tensor *in[4] = {&x, &w, NULL, NULL};
-  CHECK_ERROR(run(one_node("ConvInteger", 10, in, 4, 1, &node), NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(10, "ConvInteger", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "group 1 does not fit x uint8[1,3,5,5] and w uint8[4,2,3,3]");
   in[1] = &w3, in[2] = &zx;
-  CHECK_ERROR(run(one_node("ConvInteger", 10, in, 4, 1, &node), NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(10, "ConvInteger", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "x_zero_point has dtype int8, but x is uint8");
   in[2] = NULL;
-  tb_model *b = one_node("ConvInteger", 10, in, 4, 1, &node);
+  tb_model *b = oh_model(10, "ConvInteger", in, 4, 1, &node);
   tb_attr_ints(node, "dilations", 2, (int64_t[]){3, 3});
-  CHECK_ERROR(run(b, NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT, "does not fit axis 0 of size 5");
-  b = one_node("ConvInteger", 10, in, 4, 1, &node);
+  CHECK_ERROR(oh_run_once(b, in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "does not fit axis 0 of size 5");
+  b = oh_model(10, "ConvInteger", in, 4, 1, &node);
   tb_attr_string(node, "auto_pad", "SAME");
-  CHECK_ERROR(run(b, NULL, in, 4, &y, 1), KILN_INVALID_ARGUMENT, "unknown auto_pad 'SAME'");
+  CHECK_ERROR(oh_run_once(b, in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "unknown auto_pad 'SAME'");
   kiln_tensor *all[] = {&x, &w, &w3, &zx};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) kiln_tensor_release(all[i]);
 }

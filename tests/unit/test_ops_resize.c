@@ -1,16 +1,7 @@
 /* Resize (and Upsample, GridSample, RoiAlign): bad inputs, and every Resize path (nearest
  * gather, 2-D bilinear, separable passes) on a 2-thread pool against a naive port of the ONNX
  * reference implementation (onnx/backend/test/case/node/resize.py). */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
-
-static uint64_t rng_state = 777;
-
-static double drand(void) { /* uniform in [0, 1) */
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return (double)(rng_state >> 11) / 9007199254740992.0;
-}
+#include "op_harness.h"
 
 /* ------------------------------------------------------------------ the reference */
 
@@ -161,10 +152,7 @@ static kiln_model *build_resize(const resize_case *k) {
   if (k->cubic_a != 0) tb_attr_float(n, "cubic_coeff_a", k->cubic_a);
   if (k->exclude_outside) tb_attr_int(n, "exclude_outside", 1);
   if (k->extrapolation != 0) tb_attr_float(n, "extrapolation_value", k->extrapolation);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  return m;
+  return oh_load(b);
 }
 
 static void check_resize(resize_case k, kiln_pool *pool) {
@@ -182,7 +170,7 @@ static void check_resize(resize_case k, kiln_pool *pool) {
   int64_t n_in = kiln_tensor_numel(&x), out[5], n_out = 1;
   double *xd = malloc((size_t)(n_in + 1) * sizeof *xd);
   for (int64_t i = 0; i < n_in; i++) {
-    xd[i] = k.dtype == KILN_FLOAT ? drand() * 10 - 5 : (double)(int)(drand() * 200);
+    xd[i] = k.dtype == KILN_FLOAT ? oh_uniform(-5, 5) : (double)(int)oh_uniform(0, 200);
     if (k.dtype == KILN_FLOAT)
       ((float *)x.data)[i] = (float)xd[i];
     else if (k.dtype == KILN_UINT8)
@@ -250,14 +238,13 @@ static const char *const coords[] = {"half_pixel", "pytorch_half_pixel", "align_
 static resize_case random_hw_case(const char *mode, int use_sizes) {
   resize_case k = {.mode = mode,
                    .rank = 4,
-                   .in = {1 + (int64_t)(drand() * 2), 1 + (int64_t)(drand() * 3), 1 + (int64_t)(drand() * 7),
-                          1 + (int64_t)(drand() * 9)}};
+                   .in = {oh_int(1, 2), oh_int(1, 3), oh_int(1, 7), oh_int(1, 9)}};
   k.sizes[0] = -1;
   k.scales[0] = k.scales[1] = 1;
-  for (int d = 2; d < 4; d++) k.scales[d] = (float)(0.3 + drand() * 3);
+  for (int d = 2; d < 4; d++) k.scales[d] = (float)oh_uniform(0.3, 3.3);
   if (use_sizes) {
     k.sizes[0] = k.in[0], k.sizes[1] = k.in[1];
-    for (int d = 2; d < 4; d++) k.sizes[d] = 1 + (int64_t)(drand() * 12);
+    for (int d = 2; d < 4; d++) k.sizes[d] = oh_int(1, 12);
   }
   return k;
 }
@@ -359,31 +346,12 @@ static void test_resize_cubic(void) {
 /* Loads a Resize with the given inputs (NULL = absent) and expects running it to fail. */
 static void expect_resize_error(const kiln_tensor *x, const kiln_tensor *roi, const kiln_tensor *scales,
                                 const kiln_tensor *sizes, const char *coord, const char *text) {
+  const kiln_tensor *in[4] = {x, roi, scales, sizes};
   tb_model *b = tb_new(13);
-  const kiln_tensor *all[] = {x, roi, scales, sizes}, *given[4];
-  const char *names[] = {"X", "roi", "scales", "sizes"};
-  char inputs[64] = "";
-  int n = 0;
-  for (int i = 0; i < 4; i++) {
-    if (all[i]) {
-      tb_input(b, names[i], all[i]->dtype, -1, NULL);
-      given[n++] = all[i];
-    }
-    snprintf(inputs + strlen(inputs), sizeof inputs - strlen(inputs), "%s%s", i ? "," : "", all[i] ? names[i] : "");
-  }
-  tb_output(b, "Y", x->dtype);
-  tb_node *node = tb_add_node(b, "Resize", inputs, "Y");
+  tb_node *node = oh_node(b, "Resize", in, 4, 0, 1);
   if (coord) tb_attr_string(node, "coordinate_transformation_mode", coord);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  if (!m) return;
-  kiln_session *s;
-  CHECK_OK(kiln_session_create(m, NULL, &s));
-  const kiln_tensor *out[1];
-  CHECK_ERROR(kiln_session_run_tensors(s, given, out), KILN_INVALID_ARGUMENT, text);
-  kiln_session_free(s);
-  kiln_model_free(m);
+  kiln_tensor y;
+  CHECK_ERROR(oh_run_once(b, in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, text);
 }
 
 static kiln_tensor floats(int n, const float *v) {
@@ -429,78 +397,39 @@ static void test_bad_inputs(void) {
   expect_load_error("RoiAlign", 16, "mode", "sum", "mode 'sum' is not avg or max");
 
   /* GridSample: the grid must be [N, H_out, W_out, 2] */
-  tb_model *b = tb_new(16);
-  tb_input(b, "X", KILN_FLOAT, -1, NULL);
-  tb_input(b, "G", KILN_FLOAT, -1, NULL);
-  tb_output(b, "Y", KILN_FLOAT);
-  tb_add_node(b, "GridSample", "X,G", "Y");
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  kiln_session *s;
-  kiln_tensor grid;
-  CHECK_OK(kiln_tensor_alloc(&grid, KILN_FLOAT, 4, (int64_t[]){1, 3, 3, 3}));
-  const kiln_tensor *out[1];
-  if (m) {
-    CHECK_OK(kiln_session_create(m, NULL, &s));
-    CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x, &grid}, out), KILN_INVALID_ARGUMENT,
-                "grid float[1,3,3,3] does not fit X float[1,1,2,2]: expected [N, H_out, W_out, 2]");
-    kiln_session_free(s);
-    kiln_model_free(m);
-  }
+  kiln_tensor grid = oh_tensor(KILN_FLOAT, 4, (int64_t[]){1, 3, 3, 3}), y;
+  const kiln_tensor *grid_in[2] = {&x, &grid};
+  tb_node *n;
+  CHECK_ERROR(oh_run_once(oh_model(16, "GridSample", grid_in, 2, 1, &n), grid_in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
+              "grid float[1,3,3,3] does not fit X float[1,1,2,2]: expected [N, H_out, W_out, 2]");
 
   /* RoiAlign: batch indices must name an image */
-  b = tb_new(16);
-  tb_input(b, "X", KILN_FLOAT, -1, NULL);
-  tb_input(b, "R", KILN_FLOAT, -1, NULL);
-  tb_input(b, "I", KILN_INT64, -1, NULL);
-  tb_output(b, "Y", KILN_FLOAT);
-  tb_add_node(b, "RoiAlign", "X,R,I", "Y");
-  m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  kiln_tensor rois, idx;
-  CHECK_OK(kiln_tensor_alloc(&rois, KILN_FLOAT, 2, (int64_t[]){2, 4}));
-  CHECK_OK(kiln_tensor_alloc(&idx, KILN_INT64, 1, (int64_t[]){2}));
+  kiln_tensor rois = oh_tensor(KILN_FLOAT, 2, (int64_t[]){2, 4}), idx = oh_tensor(KILN_INT64, 1, (int64_t[]){2});
+  const kiln_tensor *roi_in[3] = {&x, &rois, &idx};
   ((int64_t *)idx.data)[1] = 1;
-  if (m) {
-    CHECK_OK(kiln_session_create(m, NULL, &s));
-    CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x, &rois, &idx}, out), KILN_INVALID_ARGUMENT,
-                "batch_indices[1] is 1, outside [0, 1)");
-    ((int64_t *)idx.data)[1] = 0;
-    ((float *)rois.data)[2] = NAN;
-    CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x, &rois, &idx}, out), KILN_INVALID_ARGUMENT,
-                "rois[0] holds a non-finite value");
-    kiln_session_free(s);
-    kiln_model_free(m);
-  }
+  CHECK_ERROR(oh_run_once(oh_model(16, "RoiAlign", roi_in, 3, 1, &n), roi_in, 3, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
+              "batch_indices[1] is 1, outside [0, 1)");
+  ((int64_t *)idx.data)[1] = 0;
+  ((float *)rois.data)[2] = NAN;
+  CHECK_ERROR(oh_run_once(oh_model(16, "RoiAlign", roi_in, 3, 1, &n), roi_in, 3, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
+              "rois[0] holds a non-finite value");
   kiln_tensor *all[] = {&x, &sizes, &neg_sizes, &three, &zero, &good, &roi, &grid, &rois, &idx};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) kiln_tensor_release(all[i]);
 }
 
 /* Upsample-7 takes scales as an attribute; nearest repeats (opset < 11 rounding). */
 static void test_upsample_attribute(void) {
-  tb_model *b = tb_new(7);
-  tb_input(b, "X", KILN_FLOAT, -1, NULL);
-  tb_output(b, "Y", KILN_FLOAT);
-  tb_node *n = tb_add_node(b, "Upsample", "X", "Y");
-  tb_attr_floats(n, "scales", 2, (float[]){2, 3});
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  if (!m) return;
-  kiln_session *s;
-  CHECK_OK(kiln_session_create(m, NULL, &s));
-  kiln_tensor x;
-  CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 2, (int64_t[]){2, 2}));
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 2, (int64_t[]){2, 2}), y = {0};
   for (int i = 0; i < 4; i++) ((float *)x.data)[i] = (float)(i + 1);
-  const kiln_tensor *out[1];
-  CHECK_OK(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x}, out));
-  CHECK(out[0]->dims[0] == 4 && out[0]->dims[1] == 6);
-  for (int i = 0; i < 24; i++) CHECK(((float *)out[0]->data)[i] == (float)((i / 6 / 2) * 2 + (i % 6) / 3 + 1));
+  const kiln_tensor *in[1] = {&x};
+  tb_node *n;
+  tb_model *b = oh_model(7, "Upsample", in, 1, 1, &n);
+  tb_attr_floats(n, "scales", 2, (float[]){2, 3});
+  CHECK_OK(oh_run_once(b, in, 1, 0, &y, 1, 1));
+  CHECK(y.dims[0] == 4 && y.dims[1] == 6);
+  for (int i = 0; i < 24 && y.data; i++) CHECK(((float *)y.data)[i] == (float)((i / 6 / 2) * 2 + (i % 6) / 3 + 1));
+  kiln_tensor_release(&y);
   kiln_tensor_release(&x);
-  kiln_session_free(s);
-  kiln_model_free(m);
 }
 
 TEST_MAIN(TEST(test_resize_nearest), TEST(test_resize_linear), TEST(test_resize_cubic), TEST(test_bad_inputs),

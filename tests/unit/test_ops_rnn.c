@@ -1,21 +1,10 @@
 /* LSTM, GRU and RNN: bad inputs, and the kernels (threaded, small- and large-batch recurrent
  * products, both layouts) against a naive double-precision reference of the ONNX equations. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
+#include "op_harness.h"
 
-static uint64_t rng_state = 12345;
-
-static float frand(void) { /* uniform in [-1, 1) */
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2 - 1);
-}
-
-static kiln_tensor random_tensor(int rank, const int64_t *dims, float scale) {
-  kiln_tensor t;
-  CHECK_OK(kiln_tensor_alloc(&t, KILN_FLOAT, rank, dims));
-  for (int64_t i = 0; i < kiln_tensor_numel(&t); i++) ((float *)t.data)[i] = scale * frand();
-  return t;
+/* Float values uniform in [-scale, scale). */
+static kiln_tensor random_tensor(int rank, const int64_t *dims, double scale) {
+  return oh_uniform_tensor(KILN_FLOAT, rank, dims, -scale, scale);
 }
 
 /* ------------------------------------------------------------------ the reference */
@@ -170,13 +159,7 @@ static kiln_model *build(const rnn_case *k, int opset, const kiln_tensor *const 
   if (k->input_forget) tb_attr_int(n, "input_forget", 1);
   if (k->linear_before_reset) tb_attr_int(n, "linear_before_reset", 1);
   if (k->n_acts) {
-    Onnx__AttributeProto *a = tb_attr(n, "activations", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRINGS);
-    a->n_strings = (size_t)k->n_acts;
-    a->strings = calloc((size_t)k->n_acts, sizeof *a->strings);
-    for (int i = 0; i < k->n_acts; i++) {
-      a->strings[i].data = (uint8_t *)strdup(k->acts[i]);
-      a->strings[i].len = strlen(k->acts[i]);
-    }
+    tb_attr_strings(n, "activations", k->n_acts, k->acts);
     /* the lists hold values only for the functions that take them, in order */
     float alphas[6], betas[6];
     int n_alpha = 0, n_beta = 0;
@@ -190,10 +173,7 @@ static kiln_model *build(const rnn_case *k, int opset, const kiln_tensor *const 
     if (n_alpha) tb_attr_floats(n, "activation_alpha", n_alpha, alphas);
     if (n_beta) tb_attr_floats(n, "activation_beta", n_beta, betas);
   }
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  return m;
+  return oh_load(b);
 }
 
 /* Transposes the first two axes of a contiguous [a, b, rest] float tensor. */
@@ -456,29 +436,11 @@ static void test_activations(void) {
 static void expect_run_error(const char *op, const char *attr_dir, int n_in, const kiln_tensor *const *in,
                              const char *text) {
   tb_model *b = tb_new(14);
-  const char *names[] = {"X", "W", "R", "B", "L", "H0", "C0", "P"};
-  char inputs[64] = "";
-  for (int i = 0; i < n_in; i++) {
-    if (in[i]) tb_input(b, names[i], in[i]->dtype, -1, NULL);
-    snprintf(inputs + strlen(inputs), sizeof inputs - strlen(inputs), "%s%s", i ? "," : "", in[i] ? names[i] : "");
-  }
-  tb_output(b, "Y", KILN_FLOAT);
-  tb_node *n = tb_add_node(b, op, inputs, "Y");
+  tb_node *n = oh_node(b, op, in, n_in, 0, 1);
   tb_attr_int(n, "hidden_size", 2);
   if (attr_dir) tb_attr_string(n, "direction", attr_dir);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  if (!m) return;
-  kiln_session *s;
-  CHECK_OK(kiln_session_create(m, NULL, &s));
-  const kiln_tensor *given[8], *out[1];
-  int k = 0;
-  for (int i = 0; i < n_in; i++)
-    if (in[i]) given[k++] = in[i];
-  CHECK_ERROR(kiln_session_run_tensors(s, given, out), KILN_INVALID_ARGUMENT, text);
-  kiln_session_free(s);
-  kiln_model_free(m);
+  kiln_tensor y;
+  CHECK_ERROR(oh_run_once(b, in, n_in, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, text);
 }
 
 static void test_bad_inputs(void) {
@@ -511,40 +473,18 @@ static void test_bad_inputs(void) {
                    "([num_directions, 3*hidden_size, input_size])");
 
   /* attributes are checked when the model loads */
-  tb_model *b = tb_new(13);
-  tb_input(b, "X", KILN_FLOAT, -1, NULL);
-  tb_input(b, "W", KILN_FLOAT, -1, NULL);
-  tb_input(b, "R", KILN_FLOAT, -1, NULL);
-  tb_output(b, "Y", KILN_FLOAT);
-  tb_node *n = tb_add_node(b, "LSTM", "X,W,R", "Y");
-  tb_attr_string(n, "direction", "sideways");
+  const kiln_tensor *xwr[3] = {&x, &w, &r};
   kiln_model *m = NULL;
+  tb_model *b = tb_new(13);
+  tb_attr_string(oh_node(b, "LSTM", xwr, 3, 0, 1), "direction", "sideways");
   CHECK_ERROR(tb_load(b, &m), KILN_INVALID_ARGUMENT, "direction 'sideways' is not forward, reverse or bidirectional");
   tb_free(b);
   b = tb_new(13);
-  tb_input(b, "X", KILN_FLOAT, -1, NULL);
-  tb_input(b, "W", KILN_FLOAT, -1, NULL);
-  tb_input(b, "R", KILN_FLOAT, -1, NULL);
-  tb_output(b, "Y", KILN_FLOAT);
-  n = tb_add_node(b, "GRU", "X,W,R", "Y");
-  Onnx__AttributeProto *a = tb_attr(n, "activations", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRINGS);
-  a->n_strings = 1;
-  a->strings = calloc(1, sizeof *a->strings);
-  a->strings[0].data = (uint8_t *)strdup("Tanh");
-  a->strings[0].len = 4;
+  tb_attr_strings(oh_node(b, "GRU", xwr, 3, 0, 1), "activations", 1, (const char *[]){"Tanh"});
   CHECK_ERROR(tb_load(b, &m), KILN_INVALID_ARGUMENT, "activations has 1 names, expected 2 per direction");
   tb_free(b);
   b = tb_new(13);
-  tb_input(b, "X", KILN_FLOAT, -1, NULL);
-  tb_input(b, "W", KILN_FLOAT, -1, NULL);
-  tb_input(b, "R", KILN_FLOAT, -1, NULL);
-  tb_output(b, "Y", KILN_FLOAT);
-  n = tb_add_node(b, "RNN", "X,W,R", "Y");
-  a = tb_attr(n, "activations", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRINGS);
-  a->n_strings = 1;
-  a->strings = calloc(1, sizeof *a->strings);
-  a->strings[0].data = (uint8_t *)strdup("Swish");
-  a->strings[0].len = 5;
+  tb_attr_strings(oh_node(b, "RNN", xwr, 3, 0, 1), "activations", 1, (const char *[]){"Swish"});
   CHECK_ERROR(tb_load(b, &m), KILN_INVALID_ARGUMENT, "unknown activation 'Swish'");
   tb_free(b);
 
@@ -563,9 +503,7 @@ static void check_simple_rnn(kiln_dtype dt, int64_t T, int64_t B, double tol) {
   tb_output(b, "Yh", dt);
   tb_node *n = tb_add_node(b, "RNN", "X,W,R", "Y,Yh");
   tb_attr_int(n, "hidden_size", H);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
+  kiln_model *m = oh_load(b);
   if (!m) return;
   kiln_session *s;
   CHECK_OK(kiln_session_create(m, NULL, &s));

@@ -1,68 +1,8 @@
 /* Signal kernels: DFT and STFT against a naive O(n^2) DFT over random lengths, layouts and thread
  * counts (radix-2 and Bluestein paths), the windows, MelWeightMatrix and bad inputs. */
-#include <math.h>
-#include <stdio.h>
-
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
+#include "op_harness.h"
 
 #define PI 3.14159265358979323846
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t next_rand(void) {
-  rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
-  return rng_state;
-}
-static int64_t irand(int64_t n) { return (int64_t)(next_rand() % (uint64_t)n); }
-static double frand(void) { return (double)(next_rand() >> 11) / (double)(1ull << 53) * 2 - 1; }
-
-/* A one-node model with inputs in[0..n_in) (NULL: absent) and n_out outputs. */
-static tb_model *one_node(const char *op, const kiln_tensor *const *in, int n_in, int n_out, tb_node **node) {
-  tb_model *b = tb_new(17);
-  char ins[256] = "", outs[256] = "", name[16];
-  for (int i = 0; i < n_in; i++) {
-    if (i) strcat(ins, ",");
-    if (!in[i]) continue;
-    snprintf(name, sizeof name, "i%d", i);
-    strcat(ins, name);
-    tb_input(b, name, in[i]->dtype, -1, NULL);
-  }
-  for (int i = 0; i < n_out; i++) {
-    snprintf(name, sizeof name, "%so%d", i ? "," : "", i);
-    strcat(outs, name);
-    tb_output(b, name + (i ? 1 : 0), KILN_FLOAT);
-  }
-  *node = tb_add_node(b, op, ins, outs);
-  return b;
-}
-
-/* Loads b (freeing it), runs it once and copies output 0 into *out. */
-static kiln_status run(tb_model *b, kiln_pool *pool, const kiln_tensor *const *in, int n_in, kiln_tensor *out) {
-  kiln_model *m;
-  kiln_status s = tb_load(b, &m);
-  tb_free(b);
-  if (s) return s;
-  kiln_session *ss = NULL;
-  kiln_session_options opt = {.pool = pool};
-  s = kiln_session_create(m, &opt, &ss);
-  const kiln_tensor *ins[16], *outs[1];
-  int k = 0;
-  for (int i = 0; i < n_in; i++)
-    if (in[i]) ins[k++] = in[i];
-  if (!s) s = kiln_session_run_tensors(ss, ins, outs);
-  if (!s) s = kiln_tensor_copy(out, outs[0]);
-  kiln_session_free(ss);
-  kiln_model_free(m);
-  return s;
-}
-
-static kiln_tensor scalar_i64(int64_t v) {
-  kiln_tensor t;
-  kiln_tensor_alloc(&t, KILN_INT64, 0, NULL);
-  *(int64_t *)t.data = v;
-  return t;
-}
 
 /* The DFT of n complex values (x: re, im pairs, `count` of them, zero-padded) by the definition. */
 static void naive_dft(const double *x, int64_t count, int64_t n, int inverse, double *out) {
@@ -78,24 +18,19 @@ static void naive_dft(const double *x, int64_t count, int64_t n, int inverse, do
 }
 
 /* One random DFT: shape [batch, d1, d2, comps] with the transform along axis 1 or 2. */
-static void check_dft(kiln_pool *pool, int64_t batch, int64_t len, int64_t other, int axis, int comps, int inverse,
+static void check_dft(int threads, int64_t batch, int64_t len, int64_t other, int axis, int comps, int inverse,
                       int onesided, int64_t dft_length, kiln_dtype dtype) {
   int64_t dims[4] = {batch, axis == 1 ? len : other, axis == 1 ? other : len, comps};
-  kiln_tensor x, y = {0}, len_t = scalar_i64(dft_length);
+  kiln_tensor x, y = {0}, len_t = oh_scalar(dft_length);
   CHECK_OK(kiln_tensor_alloc(&x, dtype, 4, dims));
-  int64_t total = kiln_tensor_numel(&x);
-  for (int64_t i = 0; i < total; i++) {
-    double v = frand();
-    if (dtype == KILN_FLOAT) ((float *)x.data)[i] = (float)v;
-    else ((double *)x.data)[i] = v;
-  }
+  oh_fill_uniform(&x, -1, 1);
   tb_node *node;
   const kiln_tensor *in[2] = {&x, dft_length > 0 ? &len_t : NULL};
-  tb_model *b = one_node("DFT", in, 2, 1, &node);
+  tb_model *b = oh_model(17, "DFT", in, 2, 1, &node);
   tb_attr_int(node, "axis", axis);
   tb_attr_int(node, "inverse", inverse);
   tb_attr_int(node, "onesided", onesided);
-  CHECK_OK(run(b, pool, in, 2, &y));
+  CHECK_OK(oh_run_once(b, in, 2, 0, &y, 1, threads));
   int64_t n = dft_length > 0 ? dft_length : len, out_len = onesided ? n / 2 + 1 : n;
   int64_t inner = axis == 1 ? other : 1, outer = axis == 1 ? batch : batch * other;
   CHECK(y.dtype == dtype && y.rank == 4 && y.dims[axis] == out_len && y.dims[3] == 2);
@@ -131,45 +66,42 @@ static void check_dft(kiln_pool *pool, int64_t batch, int64_t len, int64_t other
 }
 
 static void test_dft_random(void) {
-  kiln_pool *pool;
-  CHECK_OK(kiln_pool_create(2, &pool));
   for (int trial = 0; trial < 80; trial++) {
-    int64_t len = trial < 40 ? 1 + irand(40) : (int64_t[]){64, 128, 97, 100, 127, 256, 3, 2}[trial % 8];
-    int64_t dft_length = irand(3) == 0 ? 1 + irand(2 * len + 2) : 0;
-    check_dft(trial % 2 ? pool : NULL, 1 + irand(3), len, 1 + irand(3), 1 + (int)irand(2), 1 + (int)irand(2),
-              (int)irand(2), (int)irand(2), dft_length, irand(4) ? KILN_FLOAT : KILN_DOUBLE);
+    int64_t len = trial < 40 ? oh_int(1, 40) : (int64_t[]){64, 128, 97, 100, 127, 256, 3, 2}[trial % 8];
+    int64_t dft_length = oh_int(0, 2) == 0 ? oh_int(1, 2 * len + 2) : 0;
+    check_dft(trial % 2 ? 2 : 1, oh_int(1, 3), len, oh_int(1, 3), (int)oh_int(1, 2), (int)oh_int(1, 2),
+              (int)oh_int(0, 1), (int)oh_int(0, 1), dft_length, oh_int(0, 3) ? KILN_FLOAT : KILN_DOUBLE);
   }
   /* big enough that the pool splits the lines */
-  check_dft(pool, 4, 1000, 6, 1, 2, 0, 0, 0, KILN_FLOAT);
-  check_dft(pool, 4, 1024, 6, 2, 1, 1, 0, 0, KILN_DOUBLE);
-  kiln_pool_free(pool);
+  check_dft(2, 4, 1000, 6, 1, 2, 0, 0, 0, KILN_FLOAT);
+  check_dft(2, 4, 1024, 6, 2, 1, 1, 0, 0, KILN_DOUBLE);
 }
 
 static void test_dft_bad_inputs(void) {
-  kiln_tensor x3, x, zero = scalar_i64(0), y = {0};
+  kiln_tensor x3, x, zero = oh_scalar(0), y = {0};
   CHECK_OK(kiln_tensor_alloc(&x3, KILN_FLOAT, 3, (int64_t[]){1, 5, 3}));
   CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 3, (int64_t[]){1, 5, 1}));
   tb_node *node;
   const kiln_tensor *in[2] = {&x3, NULL};
-  CHECK_ERROR(run(one_node("DFT", in, 1, 1, &node), NULL, in, 1, &y), KILN_INVALID_ARGUMENT, "1 or 2], got float[1,5,3]");
+  CHECK_ERROR(oh_run_once(oh_model(17, "DFT", in, 1, 1, &node), in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "1 or 2], got float[1,5,3]");
   in[0] = &x;
-  tb_model *b = one_node("DFT", in, 1, 1, &node);
+  tb_model *b = oh_model(17, "DFT", in, 1, 1, &node);
   tb_attr_int(node, "axis", 2);
-  CHECK_ERROR(run(b, NULL, in, 1, &y), KILN_INVALID_ARGUMENT, "axis 2 is the real/imaginary dimension");
-  b = one_node("DFT", in, 1, 1, &node);
+  CHECK_ERROR(oh_run_once(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "axis 2 is the real/imaginary dimension");
+  b = oh_model(17, "DFT", in, 1, 1, &node);
   tb_attr_int(node, "axis", 3);
-  CHECK_ERROR(run(b, NULL, in, 1, &y), KILN_INVALID_ARGUMENT, "axis 3 is out of range for rank 3");
-  b = one_node("DFT", in, 1, 1, &node);
+  CHECK_ERROR(oh_run_once(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "axis 3 is out of range for rank 3");
+  b = oh_model(17, "DFT", in, 1, 1, &node);
   tb_attr_int(node, "onesided", 2);
-  CHECK_ERROR(run(b, NULL, in, 1, &y), KILN_INVALID_ARGUMENT, "onesided and inverse must be 0 or 1");
+  CHECK_ERROR(oh_run_once(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "onesided and inverse must be 0 or 1");
   in[1] = &zero;
-  CHECK_ERROR(run(one_node("DFT", in, 2, 1, &node), NULL, in, 2, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "DFT", in, 2, 1, &node), in, 2, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "dft_length must be positive, got 0");
   /* an odd, non-power-of-two length padded from an empty signal is all zeros */
-  kiln_tensor empty, seven = scalar_i64(7);
+  kiln_tensor empty, seven = oh_scalar(7);
   CHECK_OK(kiln_tensor_alloc(&empty, KILN_FLOAT, 3, (int64_t[]){2, 0, 2}));
   in[0] = &empty, in[1] = &seven;
-  CHECK_OK(run(one_node("DFT", in, 2, 1, &node), NULL, in, 2, &y));
+  CHECK_OK(oh_run_once(oh_model(17, "DFT", in, 2, 1, &node), in, 2, 0, &y, 1, 1));
   CHECK(y.rank == 3 && y.dims[0] == 2 && y.dims[1] == 7 && y.dims[2] == 2);
   for (int i = 0; i < 28 && y.data; i++) CHECK(((float *)y.data)[i] == 0);
   kiln_tensor_release(&y);
@@ -181,21 +113,19 @@ static void test_dft_bad_inputs(void) {
 }
 
 static void test_stft(void) {
-  kiln_pool *pool;
-  CHECK_OK(kiln_pool_create(2, &pool));
   for (int trial = 0; trial < 12; trial++) {
-    int64_t frame = 1 + irand(trial < 10 ? 20 : 300), length = frame + irand(trial < 10 ? 40 : 2000), step = 1 + irand(7);
-    int comps = 1 + (int)irand(2), onesided = comps == 1 && irand(2), batch = 1 + irand(2);
-    kiln_tensor x, window, frame_t = scalar_i64(frame), step_t = scalar_i64(step), y = {0};
+    int64_t frame = oh_int(1, trial < 10 ? 20 : 300), length = frame + oh_int(0, trial < 10 ? 39 : 1999), step = oh_int(1, 7);
+    int comps = (int)oh_int(1, 2), onesided = comps == 1 && oh_int(0, 1), batch = oh_int(1, 2);
+    kiln_tensor x, window, frame_t = oh_scalar(frame), step_t = oh_scalar(step), y = {0};
     CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 3, (int64_t[]){batch, length, comps}));
     CHECK_OK(kiln_tensor_alloc(&window, KILN_FLOAT, 1, &frame));
-    for (int64_t i = 0; i < kiln_tensor_numel(&x); i++) ((float *)x.data)[i] = (float)frand();
-    for (int64_t i = 0; i < frame; i++) ((float *)window.data)[i] = (float)frand();
+    oh_fill_uniform(&x, -1, 1);
+    oh_fill_uniform(&window, -1, 1);
     tb_node *node;
     const kiln_tensor *in[4] = {&x, &step_t, &window, trial % 2 ? &frame_t : NULL};
-    tb_model *b = one_node("STFT", in, 4, 1, &node);
+    tb_model *b = oh_model(17, "STFT", in, 4, 1, &node);
     tb_attr_int(node, "onesided", onesided);
-    CHECK_OK(run(b, trial % 2 ? pool : NULL, in, 4, &y));
+    CHECK_OK(oh_run_once(b, in, 4, 0, &y, 1, trial % 2 ? 2 : 1));
     int64_t frames = (length - frame) / step + 1, out_len = onesided ? frame / 2 + 1 : frame;
     CHECK(y.rank == 4 && y.dims[0] == batch && y.dims[1] == frames && y.dims[2] == out_len && y.dims[3] == 2);
     double *line = malloc((size_t)(2 * frame) * sizeof *line), *want = malloc((size_t)(2 * frame) * sizeof *want);
@@ -222,27 +152,26 @@ static void test_stft(void) {
     kiln_tensor_release(&frame_t);
     kiln_tensor_release(&step_t);
   }
-  kiln_pool_free(pool);
 }
 
 static void test_stft_bad_inputs(void) {
-  kiln_tensor x, window, y = {0}, step = scalar_i64(2), len = scalar_i64(5), zero = scalar_i64(0), long_len = scalar_i64(20);
+  kiln_tensor x, window, y = {0}, step = oh_scalar(2), len = oh_scalar(5), zero = oh_scalar(0), long_len = oh_scalar(20);
   CHECK_OK(kiln_tensor_alloc(&x, KILN_FLOAT, 3, (int64_t[]){1, 16, 1}));
   CHECK_OK(kiln_tensor_alloc(&window, KILN_FLOAT, 1, (int64_t[]){4}));
   tb_node *node;
   const kiln_tensor *in[4] = {&x, &step, &window, &len};
-  CHECK_ERROR(run(one_node("STFT", in, 4, 1, &node), NULL, in, 4, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "STFT", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "frame_length 5 differs from the window's length 4");
   in[2] = NULL;
   in[3] = NULL;
-  CHECK_ERROR(run(one_node("STFT", in, 4, 1, &node), NULL, in, 4, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "STFT", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "either window or frame_length must be given");
   in[3] = &long_len;
-  CHECK_ERROR(run(one_node("STFT", in, 4, 1, &node), NULL, in, 4, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "STFT", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "frame length 20 must be between 1 and the signal length 16");
   in[1] = &zero;
   in[3] = &len;
-  CHECK_ERROR(run(one_node("STFT", in, 4, 1, &node), NULL, in, 4, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "STFT", in, 4, 1, &node), in, 4, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "frame_step must be positive, got 0");
   kiln_tensor_release(&x);
   kiln_tensor_release(&window);
@@ -253,30 +182,30 @@ static void test_stft_bad_inputs(void) {
 }
 
 static void test_windows(void) {
-  kiln_tensor size = scalar_i64(8), one = scalar_i64(1), y = {0};
+  kiln_tensor size = oh_scalar(8), one = oh_scalar(1), y = {0};
   tb_node *node;
   const kiln_tensor *in[1] = {&size};
   /* periodic Hann of 8 points = the first 8 of a symmetric one of 9, in double */
-  tb_model *b = one_node("HannWindow", in, 1, 1, &node);
+  tb_model *b = oh_model(17, "HannWindow", in, 1, 1, &node);
   tb_attr_int(node, "output_datatype", KILN_DOUBLE);
-  CHECK_OK(run(b, NULL, in, 1, &y));
+  CHECK_OK(oh_run_once(b, in, 1, 0, &y, 1, 1));
   CHECK(y.dtype == KILN_DOUBLE && y.rank == 1 && y.dims[0] == 8);
   for (int k = 0; k < 8 && y.dtype == KILN_DOUBLE; k++)
     CHECK_NEAR(((double *)y.data)[k], 0.5 - 0.5 * cos(2 * PI * k / 8), 1e-12);
   kiln_tensor_release(&y);
   /* a symmetric window of one point is [1] */
   in[0] = &one;
-  b = one_node("BlackmanWindow", in, 1, 1, &node);
+  b = oh_model(17, "BlackmanWindow", in, 1, 1, &node);
   tb_attr_int(node, "periodic", 0);
-  CHECK_OK(run(b, NULL, in, 1, &y));
+  CHECK_OK(oh_run_once(b, in, 1, 0, &y, 1, 1));
   CHECK(y.dims[0] == 1 && ((float *)y.data)[0] == 1.0f);
   kiln_tensor_release(&y);
-  b = one_node("HammingWindow", in, 1, 1, &node);
+  b = oh_model(17, "HammingWindow", in, 1, 1, &node);
   tb_attr_int(node, "output_datatype", KILN_STRING);
-  CHECK_ERROR(run(b, NULL, in, 1, &y), KILN_INVALID_ARGUMENT, "output_datatype 8 is not a numeric tensor type");
-  kiln_tensor neg = scalar_i64(-1);
+  CHECK_ERROR(oh_run_once(b, in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT, "output_datatype 8 is not a numeric tensor type");
+  kiln_tensor neg = oh_scalar(-1);
   in[0] = &neg;
-  CHECK_ERROR(run(one_node("HannWindow", in, 1, 1, &node), NULL, in, 1, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "HannWindow", in, 1, 1, &node), in, 1, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "size must not be negative, got -1");
   kiln_tensor_release(&neg);
   kiln_tensor_release(&size);
@@ -284,19 +213,19 @@ static void test_windows(void) {
 }
 
 static void test_mel(void) {
-  kiln_tensor bins = scalar_i64(6), dft = scalar_i64(15), rate = scalar_i64(16000), lo, hi, y = {0};
+  kiln_tensor bins = oh_scalar(6), dft = oh_scalar(15), rate = oh_scalar(16000), lo, hi, y = {0};
   CHECK_OK(kiln_tensor_alloc(&lo, KILN_FLOAT, 0, NULL));
   CHECK_OK(kiln_tensor_alloc(&hi, KILN_FLOAT, 0, NULL));
   *(float *)lo.data = 0;
   *(float *)hi.data = 8000; /* Nyquist: with an odd dft_length the last corner falls off the matrix */
   tb_node *node;
   const kiln_tensor *in[5] = {&bins, &dft, &rate, &lo, &hi};
-  CHECK_OK(run(one_node("MelWeightMatrix", in, 5, 1, &node), NULL, in, 5, &y));
+  CHECK_OK(oh_run_once(oh_model(17, "MelWeightMatrix", in, 5, 1, &node), in, 5, 0, &y, 1, 1));
   CHECK(y.rank == 2 && y.dims[0] == 8 && y.dims[1] == 6);
   for (int64_t i = 0; i < kiln_tensor_numel(&y); i++) CHECK(((float *)y.data)[i] >= 0 && ((float *)y.data)[i] <= 1);
   kiln_tensor_release(&y);
   *(float *)hi.data = -1;
-  CHECK_ERROR(run(one_node("MelWeightMatrix", in, 5, 1, &node), NULL, in, 5, &y), KILN_INVALID_ARGUMENT,
+  CHECK_ERROR(oh_run_once(oh_model(17, "MelWeightMatrix", in, 5, 1, &node), in, 5, 0, &y, 1, 1), KILN_INVALID_ARGUMENT,
               "need 0 <= lower_edge_hertz <= upper_edge_hertz");
   kiln_tensor_release(&bins);
   kiln_tensor_release(&dft);

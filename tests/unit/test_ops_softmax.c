@@ -1,105 +1,7 @@
 /* The softmax family (Softmax, LogSoftmax, Hardmax) against naive reference loops: both axis
  * semantics (opset 11's 2-D coercion, opset 13's single axis), the row path and the column-tile
  * path, one thread and a 2-thread pool; float16/bfloat16/double; extreme inputs; bad inputs. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "ops/util.h"
-#include "test.h"
-
-#include <stdint.h>
-
-/* ---- harness: one-node models built in memory */
-
-static uint64_t rng = 0x9E3779B97F4A7C15u;
-
-static uint32_t next_u32(void) {
-  rng = rng * 6364136223846793005u + 1442695040888963407u;
-  return (uint32_t)(rng >> 33);
-}
-
-static int64_t rand_int(int64_t lo, int64_t hi) { return lo + (int64_t)(next_u32() % (uint32_t)(hi - lo + 1)); }
-static float rand_float(void) { return (float)next_u32() / 2147483648.0f - 1.0f; }
-
-static kiln_tensor make(kiln_dtype dtype, int rank, const int64_t *dims) {
-  kiln_tensor t;
-  kiln_status s = kiln_tensor_alloc(&t, dtype, rank, dims);
-  if (s) abort();
-  return t;
-}
-
-/* Adds a node whose inputs x0.. are graph inputs, or initializers where const_mask has their bit
- * (NULL entries are absent inputs), with outputs y0... */
-static tb_node *add_node(tb_model *b, const char *op, const kiln_tensor *const *in, int n_in, unsigned const_mask,
-                         int n_out) {
-  char ins[128] = "", outs[128] = "", name[16];
-  for (int i = 0; i < n_in; i++) {
-    snprintf(name, sizeof name, "x%d", i);
-    if (in[i] && (const_mask >> i & 1))
-      tb_initializer(b, name, in[i]);
-    else if (in[i])
-      tb_input(b, name, in[i]->dtype, in[i]->rank, in[i]->dims);
-    snprintf(ins + strlen(ins), sizeof ins - strlen(ins), "%s%s", i ? "," : "", in[i] ? name : "");
-  }
-  for (int i = 0; i < n_out; i++) {
-    snprintf(name, sizeof name, "y%d", i);
-    tb_output(b, name, KILN_FLOAT);
-    snprintf(outs + strlen(outs), sizeof outs - strlen(outs), "%s%s", i ? "," : "", name);
-  }
-  return tb_add_node(b, op, ins, outs);
-}
-
-/* Loads and runs the model twice (the second run uses the planned arena) on `threads` threads;
- * copies the outputs of the last run into out. Frees the builder. */
-static kiln_status run(tb_model *b, const kiln_tensor *const *in, int n_in, unsigned const_mask, kiln_tensor *out,
-                       int n_out, int threads) {
-  kiln_model *m = NULL;
-  kiln_session *session = NULL;
-  kiln_pool *pool = NULL;
-  kiln_status s = tb_load(b, &m);
-  tb_free(b);
-  if (!s && threads > 1) s = kiln_pool_create(threads, &pool);
-  kiln_session_options opt = {.pool = pool};
-  if (!s) s = kiln_session_create(m, &opt, &session);
-  const kiln_tensor *inputs[8], *outputs[8];
-  int k = 0;
-  for (int i = 0; i < n_in; i++)
-    if (in[i] && !(const_mask >> i & 1)) inputs[k++] = in[i];
-  for (int rep = 0; rep < 2 && !s; rep++) s = kiln_session_run_tensors(session, inputs, outputs);
-  for (int i = 0; i < n_out && !s; i++) s = kiln_tensor_copy(&out[i], outputs[i]);
-  kiln_session_free(session);
-  kiln_model_free(m);
-  kiln_pool_free(pool);
-  return s;
-}
-
-static void release(kiln_tensor *t, int n) {
-  for (int i = 0; i < n; i++) kiln_tensor_release(&t[i]);
-}
-
-/* Elementwise comparison: |got - want| <= tol * max(1, |want|); NaNs and same-signed infinities
- * match. Reports the first mismatch with `what`. */
-static int close_to(const kiln_tensor *got, const kiln_tensor *want, double tol, const char *what) {
-  if (got->dtype != want->dtype || got->rank != want->rank) {
-    fprintf(stderr, "%s: got %s rank %d, want %s rank %d\n", what, kiln_dtype_name(got->dtype), got->rank,
-            kiln_dtype_name(want->dtype), want->rank);
-    return 0;
-  }
-  for (int d = 0; d < got->rank; d++)
-    if (got->dims[d] != want->dims[d]) {
-      fprintf(stderr, "%s: dimension %d is %lld, want %lld\n", what, d, (long long)got->dims[d],
-              (long long)want->dims[d]);
-      return 0;
-    }
-  for (int64_t i = 0; i < kiln_tensor_numel(got); i++) {
-    double g = kiln_tensor_get_f64(got, i), w = kiln_tensor_get_f64(want, i);
-    if ((isnan(g) && isnan(w)) || g == w) continue;
-    if (!(fabs(g - w) <= tol * (fabs(w) > 1 ? fabs(w) : 1))) {
-      fprintf(stderr, "%s: element %lld is %.9g, want %.9g\n", what, (long long)i, g, w);
-      return 0;
-    }
-  }
-  return 1;
-}
+#include "op_harness.h"
 
 /* ---------------------------------------------------------------- reference */
 
@@ -108,7 +10,7 @@ static const char *const names[] = {"Softmax", "LogSoftmax", "Hardmax"};
 
 /* Normalizes along [outer, n, inner] in double. */
 static kiln_tensor reference(int kind, const kiln_tensor *x, int opset, int axis) {
-  kiln_tensor want = make(x->dtype, x->rank, x->dims);
+  kiln_tensor want = oh_tensor(x->dtype, x->rank, x->dims);
   int64_t n = opset < 13 ? kx_prod(x->dims, axis, x->rank) : x->dims[axis];
   int64_t inner = opset < 13 ? 1 : kx_prod(x->dims, axis + 1, x->rank);
   int64_t lines = n ? kiln_tensor_numel(x) / n : 0;
@@ -135,8 +37,8 @@ static kiln_tensor reference(int kind, const kiln_tensor *x, int opset, int axis
 static kiln_status run_kind(int kind, int opset, const kiln_tensor *x, int64_t axis, kiln_tensor *y, int threads) {
   tb_model *b = tb_new(opset);
   const kiln_tensor *in[1] = {x};
-  tb_attr_int(add_node(b, names[kind], in, 1, 0, 1), "axis", axis);
-  return run(b, in, 1, 0, y, 1, threads);
+  tb_attr_int(oh_node(b, names[kind], in, 1, 0, 1), "axis", axis);
+  return oh_run(b, in, 1, 0, y, 1, threads);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -147,22 +49,22 @@ static kiln_status run_kind(int kind, int opset, const kiln_tensor *x, int64_t a
 static void test_random(void) {
   static const int64_t sizes[] = {1, 2, 3, 7, 8, 13, 64, 129, 300};
   for (int iter = 0; iter < 180; iter++) {
-    int kind = iter % 3, opset = iter / 3 % 2 ? 13 : 11, rank = (int)rand_int(1, 4);
+    int kind = iter % 3, opset = iter / 3 % 2 ? 13 : 11, rank = (int)oh_int(1, 4);
     int64_t dims[KILN_MAX_RANK], total = 1;
     for (int d = 0; d < rank; d++) {
-      dims[d] = sizes[rand_int(0, 8)];
+      dims[d] = sizes[oh_int(0, 8)];
       if (total * dims[d] > 200000) dims[d] = 1;
       total *= dims[d];
     }
-    int axis = (int)rand_int(0, rank - 1);
-    kiln_tensor x = make(KILN_FLOAT, rank, dims), y = {0};
-    for (int64_t i = 0; i < total; i++) ((float *)x.data)[i] = rand_float() * 8;
+    int axis = (int)oh_int(0, rank - 1);
+    kiln_tensor x = oh_tensor(KILN_FLOAT, rank, dims), y = {0};
+    oh_fill_uniform(&x, -8, 8);
     kiln_tensor want = reference(kind, &x, opset, axis);
-    CHECK_OK(run_kind(kind, opset, &x, rand_int(0, 1) ? axis : axis - rank, &y, iter % 2 ? 2 : 1));
+    CHECK_OK(run_kind(kind, opset, &x, oh_int(0, 1) ? axis : axis - rank, &y, iter % 2 ? 2 : 1));
     char what[96];
     snprintf(what, sizeof what, "%s opset %d rank %d axis %d", names[kind], opset, rank, axis);
-    CHECK(close_to(&y, &want, 1e-5, what));
-    release(&x, 1);
+    CHECK(oh_close_to(&y, &want, 1e-5, what));
+    oh_release(&x, 1);
     kiln_tensor_release(&y);
     kiln_tensor_release(&want);
   }
@@ -173,16 +75,16 @@ static void test_float_types(void) {
   for (int t = 0; t < 3; t++)
     for (int kind = 0; kind < 3; kind++)
       for (int axis = 0; axis < 3; axis++) {
-        kiln_tensor x = make(types[t], 3, (int64_t[]){4, 5, 70}), y = {0};
-        for (int64_t i = 0; i < 4 * 5 * 70; i++) kx_set_f64(&x, i, rand_float() * 4);
+        kiln_tensor x = oh_tensor(types[t], 3, (int64_t[]){4, 5, 70}), y = {0};
+        oh_fill_uniform(&x, -4, 4);
         kiln_tensor want = reference(kind, &x, 13, axis);
         CHECK_OK(run_kind(kind, 13, &x, axis, &y, 2));
-        CHECK(close_to(&y, &want,
+        CHECK(oh_close_to(&y, &want,
                        types[t] == KILN_DOUBLE    ? 1e-12
                        : types[t] == KILN_FLOAT16 ? 2e-3
                                                   : 1e-2,
                        names[kind]));
-        release(&x, 1);
+        oh_release(&x, 1);
         kiln_tensor_release(&y);
         kiln_tensor_release(&want);
       }
@@ -190,7 +92,7 @@ static void test_float_types(void) {
 
 /* exp's polynomial over the whole range softmax feeds it: softmax([0, -t]) for t up to 87. */
 static void test_exp_range(void) {
-  kiln_tensor x = make(KILN_FLOAT, 2, (int64_t[]){871, 2}), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 2, (int64_t[]){871, 2}), y = {0};
   for (int i = 0; i < 871; i++) {
     ((float *)x.data)[2 * i] = 0;
     ((float *)x.data)[2 * i + 1] = -(float)i / 10;
@@ -205,48 +107,48 @@ static void test_exp_range(void) {
     }
   }
   kiln_tensor_release(&y);
-  release(&x, 1);
+  oh_release(&x, 1);
 }
 
 /* Large values, masked (-inf) entries, constant rows. */
 static void test_extremes(void) {
   const float inf = INFINITY;
   const float v[4][4] = {{1000, 1001, 1002, 1003}, {-inf, 0, -inf, 1}, {5, 5, 5, 5}, {-3e38f, 3e38f, 0, -1}};
-  kiln_tensor x = make(KILN_FLOAT, 2, (int64_t[]){4, 4}), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 2, (int64_t[]){4, 4}), y = {0};
   memcpy(x.data, v, sizeof v);
   for (int kind = 0; kind < 3; kind++) {
     kiln_tensor want = reference(kind, &x, 13, 1);
     CHECK_OK(run_kind(kind, 13, &x, 1, &y, 1));
-    CHECK(close_to(&y, &want, 1e-6, names[kind]));
+    CHECK(oh_close_to(&y, &want, 1e-6, names[kind]));
     kiln_tensor_release(&y);
     kiln_tensor_release(&want);
   }
-  release(&x, 1);
+  oh_release(&x, 1);
 }
 
 static void test_empty(void) {
   const int64_t shapes[2][2] = {{0, 4}, {3, 0}};
   for (int i = 0; i < 2; i++)
     for (int kind = 0; kind < 3; kind++) {
-      kiln_tensor x = make(KILN_FLOAT, 2, shapes[i]), y = {0};
+      kiln_tensor x = oh_tensor(KILN_FLOAT, 2, shapes[i]), y = {0};
       CHECK_OK(run_kind(kind, 13, &x, 1, &y, 1));
       CHECK(y.rank == 2 && y.dims[0] == shapes[i][0] && y.dims[1] == shapes[i][1]);
-      release(&x, 1);
+      oh_release(&x, 1);
       kiln_tensor_release(&y);
     }
 }
 
 static void test_errors(void) {
-  kiln_tensor x = make(KILN_FLOAT, 2, (int64_t[]){2, 3}), y = {0};
+  kiln_tensor x = oh_tensor(KILN_FLOAT, 2, (int64_t[]){2, 3}), y = {0};
   CHECK_ERROR(run_kind(SOFTMAX, 13, &x, 2, &y, 1), KILN_INVALID_ARGUMENT, "axis 2 is out of range for rank 2");
   CHECK_ERROR(run_kind(LOG_SOFTMAX, 11, &x, -3, &y, 1), KILN_INVALID_ARGUMENT, "axis -3 is out of range for rank 2");
-  kiln_tensor scalar = make(KILN_FLOAT, 0, NULL);
+  kiln_tensor scalar = oh_tensor(KILN_FLOAT, 0, NULL);
   CHECK_ERROR(run_kind(HARDMAX, 13, &scalar, -1, &y, 1), KILN_INVALID_ARGUMENT, "out of range for rank 0");
-  kiln_tensor ints = make(KILN_INT32, 2, (int64_t[]){2, 3});
+  kiln_tensor ints = oh_tensor(KILN_INT32, 2, (int64_t[]){2, 3});
   CHECK_ERROR(run_kind(SOFTMAX, 13, &ints, 1, &y, 1), KILN_UNIMPLEMENTED, "dtype int32");
-  release(&x, 1);
-  release(&scalar, 1);
-  release(&ints, 1);
+  oh_release(&x, 1);
+  oh_release(&scalar, 1);
+  oh_release(&ints, 1);
 }
 
 TEST_MAIN(TEST(test_random), TEST(test_float_types), TEST(test_exp_range), TEST(test_extremes), TEST(test_empty),

@@ -1,27 +1,7 @@
 /* StringNormalizer (UTF-8 case mapping, stopwords, the all-dropped case, malformed UTF-8) and
  * TfIdfVectorizer (string pools, IDF / TFIDF weights, skips, batches, threads) against naive
  * references. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
-
-static void tb_attr_strings(tb_node *n, const char *name, int count, const char *const *v) {
-  Onnx__AttributeProto *a = tb_attr(n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRINGS);
-  a->n_strings = (size_t)count;
-  a->strings = calloc((size_t)count + 1, sizeof *a->strings);
-  for (int i = 0; i < count; i++) {
-    a->strings[i].len = strlen(v[i]);
-    a->strings[i].data = (uint8_t *)strdup(v[i]);
-  }
-}
-
-/* A string tensor viewing the caller's pointers. */
-static kiln_tensor strings(int rank, const int64_t *dims, const char *const *v) {
-  kiln_tensor t = {0};
-  kiln_tensor_set_shape(&t, KILN_STRING, rank, dims);
-  t.data = (void *)v;
-  return t;
-}
+#include "op_harness.h"
 
 /* Runs a one-input model; *out stays valid until the session is freed. */
 static kiln_status run1(kiln_model *m, kiln_session **s, const kiln_tensor *x, const kiln_tensor **out, kiln_pool *pool) {
@@ -38,10 +18,7 @@ static kiln_model *normalizer(const char *action, int sensitive, int n_stop, con
   tb_attr_string(n, "case_change_action", action);
   tb_attr_int(n, "is_case_sensitive", sensitive);
   if (n_stop) tb_attr_strings(n, "stopwords", n_stop, stop);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  return m;
+  return oh_load(b);
 }
 
 static int strings_are(const kiln_tensor *t, int n, const char *const *want) {
@@ -68,7 +45,7 @@ static void test_normalizer(void) {
     kiln_model *m = normalizer(cases[k].action, cases[k].sensitive, 2, stop);
     if (!m) return;
     kiln_session *s = NULL;
-    kiln_tensor x = strings(2, (int64_t[]){1, 5}, words);
+    kiln_tensor x = oh_view(KILN_STRING, 2, (int64_t[]){1, 5}, words);
     const kiln_tensor *y;
     CHECK_OK(run1(m, &s, &x, &y, NULL));
     if (s) CHECK(y->rank == 2 && y->dims[0] == 1 && strings_are(y, cases[k].n, cases[k].want));
@@ -83,17 +60,17 @@ static void test_normalizer_edges(void) {
   if (!m) return;
   kiln_session *s = NULL;
   const char *all[] = {"MONDAY", "Monday"};
-  kiln_tensor x = strings(1, (int64_t[]){2}, all);
+  kiln_tensor x = oh_view(KILN_STRING, 1, (int64_t[]){2}, all);
   const kiln_tensor *y;
   CHECK_OK(run1(m, &s, &x, &y, NULL)); /* everything dropped: one empty string */
   if (s) CHECK(y->rank == 1 && y->dims[0] == 1 && strings_are(y, 1, (const char *[]){""}));
   const char *bad[] = {"ok", "\xc3("};
-  x = strings(1, (int64_t[]){2}, bad);
+  x = oh_view(KILN_STRING, 1, (int64_t[]){2}, bad);
   if (s) CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x}, &y), KILN_INVALID_ARGUMENT, "string 1 is not valid UTF-8");
-  x = strings(2, (int64_t[]){2, 1}, all);
+  x = oh_view(KILN_STRING, 2, (int64_t[]){2, 1}, all);
   if (s) CHECK_ERROR(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x}, &y), KILN_INVALID_ARGUMENT,
                      "input must be a string tensor of shape [C] or [1, C], got string[2,1]");
-  x = strings(1, (int64_t[]){0}, all);
+  x = oh_view(KILN_STRING, 1, (int64_t[]){0}, all);
   if (s) CHECK_OK(kiln_session_run_tensors(s, (const kiln_tensor *[]){&x}, &y));
   if (s) CHECK(strings_are(y, 1, (const char *[]){""}));
   kiln_session_free(s);
@@ -133,10 +110,7 @@ static kiln_model *tfidf_model(const tfidf_spec *sp) {
   tb_attr_ints(n, "ngram_counts", sp->n_counts, sp->counts);
   tb_attr_ints(n, "ngram_indexes", sp->n_grams, sp->indexes);
   if (sp->weights) tb_attr_floats(n, "weights", sp->n_grams, sp->weights);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
-  return m;
+  return oh_load(b);
 }
 
 /* The naive reference: every (skip, start, length) window compared with every pool n-gram,
@@ -179,7 +153,7 @@ static void test_tfidf(void) {
         kiln_model *m = tfidf_model(&sp);
         if (!m) return;
         kiln_session *s = NULL;
-        kiln_tensor x = strings(2, (int64_t[]){3, 4}, tokens);
+        kiln_tensor x = oh_view(KILN_STRING, 2, (int64_t[]){3, 4}, tokens);
         const kiln_tensor *y;
         CHECK_OK(run1(m, &s, &x, &y, threads));
         if (s) {
@@ -209,15 +183,10 @@ static void test_tfidf_errors(void) {
   tb_attr_strings(n, "pool_strings", 3, pool);
   tb_attr_ints(n, "ngram_counts", 2, counts); /* the bigram segment has 2 tokens: one bigram */
   tb_attr_ints(n, "ngram_indexes", 2, indexes);
-  kiln_model *m = NULL;
-  CHECK_OK(tb_load(b, &m));
-  tb_free(b);
+  kiln_model *m = oh_load(b);
   if (!m) return;
   kiln_session *s = NULL;
-  int64_t ints[2] = {1, 2};
-  kiln_tensor x = {0};
-  kiln_tensor_set_shape(&x, KILN_INT64, 1, (int64_t[]){2});
-  x.data = ints;
+  kiln_tensor x = oh_view(KILN_INT64, 1, (int64_t[]){2}, (int64_t[]){1, 2});
   const kiln_tensor *y;
   CHECK_ERROR(run1(m, &s, &x, &y, NULL), KILN_INVALID_ARGUMENT, "input has dtype int64 but the pool holds strings");
   kiln_session_free(s);
