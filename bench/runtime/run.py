@@ -5,8 +5,8 @@
 
 Exports the reference models with PyTorch (models.py) into bench/.cache/models, installs the
 ONNX Runtime peer (npm onnxruntime-node, CLARIFICATIONS.md) into bench/.cache/ort, then measures
-each model at batch 1 and 64, on 1 thread and on all cores, kiln and ORT alternately, each in its
-own process. Prints a table of throughput ratios (kiln / ORT), latency, load time and peak RSS,
+each model at batch 1 and 64, on 1 thread and on all cores, kiln and ORT alternately (--repeat
+times each; the median counts), each in its own process. Prints a table of throughput ratios (kiln / ORT), latency, load time and peak RSS,
 then the geometric mean of the ratios. Absolute times on shared machines are noise; the ratios
 measured side by side are the result.
 """
@@ -51,12 +51,19 @@ def measure(cmd, env=None):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def median(results):
+    """The measurement with the median throughput."""
+    return sorted(results, key=lambda r: r["throughput_per_s"])[len(results) // 2]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kiln", default=os.path.join(ROOT, "build", "kiln"))
     ap.add_argument("--models", default=",".join(ALL_MODELS))
     ap.add_argument("--batches", default="1,64")
-    ap.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
+    ap.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="measurements per runtime and configuration, alternating; the median counts")
     args = ap.parse_args()
     names = args.models.split(",")
     models = ensure_models(names)
@@ -74,10 +81,13 @@ def main():
         path = os.path.join(models, name + ".onnx")
         for batch in [int(b) for b in args.batches.split(",")]:
             for threads in sorted({1, cores}):
-                k = measure([args.kiln, "bench", path, "--batch", str(batch), "--threads", str(threads), "--iters", "100000",
-                             "--max-seconds", str(args.seconds), "--json"])
-                o = measure(["node", os.path.join(HERE, "ort_bench.js"), path, str(batch), str(threads), "100000",
-                             str(args.seconds)], env=env)
+                ks, os_ = [], []
+                for _ in range(args.repeat):  # alternate, so drifting load hits both sides alike
+                    ks.append(measure([args.kiln, "bench", path, "--batch", str(batch), "--threads", str(threads),
+                                       "--iters", "100000", "--max-seconds", str(args.seconds), "--json"]))
+                    os_.append(measure(["node", os.path.join(HERE, "ort_bench.js"), path, str(batch), str(threads),
+                                        "100000", str(args.seconds)], env=env))
+                k, o = median(ks), median(os_)
                 ratio = k["throughput_per_s"] / o["throughput_per_s"]
                 ratios.append(ratio)
                 if worst is None or ratio < worst[0]:
