@@ -8,7 +8,7 @@ packages="
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
   libonnx-dev libonnx-testdata
-  libopenblas-dev
+  libopenblas-dev                  # the peer of bench/gemm; libkiln does not link it
   python3 python3-numpy python3-onnx python3-torch
   nodejs
 "
