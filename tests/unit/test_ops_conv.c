@@ -2,31 +2,12 @@
  * path (pointwise, depthwise 3x3 stride 1/2 and general, direct small-channel kernels, im2col
  * with several GEMM blocks, Winograd, groups, 1-D/3-D, padding modes), with 1 and 2 threads,
  * with and without a fused activation; plus malformed inputs. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
+#include "op_harness.h"
 
 /* ------------------------------------------------------------------ harness */
 
-static uint64_t rng_state = 88172645463325252ull;
-static double rnd(void) { /* uniform in [-1, 1) */
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (double)(rng_state >> 11) / (double)(1ull << 52) - 1.0;
-}
-
 static kiln_tensor random_tensor(kiln_dtype dtype, int rank, const int64_t *dims) {
-  kiln_tensor t;
-  if (kiln_tensor_alloc(&t, dtype, rank, dims)) abort();
-  int64_t n = kiln_tensor_numel(&t);
-  for (int64_t i = 0; i < n; i++) {
-    double v = rnd();
-    if (dtype == KILN_FLOAT) ((float *)t.data)[i] = (float)v;
-    else if (dtype == KILN_DOUBLE) ((double *)t.data)[i] = v;
-    else if (dtype == KILN_FLOAT16) ((uint16_t *)t.data)[i] = kiln_float_to_half((float)v);
-  }
-  return t;
+  return oh_uniform_tensor(dtype, rank, dims, -1, 1);
 }
 
 /* Element 0 of a float, double or float16 tensor. */

@@ -2,38 +2,15 @@
  * path (single-row products, both transposes, several GEMM blocks, batched broadcasting, folded
  * and parallel batches, integer and narrow-float types), with 1 and 2 threads; plus malformed
  * inputs. */
-#include "kiln/graph.h"
-#include "onnx_builder.h"
-#include "test.h"
+#include "op_harness.h"
 
 /* ------------------------------------------------------------------ harness */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static double rnd(void) { /* uniform in [-1, 1) */
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (double)(rng_state >> 11) / (double)(1ull << 52) - 1.0;
-}
-
+/* Floats uniform in [-1, 1); integers in [-50, 50) ([0, 100) unsigned). */
 static kiln_tensor random_tensor(kiln_dtype dtype, int rank, const int64_t *dims) {
-  kiln_tensor t;
-  if (kiln_tensor_alloc(&t, dtype, rank, dims)) abort();
-  int64_t n = kiln_tensor_numel(&t);
-  for (int64_t i = 0; i < n; i++) {
-    double v = rnd();
-    switch (dtype) {
-    case KILN_FLOAT: ((float *)t.data)[i] = (float)v; break;
-    case KILN_DOUBLE: ((double *)t.data)[i] = v; break;
-    case KILN_FLOAT16: ((uint16_t *)t.data)[i] = kiln_float_to_half((float)v); break;
-    case KILN_BFLOAT16: ((uint16_t *)t.data)[i] = kiln_float_to_bfloat16((float)v); break;
-    case KILN_INT32: ((int32_t *)t.data)[i] = (int32_t)(v * 50); break;
-    case KILN_INT64: ((int64_t *)t.data)[i] = (int64_t)(v * 50); break;
-    case KILN_UINT32: ((uint32_t *)t.data)[i] = (uint32_t)(v * 50 + 50); break;
-    default: abort();
-    }
-  }
-  return t;
+  if (dtype == KILN_UINT32) return oh_uniform_tensor(dtype, rank, dims, 0, 100);
+  if (dtype == KILN_INT32 || dtype == KILN_INT64) return oh_uniform_tensor(dtype, rank, dims, -50, 50);
+  return oh_uniform_tensor(dtype, rank, dims, -1, 1);
 }
 
 static double get(const kiln_tensor *t, int64_t i) { return kiln_tensor_get_f64(t, i); }
