@@ -3,12 +3,14 @@
 # Idempotent: apt-get skips what is already installed. Uses sudo when not root.
 set -eu
 
+# libopenblas-dev is bench/gemm's peer (libkiln does not link it); python3-onnx/-torch write the
+# reference models and outputs; nodejs runs the ONNX Runtime peer of bench/runtime.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
   libonnx-dev libonnx-testdata
-  libopenblas-dev                  # the peer of bench/gemm; libkiln does not link it
+  libopenblas-dev
   python3 python3-numpy python3-onnx python3-torch
   nodejs
 "
