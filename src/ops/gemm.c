@@ -11,10 +11,10 @@
  * its own over C.
  *
  * Why not OpenBLAS (DESIGN.md's first choice): bench/gemm times both on the models' shapes. On two
- * cores this kernel is 2.6x faster on GEMV (batch 1), level on batch-64 dense layers and 1.3-2x
- * faster on the tall-skinny products of late and pointwise convolutions, where OpenBLAS's blocking
- * and thread split fit badly; OpenBLAS is 10-20 % faster on large square products (transformer
- * projections, early ResNet layers). What tips it: kiln packs convolution patches straight into
+ * cores this kernel is 2-3x faster on GEMV (batch 1), where OpenBLAS's per-call overhead
+ * dominates, and within 15 % either way on batch-64 dense layers and the tall-skinny products of
+ * late and pointwise convolutions; OpenBLAS is 5-25 % faster on large products (transformer
+ * projections, ResNet's middle layers). What tips it: kiln packs convolution patches straight into
  * the panels (no im2col buffer), fuses bias and activation into the store, and splits work in
  * its own pool, with no second thread pool competing for the cores. */
 #include "ops/gemm.h"
