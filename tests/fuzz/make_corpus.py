@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Writes the seed inputs of the fuzz targets into tests/fuzz/corpus/{model,npy,proto}.
 Seeds are small, valid or nearly valid inputs that reach every branch of the parsers; regression
-inputs (crashes found so far) sit beside them under names starting with "crash-".
+inputs (crashes found so far) sit beside them under names starting with "crash-", and so do the
+inputs that longer fuzzing runs found to add coverage (named by their SHA-1, kept with
+`fuzz_model -merge=1 tests/fuzz/corpus/model NEW_CORPUS`).
 
     /usr/bin/python3 tests/fuzz/make_corpus.py
 """
