@@ -38,7 +38,6 @@ demo: build
 
 # kiln against its peers in one run each: GEMM against OpenBLAS, whole models against ONNX Runtime
 bench: build
-	cmake --build $(BUILD) -j $(JOBS) --target kiln_gemm_bench
 	$(BUILD)/bench/kiln_gemm_bench
 	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
 
