@@ -171,6 +171,26 @@ static inline int oh_close_to(const kiln_tensor *got, const kiln_tensor *want, d
   return 1;
 }
 
+/* For references computed in another dtype (double sums for float kernels): same shape, and each
+ * element within tol * (1 + |want|) of want's, whatever the two dtypes. Reports the first
+ * mismatch with `what`. */
+static inline int oh_values_close(const kiln_tensor *got, const kiln_tensor *want, double tol, const char *what) {
+  if (!oh_has_shape(got, want->rank, want->dims)) {
+    char g[128], w[128];
+    fprintf(stderr, "%s: shape %s, expected %s\n", what, kiln_tensor_describe(got, g, sizeof g),
+            kiln_tensor_describe(want, w, sizeof w));
+    return 0;
+  }
+  for (int64_t i = 0; i < kiln_tensor_numel(want); i++) {
+    double g = kiln_tensor_get_f64(got, i), w = kiln_tensor_get_f64(want, i);
+    if (!(fabs(g - w) <= tol * (1 + fabs(w)))) {
+      fprintf(stderr, "%s: element %lld is %.8g, expected %.8g\n", what, (long long)i, g, w);
+      return 0;
+    }
+  }
+  return 1;
+}
+
 /* ---------------------------------------------------------------- one-node models */
 
 /* Adds an `op` node reading x0.. and writing y0..: in[i] becomes graph input xi, or initializer xi

@@ -171,28 +171,6 @@ static kiln_tensor ref_conv(const conv_attrs *a, const kiln_tensor *x, const kil
   return y;
 }
 
-/* Compares got with want within tol * (1 + |want|); prints the first mismatch. */
-static int close_enough(const kiln_tensor *got, const kiln_tensor *want, double tol, const char *what) {
-  if (got->rank != want->rank) {
-    fprintf(stderr, "%s: rank %d, expected %d\n", what, got->rank, want->rank);
-    return 0;
-  }
-  for (int d = 0; d < got->rank; d++)
-    if (got->dims[d] != want->dims[d]) {
-      fprintf(stderr, "%s: dim %d is %lld, expected %lld\n", what, d, (long long)got->dims[d], (long long)want->dims[d]);
-      return 0;
-    }
-  int64_t n = kiln_tensor_numel(want);
-  for (int64_t i = 0; i < n; i++) {
-    double g = get(got, i), w = get(want, i);
-    if (!(fabs(g - w) <= tol * (1 + fabs(w)))) {
-      fprintf(stderr, "%s: element %lld is %.8g, expected %.8g\n", what, (long long)i, g, w);
-      return 0;
-    }
-  }
-  return 1;
-}
-
 /* One case: random X [N, C, sp...], W, B; checks kiln against the reference with 1 and 2
  * threads, weights constant and not. */
 static void check_case(const char *what, const conv_attrs *a, kiln_dtype dtype, int64_t N, int64_t C, int64_t M,
@@ -216,7 +194,7 @@ static void check_case(const char *what, const conv_attrs *a, kiln_dtype dtype, 
       fprintf(stderr, "%s (variant %d): %s\n", what, variant, kiln_status_message(s));
       kiln_status_free(s);
       test_failures++;
-    } else if (!close_enough(&y, &want, tol, what)) {
+    } else if (!oh_values_close(&y, &want, tol, what)) {
       fprintf(stderr, "  ... in %s, variant %d\n", what, variant);
       test_failures++;
     }

@@ -85,25 +85,6 @@ static kiln_status run_node(const char *op, int opset, int n, const kiln_tensor 
   return s;
 }
 
-static int close_enough(const kiln_tensor *got, const kiln_tensor *want, double tol, const char *what) {
-  int ok = got->rank == want->rank;
-  for (int d = 0; ok && d < got->rank; d++) ok = got->dims[d] == want->dims[d];
-  if (!ok) {
-    char g[128], w[128];
-    fprintf(stderr, "%s: shape %s, expected %s\n", what, kiln_tensor_describe(got, g, sizeof g), kiln_tensor_describe(want, w, sizeof w));
-    return 0;
-  }
-  int64_t n = kiln_tensor_numel(want);
-  for (int64_t i = 0; i < n; i++) {
-    double g = get(got, i), w = get(want, i);
-    if (!(fabs(g - w) <= tol * (1 + fabs(w)))) {
-      fprintf(stderr, "%s: element %lld is %.8g, expected %.8g\n", what, (long long)i, g, w);
-      return 0;
-    }
-  }
-  return 1;
-}
-
 static double tolerance(kiln_dtype t) {
   return t == KILN_FLOAT16 || t == KILN_BFLOAT16 ? 3e-2 : kiln_dtype_is_float(t) ? 1e-4 : 0;
 }
@@ -118,7 +99,7 @@ static void check_node(const char *what, const char *op, int opset, int n, const
       fprintf(stderr, "%s (%d threads): %s\n", what, variant + 1, kiln_status_message(s));
       kiln_status_free(s);
       test_failures++;
-    } else if (!close_enough(&y, want, tolerance(xs[0]->dtype), what)) {
+    } else if (!oh_values_close(&y, want, tolerance(xs[0]->dtype), what)) {
       fprintf(stderr, "  ... in %s with %d threads\n", what, variant + 1);
       test_failures++;
     }
