@@ -4,15 +4,18 @@
 set -eu
 
 # libopenblas-dev is bench/gemm's peer (libkiln does not link it); python3-onnx/-torch write the
-# reference models and outputs; nodejs runs the ONNX Runtime peer of bench/runtime.
+# reference models and outputs; nodejs runs the ONNX Runtime peer of bench/runtime and bench/serve;
+# wrk and python3-flask are bench/serve's load generator and Flask peer; python3-prometheus-client
+# parses the server's /metrics in the integration tests.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
+  libhttp-parser-dev libcjson-dev libjemalloc-dev
   libonnx-dev libonnx-testdata
   libopenblas-dev
   python3 python3-numpy python3-onnx python3-torch
-  nodejs
+  nodejs wrk python3-flask python3-prometheus-client
 "
 
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

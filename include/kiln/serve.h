@@ -1,0 +1,107 @@
+/* kiln serve: the model server — TF Serving's configuration formats, the model manager, dynamic
+ * batching and the REST front ends (TF Serving REST and KServe V2), on kiln net. */
+#ifndef KILN_SERVE_H
+#define KILN_SERVE_H
+
+#include "kiln/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- configuration files */
+
+typedef enum kiln_version_policy {
+  KILN_POLICY_LATEST = 0, /* the newest latest_num_versions versions (TF Serving's default, 1) */
+  KILN_POLICY_ALL = 1,
+  KILN_POLICY_SPECIFIC = 2,
+} kiln_version_policy;
+
+typedef struct kiln_version_label {
+  char *label;
+  int64_t version;
+} kiln_version_label;
+
+typedef struct kiln_model_config {
+  char *name;
+  char *base_path;
+  char *platform; /* model_platform; "" when absent */
+  kiln_version_policy policy;
+  int64_t latest_num_versions; /* KILN_POLICY_LATEST; 1 when not given */
+  int64_t *versions;           /* KILN_POLICY_SPECIFIC */
+  int n_versions;
+  kiln_version_label *labels;
+  int n_labels;
+} kiln_model_config;
+
+typedef struct kiln_model_server_config {
+  kiln_model_config *models;
+  int n_models;
+} kiln_model_server_config;
+
+/* Parses TF Serving's ModelServerConfig in protobuf text format:
+ *   model_config_list { config { name: "m" base_path: "/models/m" model_platform: "onnx"
+ *     model_version_policy { specific { versions: 1 versions: 2 } }
+ *     version_labels { key: "stable" value: 1 } } }
+ * `name` only appears in errors, which give line and column ("models.config:3:7: unknown field
+ * 'nme' in ModelConfig"). Rejects a config without models, duplicate model names, a model
+ * without name or base_path, negative versions and duplicate labels. */
+kiln_status kiln_model_server_config_parse(const char *text, size_t len, const char *name,
+                                           kiln_model_server_config *out);
+void kiln_model_server_config_free(kiln_model_server_config *c);
+
+typedef struct kiln_batching_config {
+  int64_t max_batch_size;       /* default 32 */
+  int64_t batch_timeout_micros; /* default 1000 */
+  int64_t max_enqueued_batches; /* default 16 */
+  int64_t num_batch_threads;    /* default 0: the CPU count */
+  int64_t *allowed_batch_sizes; /* increasing, the last equal to max_batch_size; NULL: any */
+  int n_allowed_batch_sizes;
+} kiln_batching_config;
+
+/* Fills the defaults above. */
+void kiln_batching_config_default(kiln_batching_config *c);
+/* Parses TF Serving's BatchingParameters text format, starting from the defaults. Accepts both
+ * the wrapper form TF Serving documents (max_batch_size { value: 128 }) and the plain form
+ * (max_batch_size: 128). */
+kiln_status kiln_batching_config_parse(const char *text, size_t len, const char *name, kiln_batching_config *out);
+void kiln_batching_config_free(kiln_batching_config *c);
+
+/* ---------------------------------------------------------------- the server */
+
+typedef struct kiln_server kiln_server;
+
+typedef struct kiln_server_options {
+  const kiln_model_server_config *models; /* copied */
+  const char *host;                       /* NULL: 0.0.0.0 */
+  int rest_port;                          /* 0: any free port */
+  int enable_batching;
+  const kiln_batching_config *batching; /* NULL: defaults */
+  double poll_wait_seconds;             /* <= 0: no polling after start-up */
+  int rest_threads;                     /* I/O threads; <= 0: the CPU count */
+  int timeout_ms;                       /* per-request deadline; <= 0: 30000 */
+  size_t max_body_bytes, max_header_bytes;
+  int max_connections, idle_timeout_ms;
+  int inter_op_threads; /* inference workers per model version; <= 0: the CPU count */
+  int intra_op_threads; /* kernel threads one run uses; <= 0: 1 */
+  int warmup_runs;      /* per warm-up input; <= 0: 3 */
+  int access_log;       /* one JSON line per request on stderr */
+} kiln_server_options;
+
+/* Loads every model's versions (each loaded, validated and warmed up before it is served),
+ * starts the REST server and the file-system poller. Fails when the port cannot be bound;
+ * models that fail to load are reported in their status and logged, not fatal. */
+kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out);
+int kiln_server_port(const kiln_server *s);
+/* Replaces the model list (SIGHUP): new models load, removed ones unload after their in-flight
+ * requests, changed policies and labels apply at once. */
+kiln_status kiln_server_reload(kiln_server *s, const kiln_model_server_config *models);
+/* Readiness false, stop accepting, wait up to timeout_s for in-flight requests; returns the
+ * number still in flight when it gave up (0 after a clean drain). */
+int64_t kiln_server_drain(kiln_server *s, double timeout_s);
+void kiln_server_free(kiln_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,94 @@
+/* The REST payload codecs (internal to serve): TF Serving's predict JSON (row and columnar
+ * formats) and KServe V2's infer JSON with the binary tensor extension, decoded into kiln tensors
+ * validated against a model's signature, and outputs encoded back. Also the metadata documents
+ * both APIs describe a model with. Pure functions of their inputs: no model, no I/O, so each is
+ * fuzzed on its own. */
+#ifndef KILN_SERVE_CODEC_H
+#define KILN_SERVE_CODEC_H
+
+#include "core/buf.h"
+#include "kiln/graph.h"
+
+/* What the front ends know of a model: its declared inputs and outputs (shallow copies of the
+ * model's kiln_value_info; names point into the model). */
+typedef struct kx_signature {
+  int n_inputs;
+  kiln_value_info *inputs;
+  int n_outputs;
+  kiln_value_info *outputs;
+} kx_signature;
+
+kiln_status kx_signature_from_model(const kiln_model *m, kx_signature *out);
+void kx_signature_free(kx_signature *s);
+
+/* Most elements one decoded request may hold (all inputs together); more is RESOURCE_EXHAUSTED. */
+#define KX_MAX_REQUEST_ELEMENTS ((int64_t)1 << 28)
+
+/* ---- TF Serving REST: POST /v1/models/M[...]:predict */
+
+/* Decodes {"instances": [...]} (row format: one list entry per batch row; each entry is the value
+ * of the only input, or an object naming every input) or {"inputs": value | {name: value}}
+ * (columnar: the whole tensor, batch dimension included). "signature_name" is accepted ("" or
+ * "serving_default"; anything else is NOT_FOUND). On success inputs[i] (sig->n_inputs entries,
+ * model input order) are owned tensors of the declared dtypes and *columnar tells the format.
+ * Errors are INVALID_ARGUMENT naming the input and what was expected: invalid JSON (with the byte
+ * offset), an unknown or missing input, a ragged list, a non-numeric or out-of-range value
+ * (strings, booleans for numbers, 1.5 for an integer input, 300 for uint8), a rank or a fixed
+ * dimension that differs from the signature, rows whose batch sizes differ. On error no tensor
+ * is left allocated. */
+kiln_status kx_tfs_decode_predict(const kx_signature *sig, const char *body, size_t len, kiln_tensor *inputs,
+                                  int *columnar);
+/* Encodes outputs (sig->n_outputs tensors, model output order, dims[0] is the batch) as
+ * {"predictions": [...]} (row format: one entry per batch row, the bare value when the model has
+ * one output, else an object by output name) or {"outputs": value | {name: value}} (columnar).
+ * Non-finite numbers are written NaN, Infinity, -Infinity. */
+kiln_status kx_tfs_encode_predict(const kx_signature *sig, const kiln_tensor *const *outputs, int columnar,
+                                  kx_buf *out);
+/* GET /v1/models/M[/versions/V]/metadata:
+ * {"model_spec":{"name":M,"signature_name":"","version":"V"},"metadata":{"signature_def":{
+ *   "signature_def":{"serving_default":{"inputs":{NAME:{"dtype":"DT_FLOAT","tensor_shape":{"dim":[
+ *   {"size":"-1","name":""}],"unknown_rank":false},"name":NAME}},"outputs":{...},
+ *   "method_name":"tensorflow/serving/predict"}}}}} */
+void kx_tfs_encode_metadata(const kx_signature *sig, const char *model, int64_t version, kx_buf *out);
+
+/* ---- KServe V2 / Triton: POST /v2/models/M[/versions/V]/infer */
+
+typedef struct kx_v2_output_request {
+  int index;  /* model output index */
+  int binary; /* answer in the binary extension */
+} kx_v2_output_request;
+
+typedef struct kx_v2_request {
+  char *id;                      /* the request's "id", NULL when absent */
+  int n_outputs;                 /* outputs to return: the requested ones, else all */
+  kx_v2_output_request *outputs; /* n_outputs entries */
+} kx_v2_request;
+
+/* Decodes {"id", "parameters", "inputs": [{"name", "shape", "datatype", "data" | "parameters":
+ * {"binary_data_size": N}}], "outputs": [{"name", "parameters": {"binary_data": bool}}]}.
+ * `header_len` is Inference-Header-Content-Length (-1 when absent: the whole body is JSON); the
+ * binary data of inputs that give binary_data_size follows the JSON in input order, and the sizes
+ * must add up to exactly what follows. "data" may be flat or nested (row-major); its element count
+ * must equal the product of "shape". Validates datatype, shape and values against the signature
+ * as kx_tfs_decode_predict does; an unknown requested output is INVALID_ARGUMENT. A request-level
+ * parameters.binary_data_output sets the default for every output. */
+kiln_status kx_v2_decode_infer(const kx_signature *sig, const char *body, size_t len, int64_t header_len,
+                               kiln_tensor *inputs, kx_v2_request *req);
+void kx_v2_request_free(kx_v2_request *req);
+/* Encodes {"model_name","model_version","id"?,"outputs":[{"name","datatype","shape","data"} or
+ * {"name","datatype","shape","parameters":{"binary_data_size":N}}]}; binary outputs' bytes follow
+ * the JSON in output order, and *json_len is the JSON's length (the response's
+ * Inference-Header-Content-Length; equal to out->len when nothing is binary). */
+kiln_status kx_v2_encode_infer(const kx_signature *sig, const char *model, int64_t version, const kx_v2_request *req,
+                               const kiln_tensor *const *outputs, kx_buf *out, size_t *json_len);
+/* GET /v2/models/M[/versions/V]: {"name":M,"versions":["1","2"],"platform":"onnxruntime_onnx",
+ * "inputs":[{"name","datatype":"FP32","shape":[-1,784]}],"outputs":[...]} */
+void kx_v2_encode_metadata(const kx_signature *sig, const char *model, const int64_t *versions, int n_versions,
+                           kx_buf *out);
+
+/* Names of a dtype in each API ("DT_FLOAT", "FP32"); NULL for dtypes the API cannot carry. */
+const char *kx_tf_dtype_name(kiln_dtype t);
+const char *kx_v2_dtype_name(kiln_dtype t);
+kiln_dtype kx_v2_dtype_from_name(const char *name);
+
+#endif
