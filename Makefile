@@ -36,10 +36,12 @@ fuzz:
 demo: build
 	./scripts/demo.sh $(BUILD)
 
-# kiln against its peers in one run each: GEMM against OpenBLAS, whole models against ONNX Runtime
+# kiln against its peers in one run each: GEMM against OpenBLAS, whole models against ONNX Runtime,
+# the model server against Node.js + ONNX Runtime and Flask + PyTorch servers
 bench: build
 	$(BUILD)/bench/kiln_gemm_bench
 	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
+	/usr/bin/python3 bench/serve/run.py --kiln $(BUILD)/kiln
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
