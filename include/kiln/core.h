@@ -193,6 +193,23 @@ typedef enum kiln_log_level {
 void kiln_log_set_level(kiln_log_level level);
 void kiln_log(kiln_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One extra field of a log line. */
+typedef struct kiln_log_field {
+  const char *key;
+  const char *value;
+} kiln_log_field;
+/* kiln_log with extra string fields after "msg" (NULL values are left out), e.g. model,
+ * version, request_id: {"ts":...,"level":"info","msg":"...","model":"mnist","version":"2"}.
+ * The text format appends them as " key=value" (the value quoted when it holds a space, a quote,
+ * an '=' or a control character). */
+void kiln_log_fields(kiln_log_level level, const kiln_log_field *fields, int n_fields, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Whether a message at this level would be written (to skip building fields). */
+int kiln_log_enabled(kiln_log_level level);
+/* Parses a level name: "debug", "info", "warn" (or "warning"), "error". Returns 0 and sets *out
+ * on success, -1 (leaving *out alone) for anything else. */
+int kiln_log_level_from_name(const char *name, kiln_log_level *out);
+
 /* ---------------------------------------------------------------- npy */
 
 /* Reads a NumPy .npy file (format 1.0-3.0, little-endian, C order, the dtypes kiln knows) into
