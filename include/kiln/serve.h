@@ -43,11 +43,18 @@ typedef struct kiln_model_server_config {
  *   model_config_list { config { name: "m" base_path: "/models/m" model_platform: "onnx"
  *     model_version_policy { specific { versions: 1 versions: 2 } }
  *     version_labels { key: "stable" value: 1 } } }
- * `name` only appears in errors, which give line and column ("models.config:3:7: unknown field
- * 'nme' in ModelConfig"). Rejects a config without models, duplicate model names, a model
- * without name or base_path, negative versions and duplicate labels. */
+ * Text format as protobuf writes it: # comments, ':' optional before a message, {} or <>, optional
+ * ',' or ';' after a field, '...' or "..." strings with C escapes (adjacent ones joined), decimal or
+ * 0x integers, and lists for repeated fields (versions: [1, 2]). `name` only appears in errors,
+ * which give line and column ("models.config:3:7: unknown field 'nme' in ModelConfig"); fields TF
+ * Serving has but kiln does not implement (logging_config, model_type, custom_model_config_list)
+ * are errors too. Rejects a config without models, duplicate model names, a model without name or
+ * base_path, negative or repeated versions, an empty specific policy, latest.num_versions < 1,
+ * duplicate labels, labels without a value or with a negative one, and more than 32 nested
+ * messages or 2^18 fields and values (RESOURCE_EXHAUSTED). On error *out is left zeroed. */
 kiln_status kiln_model_server_config_parse(const char *text, size_t len, const char *name,
                                            kiln_model_server_config *out);
+/* Frees everything and zeroes the struct; safe on a zeroed struct and on NULL. */
 void kiln_model_server_config_free(kiln_model_server_config *c);
 
 typedef struct kiln_batching_config {
@@ -61,10 +68,15 @@ typedef struct kiln_batching_config {
 
 /* Fills the defaults above. */
 void kiln_batching_config_default(kiln_batching_config *c);
-/* Parses TF Serving's BatchingParameters text format, starting from the defaults. Accepts both
- * the wrapper form TF Serving documents (max_batch_size { value: 128 }) and the plain form
- * (max_batch_size: 128). */
+/* Parses TF Serving's BatchingParameters text format, starting from the defaults (an empty file
+ * gives them). Accepts both the wrapper form TF Serving documents (max_batch_size { value: 128 })
+ * and the plain form (max_batch_size: 128). pad_variable_length_inputs and thread_pool_name are
+ * accepted and ignored with a warning; any other field kiln does not use is an error. Checks
+ * 1 <= max_batch_size <= 2^20, 0 <= batch_timeout_micros <= an hour, 1 <= max_enqueued_batches <=
+ * 2^20, 0 <= num_batch_threads <= 4096, and allowed_batch_sizes positive, strictly increasing and
+ * ending with max_batch_size (TF Serving's rule). On error *out is left zeroed. */
 kiln_status kiln_batching_config_parse(const char *text, size_t len, const char *name, kiln_batching_config *out);
+/* Frees the allowed sizes and zeroes the struct; safe on a zeroed struct and on NULL. */
 void kiln_batching_config_free(kiln_batching_config *c);
 
 /* ---------------------------------------------------------------- the server */
