@@ -91,4 +91,43 @@ const char *kx_tf_dtype_name(kiln_dtype t);
 const char *kx_v2_dtype_name(kiln_dtype t);
 kiln_dtype kx_v2_dtype_from_name(const char *name);
 
+/* ---- Shared by the codec files (codec.c, codec_tfs.c, codec_v2.c); not for other callers. */
+
+struct cJSON;
+/* Parses a JSON document of exactly len bytes (trailing whitespace allowed); errors give the byte
+ * offset. */
+kiln_status kx_codec_parse_json(const char *body, size_t len, struct cJSON **out);
+/* The dtype an input is decoded into (KILN_UNDEFINED: float); UNIMPLEMENTED for inputs the REST
+ * APIs cannot carry (sequences, complex numbers). */
+kiln_status kx_codec_check_input(const kiln_value_info *info, kiln_dtype *dtype);
+/* INVALID_ARGUMENT "input 'x': expected shape [-1,784], got [2,783]" unless the shape fits. */
+kiln_status kx_codec_check_shape(const kiln_value_info *info, int rank, const int64_t *dims);
+/* The shape of nested JSON lists, read along the first element of each level. */
+kiln_status kx_codec_infer_shape(const struct cJSON *v, const char *input, int max_rank, int *rank, int64_t *dims);
+/* Element count of a shape; negative dims are INVALID_ARGUMENT, more than KX_MAX_REQUEST_ELEMENTS
+ * (or an overflowing product) RESOURCE_EXHAUSTED. */
+kiln_status kx_codec_shape_numel(const char *input, int rank, const int64_t *dims, int64_t *numel);
+/* Allocates an input tensor, counting its elements into *total against KX_MAX_REQUEST_ELEMENTS. */
+kiln_status kx_codec_alloc(kiln_tensor *t, const char *input, kiln_dtype dtype, int rank, const int64_t *dims,
+                           int64_t *total);
+/* Writes nested lists v into t (t->data NULL: only checks them) exactly matching t's shape from
+ * dimension `dim` on: dim 0 is the whole tensor, dim 1 the row `row` of dimension 0. Errors name
+ * the flat element index or the ragged row. */
+kiln_status kx_codec_fill(const struct cJSON *v, const char *input, const kiln_tensor *t, int dim, int64_t row);
+/* Writes V2 "data" (flat or nested, row-major) into t; its element count must be t's. */
+kiln_status kx_codec_fill_flat(const struct cJSON *data, const char *input, const kiln_tensor *t);
+kiln_status kx_codec_unknown_name(const kiln_value_info *infos, int n, const char *what, const char *name);
+char *kx_codec_format_dims(char *s, size_t size, int rank, const int64_t *dims);
+void kx_codec_release_all(kiln_tensor *t, int n);
+/* Checks output i before encoding: present, a dtype JSON can carry, data for its elements. */
+kiln_status kx_codec_check_output(const kx_signature *sig, const kiln_tensor *const *outputs, int i);
+/* Elements [begin, begin+n) of a contiguous tensor, comma-separated JSON. */
+void kx_codec_put_elements(kx_buf *b, const kiln_tensor *t, int64_t begin, int64_t n);
+/* Nested lists for t's dimensions from `dim` on, starting at flat element `begin`. */
+void kx_codec_put_nested(kx_buf *b, const kiln_tensor *t, int dim, int64_t begin);
+void kx_codec_put_dims(kx_buf *b, int rank, const int64_t *dims);
+/* Ends an encoder: an out-of-memory buffer becomes RESOURCE_EXHAUSTED, and on error `out` is cut
+ * back to `start`. */
+kiln_status kx_codec_finish(kx_buf *out, size_t start, kiln_status s);
+
 #endif
