@@ -35,16 +35,25 @@ void kx_signature_free(kx_signature *s);
  * offset), an unknown or missing input, a ragged list, a non-numeric or out-of-range value
  * (strings, booleans for numbers, 1.5 for an integer input, 300 for uint8), a rank or a fixed
  * dimension that differs from the signature, rows whose batch sizes differ. On error no tensor
- * is left allocated. */
+ * is left allocated.
+ * Values: numbers go into the declared dtype (an undeclared one decodes as float); integers must
+ * be integral and in range, and int64/uint64 stop at 2^53 because cJSON reads every number as a
+ * double (larger ones are refused, never rounded); booleans (or 0/1) only for bool, strings only
+ * for string ({"b64": ...} is UNIMPLEMENTED). An empty list takes its inner dimensions from the
+ * signature (free ones as 0), so [] is an empty batch. A scalar (rank 0) input cannot be fed in
+ * the row format. NaN and Infinity are not accepted in requests (cJSON rejects them). */
 kiln_status kx_tfs_decode_predict(const kx_signature *sig, const char *body, size_t len, kiln_tensor *inputs,
                                   int *columnar);
 /* Encodes outputs (sig->n_outputs tensors, model output order, dims[0] is the batch) as
  * {"predictions": [...]} (row format: one entry per batch row, the bare value when the model has
  * one output, else an object by output name) or {"outputs": value | {name: value}} (columnar).
- * Non-finite numbers are written NaN, Infinity, -Infinity. */
+ * Non-finite numbers are written NaN, Infinity, -Infinity. Outputs are contiguous row-major (views
+ * are fine). The row format needs every output to have a dimension 0 of one size (else
+ * INVALID_ARGUMENT pointing at the columnar format). On error `out` is left as it was. */
 kiln_status kx_tfs_encode_predict(const kx_signature *sig, const kiln_tensor *const *outputs, int columnar,
                                   kx_buf *out);
-/* GET /v1/models/M[/versions/V]/metadata:
+/* GET /v1/models/M[/versions/V]/metadata (an undeclared dtype as DT_FLOAT, what the decoder
+ * assumes; version < 0 as ""):
  * {"model_spec":{"name":M,"signature_name":"","version":"V"},"metadata":{"signature_def":{
  *   "signature_def":{"serving_default":{"inputs":{NAME:{"dtype":"DT_FLOAT","tensor_shape":{"dim":[
  *   {"size":"-1","name":""}],"unknown_rank":false},"name":NAME}},"outputs":{...},
@@ -71,18 +80,24 @@ typedef struct kx_v2_request {
  * must add up to exactly what follows. "data" may be flat or nested (row-major); its element count
  * must equal the product of "shape". Validates datatype, shape and values against the signature
  * as kx_tfs_decode_predict does; an unknown requested output is INVALID_ARGUMENT. A request-level
- * parameters.binary_data_output sets the default for every output. */
+ * parameters.binary_data_output sets the default for every output. A declared dtype must match
+ * "datatype" exactly (an undeclared one takes it). Binary BOOL bytes other than 0 become 1; binary
+ * BYTES elements may not hold a NUL byte (kiln's strings are NUL-terminated). On error no tensor
+ * is left allocated and *req is empty. */
 kiln_status kx_v2_decode_infer(const kx_signature *sig, const char *body, size_t len, int64_t header_len,
                                kiln_tensor *inputs, kx_v2_request *req);
 void kx_v2_request_free(kx_v2_request *req);
 /* Encodes {"model_name","model_version","id"?,"outputs":[{"name","datatype","shape","data"} or
  * {"name","datatype","shape","parameters":{"binary_data_size":N}}]}; binary outputs' bytes follow
  * the JSON in output order, and *json_len is the JSON's length (the response's
- * Inference-Header-Content-Length; equal to out->len when nothing is binary). */
+ * Inference-Header-Content-Length; equal to out->len when nothing is binary). req NULL returns
+ * every output as JSON; outputs[i] may be NULL for an output req does not ask for. "model_version"
+ * is left out when version < 0. On error `out` is left as it was. */
 kiln_status kx_v2_encode_infer(const kx_signature *sig, const char *model, int64_t version, const kx_v2_request *req,
                                const kiln_tensor *const *outputs, kx_buf *out, size_t *json_len);
 /* GET /v2/models/M[/versions/V]: {"name":M,"versions":["1","2"],"platform":"onnxruntime_onnx",
- * "inputs":[{"name","datatype":"FP32","shape":[-1,784]}],"outputs":[...]} */
+ * "inputs":[{"name","datatype":"FP32","shape":[-1,784]}],"outputs":[...]}. An undeclared dtype is
+ * given as FP32 (what the decoders assume), an unknown rank as the shape [-1]. */
 void kx_v2_encode_metadata(const kx_signature *sig, const char *model, const int64_t *versions, int n_versions,
                            kx_buf *out);
 
