@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes the seed inputs of the fuzz targets into tests/fuzz/corpus/{model,npy,proto}.
+"""Writes the seed inputs of the fuzz targets into tests/fuzz/corpus/{model,npy,proto,payload}.
 Seeds are small, valid or nearly valid inputs that reach every branch of the parsers; regression
 inputs (crashes found so far) sit beside them under names starting with "crash-", and so do the
 inputs that longer fuzzing runs found to add coverage (named by their SHA-1, kept with
@@ -95,8 +95,53 @@ def protos():
     yield "optional_empty", b"\x02" + onnx.OptionalProto(name="o").SerializeToString()
 
 
+def payloads():
+    """fuzz_payload: byte 0 picks the signature (0: x float [-1,4], ids int64 [-1], flag bool [-1];
+    1: s string [-1], h float16 [-1,2], u uint8 any shape, k double scalar, bf bfloat16 [2,-1];
+    2: x float [-1,4] alone), bytes 1-2 the V2 header length (0xffff: none), then the body."""
+    import json
+    import struct
+
+    def p(sig, body, header_len=None, binary=b""):
+        body = body.encode() if isinstance(body, str) else body
+        h = 0xFFFF if header_len is None else header_len
+        return bytes([sig]) + struct.pack("<H", h) + body + binary
+
+    yield "tfs_row_multi", p(0, '{"instances":[{"x":[1,2,3,4],"ids":7,"flag":true},{"x":[5,6,7,8.5],"ids":-1,"flag":0}]}')
+    yield "tfs_columnar", p(0, '{"signature_name":"serving_default","inputs":{"x":[[1,2,3,4]],"ids":[1,2],"flag":[false]}}')
+    yield "tfs_row_bare", p(2, '{"instances":[[1,2,3,4],[0.5,-1e-3,1e30,0]]}')
+    yield "tfs_columnar_bare", p(2, '{"inputs":[[1,2,3,4]]}')
+    yield "tfs_types", p(1, '{"inputs":{"s":["a","\\u00e9\\n"],"h":[[0.5,2]],"u":[[[1],[255]]],"k":2.5,"bf":[[1],[2]]}}')
+    yield "tfs_ragged", p(0, '{"instances":[{"x":[1,2,3,4],"ids":1,"flag":true},{"x":[1,2,3],"ids":1,"flag":true}]}')
+    yield "tfs_bad_values", p(1, '{"inputs":{"s":[{"b64":"aGk="}],"h":[[70000,1]],"u":[300,-1],"k":[1],"bf":[]}}')
+    yield "tfs_unknown_input", p(0, '{"instances":[{"x":[1,2,3,4],"foo":1}]}')
+    v2 = {"id": "r", "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [5, 6, 7, 8]]},
+                                {"name": "ids", "shape": [2], "datatype": "INT64", "data": [3, 4]},
+                                {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]}],
+          "outputs": [{"name": "x", "parameters": {"binary_data": True}}, {"name": "ids"}]}
+    yield "v2_json", p(0, json.dumps(v2))
+    bins = struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<q", -5) + b"\x01"
+    hdr = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}},
+                                 {"name": "ids", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}},
+                                 {"name": "flag", "shape": [1], "datatype": "BOOL", "parameters": {"binary_data_size": 1}}],
+                      "parameters": {"binary_data_output": True}})
+    yield "v2_binary", p(0, hdr, len(hdr), bins)
+    yield "v2_binary_short", p(0, hdr, len(hdr), bins[:-2])
+    strs = b"".join(struct.pack("<I", len(x)) + x for x in [b"ab", b"", b"xyz"])
+    hdr = json.dumps({"inputs": [{"name": "s", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": len(strs)}},
+                                 {"name": "h", "shape": [1, 2], "datatype": "FP16", "parameters": {"binary_data_size": 4}},
+                                 {"name": "u", "shape": [2, 1, 1], "datatype": "UINT8", "data": [1, 2]},
+                                 {"name": "k", "shape": [], "datatype": "FP64", "data": [0.25]},
+                                 {"name": "bf", "shape": [2, 1], "datatype": "BF16", "data": [1.5, -2]}]})
+    yield "v2_bytes_binary", p(1, hdr, len(hdr), strs + b"\x00\x3c\x00\xc0")
+    yield "v2_header_too_long", p(2, '{"inputs":[]}', 500)
+    yield "v2_bad_shape", p(2, '{"inputs":[{"name":"x","shape":[-1,4.5],"datatype":"FP32","data":[]}]}')
+    yield "v2_count_mismatch", p(2, '{"inputs":[{"name":"x","shape":[99999,4],"datatype":"FP32","data":[1,2]}],"outputs":[{"name":"y"}]}')
+    yield "invalid_json", p(0, '{"instances":[1,2')
+
+
 def main():
-    for kind, gen in [("model", models), ("npy", npys), ("proto", protos)]:
+    for kind, gen in [("model", models), ("npy", npys), ("proto", protos), ("payload", payloads)]:
         os.makedirs(os.path.join(HERE, "corpus", kind), exist_ok=True)
         for name, data in gen():
             write(kind, "seed-" + name, data)
