@@ -1,0 +1,12 @@
+/* Internal seams of the HTTP/1.1 server (src/net/http.c) for tests and the fuzz target. */
+#ifndef KILN_NET_HTTP_INTERNAL_H
+#define KILN_NET_HTTP_INTERNAL_H
+
+#include "kiln/net.h"
+
+/* Serves an already-connected stream socket (a socketpair end, say) as if it had been accepted:
+ * the server takes ownership of fd (made non-blocking here) and closes it when the connection
+ * ends. It counts against max_connections like an accepted one. */
+kiln_status kx_http_serve_fd(kiln_http_server *s, int fd);
+
+#endif
