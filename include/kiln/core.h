@@ -19,6 +19,7 @@ extern "C" {
 typedef enum kiln_code {
   KILN_OK = 0,
   KILN_INVALID_ARGUMENT = 3, /* the caller's input is wrong (shape, dtype, malformed file) */
+  KILN_DEADLINE_EXCEEDED = 4, /* a request's deadline passed before it was answered */
   KILN_NOT_FOUND = 5,        /* a named file, input or version does not exist */
   KILN_RESOURCE_EXHAUSTED = 8, /* out of memory, or a configured limit was hit */
   KILN_FAILED_PRECONDITION = 9,

@@ -71,6 +71,7 @@ const char *kiln_code_name(kiln_code code) {
   switch (code) {
   case KILN_OK: return "OK";
   case KILN_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+  case KILN_DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
   case KILN_NOT_FOUND: return "NOT_FOUND";
   case KILN_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
   case KILN_FAILED_PRECONDITION: return "FAILED_PRECONDITION";
