@@ -42,7 +42,8 @@ extern const int kiln_latency_bucket_count;
 void kiln_metric_add(kiln_metric *m, const char *const *label_values, double v); /* counter, gauge */
 void kiln_metric_set(kiln_metric *m, const char *const *label_values, double v); /* gauge */
 void kiln_metric_observe(kiln_metric *m, const char *const *label_values, double v); /* histogram */
-/* Removes one series (a version that was unloaded). */
+/* Removes every series whose label values match; a NULL entry matches any value (all series of
+ * a version that was unloaded: {"mnist", "3", NULL, NULL}). */
 void kiln_metric_remove(kiln_metric *m, const char *const *label_values);
 /* Current value of a counter or gauge series (0 when absent); for tests. */
 double kiln_metric_value(kiln_metric *m, const char *const *label_values);

@@ -451,18 +451,29 @@ void kiln_metric_observe(kiln_metric *m, const char *const *label_values, double
 }
 
 void kiln_metric_remove(kiln_metric *m, const char *const *label_values) {
-  if (!m || !check_values(m, label_values)) return;
-  uint64_t hash = series_hash(m, label_values);
+  if (!m || (m->n_labels && !label_values)) return;
+  series *doomed = NULL, *prev = NULL;
   pthread_mutex_lock(&m->lock);
-  series *prev = NULL;
-  series *s = series_find(m, label_values, hash, &prev);
-  if (s) {
-    if (prev) prev->next = s->next;
-    else m->first = s->next;
+  for (series *s = m->first, *next; s; s = next) {
+    next = s->next;
+    int match = 1;
+    for (int i = 0; i < m->n_labels && match; i++) match = !label_values[i] || strcmp(label_values[i], s->values[i]) == 0;
+    if (!match) {
+      prev = s;
+      continue;
+    }
+    if (prev) prev->next = next;
+    else m->first = next;
     if (m->last == s) m->last = prev;
+    s->next = doomed;
+    doomed = s;
   }
   pthread_mutex_unlock(&m->lock);
-  free(s);
+  while (doomed) {
+    series *s = doomed;
+    doomed = s->next;
+    free(s);
+  }
 }
 
 /* Counters and gauges: the value; histograms: the number of observations. */

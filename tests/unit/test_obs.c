@@ -407,6 +407,19 @@ static void test_remove(void) {
   text = render(r);
   CHECK(!contains(text, "kiln_h_bucket"));
   free(text);
+
+  /* NULL matches any value: every series of version 1, whatever the other labels say */
+  const char *names3[] = {"model", "version", "code"};
+  kiln_metric *c = kiln_metrics_counter(r, "kiln_c_total", "h", 3, names3);
+  const char *a[] = {"m", "1", "200"}, *b[] = {"m", "1", "400"}, *keep[] = {"m", "2", "200"}, *other[] = {"n", "1", "200"};
+  kiln_metric_add(c, a, 1);
+  kiln_metric_add(c, b, 1);
+  kiln_metric_add(c, keep, 1);
+  kiln_metric_add(c, other, 1);
+  const char *version1[] = {"m", "1", NULL};
+  kiln_metric_remove(c, version1);
+  CHECK(kiln_metric_value(c, a) == 0 && kiln_metric_value(c, b) == 0);
+  CHECK(kiln_metric_value(c, keep) == 1 && kiln_metric_value(c, other) == 1);
   kiln_metrics_free(r);
 }
 
