@@ -94,6 +94,7 @@ typedef struct kiln_server_options {
   int timeout_ms;                       /* per-request deadline; <= 0: 30000 */
   size_t max_body_bytes, max_header_bytes;
   int max_connections, idle_timeout_ms;
+  int read_timeout_ms; /* a client sends a whole request within this; <= 0: 30000 */
   int inter_op_threads; /* inference workers per model version; <= 0: the CPU count */
   int intra_op_threads; /* kernel threads one run uses; <= 0: 1 */
   int warmup_runs;      /* per warm-up input; <= 0: 3 */

@@ -1,0 +1,196 @@
+/* Internal to the serve layer: the model manager, the batcher and the request that travels
+ * between the front ends (on the I/O threads) and the inference workers. */
+#ifndef KILN_SERVE_SERVE_H
+#define KILN_SERVE_SERVE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "kiln/graph.h"
+#include "kiln/net.h"
+#include "kiln/obs.h"
+#include "kiln/serve.h"
+#include "serve/codec.h"
+
+typedef struct kx_version kx_version;
+typedef struct kx_batcher kx_batcher;
+typedef struct kx_manager kx_manager;
+
+/* ---------------------------------------------------------------- requests */
+
+typedef enum kx_api {
+  KX_API_TFS_PREDICT,
+  KX_API_TFS_STATUS,
+  KX_API_TFS_METADATA,
+  KX_API_V2_INFER,
+  KX_API_V2_METADATA,
+  KX_API_V2_READY,
+  KX_API_V2_SERVER,
+  KX_API_HEALTH,
+  KX_API_METRICS,
+  KX_API_UNKNOWN,
+  KX_API_COUNT
+} kx_api;
+
+/* A request being answered (every endpoint, inference or not): what metrics and the access log
+ * record about it. Inference requests carry theirs inside kx_request. */
+typedef struct kx_call {
+  kiln_http_exchange *ex;
+  kx_api api;
+  const kx_version *version; /* NULL until resolved */
+  double received_at;
+  char request_id[40];
+  char method[8];
+  char path[160]; /* truncated for the access log */
+} kx_call;
+
+/* One inference request: decoded inputs on their way to a version's batcher. Owned by the
+ * batcher from submission until its completion callback returns. */
+typedef struct kx_request {
+  kx_call call;        /* the HTTP side: exchange, ids, timing */
+  kx_version *version;  /* holds a reference (kx_version_release when done) */
+  kiln_tensor *inputs; /* version's n_inputs owned tensors; dims[0] is the batch */
+  int columnar;        /* TF Serving: answer in the columnar format */
+  kx_v2_request v2;    /* KServe V2: id and the outputs asked for */
+  double deadline;     /* kiln_now() value after which it is answered DEADLINE_EXCEEDED */
+  double enqueued_at;
+  struct kx_request *next; /* queue link */
+} kx_request;
+
+/* ---------------------------------------------------------------- batcher */
+
+/* Called on a worker thread for every request, exactly once: outputs (the model's n_outputs
+ * tensors, views valid only during the call) on success, or an error (outputs NULL). The callback
+ * owns `error` and the request (it answers the exchange and frees the request). */
+typedef void (*kx_done_fn)(void *ctx, kx_request *req, const kiln_tensor *const *outputs, kiln_status error);
+
+typedef struct kx_batcher_options {
+  int workers;          /* inference threads, each with its own session */
+  int intra_op_threads; /* kernel threads per run */
+  kiln_pool *pool;
+  int batching;                       /* merge requests (only when the model's inputs allow it) */
+  const kiln_batching_config *config; /* when batching */
+  int max_queue;                      /* requests waiting; beyond, submit refuses */
+  /* Warm-up: each worker runs each record `warmup_runs` times before the batcher is ready. */
+  const kiln_tensor *const *warmup; /* n_warmup records of n_inputs tensors each */
+  int n_warmup;
+  int warmup_runs;
+  kx_done_fn done;
+  void *done_ctx;
+  /* metric labels {model, version} for queue/inference/batch histograms */
+  kiln_metric *queue_seconds, *inference_seconds, *batch_size;
+  const char *labels[2];
+} kx_batcher_options;
+
+/* Starts the workers and waits until every one has created its session and warmed up; an error
+ * (a failed warm-up run, non-finite warm-up outputs) stops them again. */
+kiln_status kx_batcher_start(const kiln_model *m, const kx_batcher_options *opt, kx_batcher **out);
+/* Queues a request; returns 0, or -1 when the queue is full (the caller answers 429). */
+int kx_batcher_submit(kx_batcher *b, kx_request *req);
+/* Requests waiting now. */
+int kx_batcher_queued(kx_batcher *b);
+/* Answers everything queued, then joins the workers and frees the batcher. */
+void kx_batcher_free(kx_batcher *b);
+
+/* ---------------------------------------------------------------- versions and the manager */
+
+/* TF Serving's ManagerState names. */
+typedef enum kx_state { KX_START, KX_LOADING, KX_AVAILABLE, KX_UNLOADING, KX_END } kx_state;
+const char *kx_state_name(kx_state s);
+
+struct kx_version {
+  char *model_name;
+  int64_t number;
+  char version_text[24];
+  kiln_model *model;
+  kx_signature sig;
+  kx_batcher *batcher;
+  atomic_int refs;    /* one per request holding it, plus one while the manager serves it */
+  kx_state state;     /* guarded by the manager's lock */
+  kiln_status error;  /* why it is END without having served (load or warm-up failure) */
+  int batchable;      /* every input has a free first dimension */
+};
+
+/* Takes / drops a reference. The last drop of a retired version lets the manager free it. */
+void kx_version_release(kx_version *v);
+
+typedef struct kx_manager_options {
+  const kiln_server_options *server;
+  kiln_pool *pool;
+  kx_done_fn done;
+  void *done_ctx;
+  kiln_metrics *metrics;
+  /* Families whose first two labels are model and version: a version's series are removed when
+   * it is freed, so that churning versions does not grow the registry. */
+  kiln_metric *version_metrics[4];
+  int n_version_metrics;
+} kx_manager_options;
+
+kiln_status kx_manager_create(const kx_manager_options *opt, kx_manager **out);
+/* Replaces the model list and loads / unloads to match it (also what each poll does). */
+kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config *cfg);
+/* Scans every model's base path once, loading and retiring versions per policy. */
+void kx_manager_poll(kx_manager *mg);
+/* Starts polling every `seconds` on a thread of its own. */
+kiln_status kx_manager_start_polling(kx_manager *mg, double seconds);
+
+/* Finds the version a request names: `version` >= 0, else `label` non-NULL, else the default
+ * (the "stable" label, else the newest AVAILABLE). Returns it with a reference taken, or an
+ * error: NOT_FOUND for an unknown model / version / label, UNAVAILABLE when it exists but is not
+ * AVAILABLE (loading, unloading, failed). */
+kiln_status kx_manager_acquire(kx_manager *mg, const char *model, int64_t version, const char *label,
+                               kx_version **out);
+/* Status of a model's versions (all, or just the one named), as TF Serving's GetModelStatus
+ * JSON: {"model_version_status":[{"version":"1","state":"AVAILABLE","status":{"error_code":"OK",
+ * "error_message":""}}]}. NOT_FOUND for an unknown model or version. */
+kiln_status kx_manager_status_json(kx_manager *mg, const char *model, int64_t version, const char *label,
+                                   kx_buf *out);
+/* AVAILABLE version numbers of a model, ascending (for V2 metadata); returns the count (at most
+ * max), -1 for an unknown model. */
+int kx_manager_versions(kx_manager *mg, const char *model, int64_t *out, int max);
+/* Whether every configured model has at least one AVAILABLE version. */
+int kx_manager_ready(kx_manager *mg);
+/* Stops polling, retires every version (answering what is queued) and frees the manager. */
+void kx_manager_free(kx_manager *mg);
+
+#endif
+
+/* ---------------------------------------------------------------- the server and its front ends */
+
+struct kiln_server {
+  kiln_server_options opt;
+  kiln_http_server *http;
+  kx_manager *manager;
+  kiln_pool *pool;
+  kiln_metrics *metrics;
+  atomic_int draining;
+  atomic_uint_fast64_t next_id;
+  uint64_t id_salt;
+  kiln_metric *requests, *request_seconds, *in_flight, *connections;
+};
+
+/* Answers a call: records its metrics and access-log line, then responds (takes `body`). */
+void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
+               char *body, size_t len);
+/* Answers with {"error": message} and the HTTP status TF Serving maps the code to; frees `error`. */
+void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error);
+/* Answers 200 with the JSON in `out` (freed). */
+void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out);
+/* A request for version `v` (whose reference it takes over), with room for its inputs. */
+kiln_status kx_request_new(const kx_call *c, kx_version *v, kx_request **out);
+/* Frees the inputs and the request and drops its version reference. */
+void kx_request_free(kx_request *r);
+/* Queues decoded inputs for inference: takes the request (answering 429 when the queue is full). */
+void kx_submit(kiln_server *s, kx_request *r);
+/* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
+int kx_http_status(kiln_code code);
+
+/* Parses a version number from a URL segment (digits only). */
+kiln_status kx_parse_version(const char *text, int64_t *out);
+
+/* Front ends: each answers the paths under its prefix (/v1/ and /v2), on the I/O thread. */
+void kx_tfs_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);
+void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);
+/* Encodes a finished inference request's response body (on a worker thread). */
+kiln_status kx_tfs_encode_response(kx_request *r, const kiln_tensor *const *outputs, kx_buf *out);
+kiln_status kx_v2_encode_response(kx_request *r, const kiln_tensor *const *outputs, kx_buf *out, size_t *json_len);

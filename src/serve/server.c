@@ -1,0 +1,281 @@
+/* The model server: the HTTP handler that routes every request to a front end or an operations
+ * endpoint (/metrics, health), the path an inference request takes to a batcher and back, and
+ * the server's life cycle (start, reload, drain, free). */
+#include "serve/serve.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *api_names[KX_API_COUNT] = {
+    [KX_API_TFS_PREDICT] = "tfserving_predict", [KX_API_TFS_STATUS] = "tfserving_status",
+    [KX_API_TFS_METADATA] = "tfserving_metadata", [KX_API_V2_INFER] = "v2_infer",
+    [KX_API_V2_METADATA] = "v2_metadata", [KX_API_V2_READY] = "v2_ready",
+    [KX_API_V2_SERVER] = "v2_server", [KX_API_HEALTH] = "health",
+    [KX_API_METRICS] = "metrics", [KX_API_UNKNOWN] = "unknown",
+};
+
+int kx_http_status(kiln_code code) {
+  switch (code) {
+  case KILN_OK: return 200;
+  case KILN_INVALID_ARGUMENT:
+  case KILN_FAILED_PRECONDITION:
+  case KILN_OUT_OF_RANGE: return 400;
+  case KILN_NOT_FOUND: return 404;
+  case KILN_RESOURCE_EXHAUSTED: return 429;
+  case KILN_UNIMPLEMENTED: return 501;
+  case KILN_UNAVAILABLE: return 503;
+  case KILN_DEADLINE_EXCEEDED: return 504;
+  default: return 500;
+  }
+}
+
+static void access_log(const kx_call *c, int status, size_t len, double seconds) {
+  char took[32], code[8], bytes[24];
+  snprintf(took, sizeof took, "%.3f", seconds * 1e3);
+  snprintf(code, sizeof code, "%d", status);
+  snprintf(bytes, sizeof bytes, "%zu", len);
+  kiln_log_field f[8] = {{"type", "access"},
+                         {"method", c->method},
+                         {"path", c->path},
+                         {"status", code},
+                         {"duration_ms", took},
+                         {"bytes", bytes},
+                         {"request_id", c->request_id},
+                         {"model", c->version ? c->version->model_name : NULL}};
+  kiln_log_fields(KILN_LOG_INFO, f, 8, "%s %s %d", c->method, c->path, status);
+}
+
+void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
+               char *body, size_t len) {
+  double seconds = kiln_now() - c->received_at;
+  char code[8];
+  snprintf(code, sizeof code, "%d", status);
+  const char *labels[4] = {c->version ? c->version->model_name : "", c->version ? c->version->version_text : "",
+                           api_names[c->api], code};
+  kiln_metric_add(s->requests, labels, 1);
+  kiln_metric_observe(s->request_seconds, labels, seconds);
+  if (s->opt.access_log) access_log(c, status, len, seconds);
+  char headers[128];
+  snprintf(headers, sizeof headers, "X-Request-Id: %s\r\n%s", c->request_id, extra_headers ? extra_headers : "");
+  kiln_http_respond(c->ex, status, content_type, headers, body, len);
+}
+
+void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error) {
+  int status = kx_http_status(kiln_status_code(error));
+  if (status >= 500 && status != 503) {
+    kiln_log_field f[3] = {{"model", c->version ? c->version->model_name : NULL},
+                           {"version", c->version ? c->version->version_text : NULL},
+                           {"request_id", c->request_id}};
+    kiln_log_fields(KILN_LOG_ERROR, f, 3, "%s %s: %s", c->method, c->path, kiln_status_message(error));
+  }
+  kx_buf b = {0};
+  kx_buf_puts(&b, "{\"error\":");
+  kx_buf_json_string(&b, kiln_status_message(error));
+  kx_buf_puts(&b, "}");
+  kiln_status_free(error);
+  size_t len;
+  char *body = kx_buf_take(&b, &len);
+  kx_answer(s, c, body ? status : 500, "application/json", NULL, body, len);
+}
+
+void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out) {
+  size_t len;
+  char *body = kx_buf_take(out, &len);
+  if (!body) {
+    kx_answer_error(s, c, kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing the response"));
+    return;
+  }
+  kx_answer(s, c, 200, "application/json", NULL, body, len);
+}
+
+/* The batcher's completion callback, on a worker thread: encode, answer, free. */
+static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
+  kiln_server *s = ctx;
+  kx_buf b = {0};
+  size_t json_len = 0;
+  if (!error) {
+    if (r->call.api == KX_API_TFS_PREDICT) error = kx_tfs_encode_response(r, outputs, &b);
+    else error = kx_v2_encode_response(r, outputs, &b, &json_len);
+  }
+  if (error) {
+    kx_buf_free(&b);
+    kx_answer_error(s, &r->call, error);
+  } else if (r->call.api == KX_API_V2_INFER && json_len != b.len) {
+    char extra[64];
+    snprintf(extra, sizeof extra, "Inference-Header-Content-Length: %zu\r\n", json_len);
+    size_t len;
+    char *body = kx_buf_take(&b, &len);
+    if (body) kx_answer(s, &r->call, 200, "application/octet-stream", extra, body, len);
+    else kx_answer_error(s, &r->call, kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing the response"));
+  } else {
+    kx_answer_json(s, &r->call, &b);
+  }
+  kx_request_free(r);
+}
+
+kiln_status kx_request_new(const kx_call *c, kx_version *v, kx_request **out) {
+  kx_request *r = calloc(1, sizeof *r);
+  if (r) r->inputs = calloc((size_t)v->sig.n_inputs + 1, sizeof *r->inputs);
+  if (!r || !r->inputs) {
+    free(r);
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  r->call = *c;
+  r->call.version = v;
+  r->version = v;
+  *out = r;
+  return NULL;
+}
+
+void kx_request_free(kx_request *r) {
+  if (r->inputs)
+    for (int i = 0; i < r->version->sig.n_inputs; i++) kiln_tensor_release(&r->inputs[i]);
+  free(r->inputs);
+  kx_v2_request_free(&r->v2);
+  kx_version_release(r->version);
+  free(r);
+}
+
+void kx_submit(kiln_server *s, kx_request *r) {
+  r->deadline = r->call.received_at + (s->opt.timeout_ms > 0 ? s->opt.timeout_ms : 30000) * 1e-3;
+  if (kx_batcher_submit(r->version->batcher, r) == 0) return;
+  kx_answer_error(s, &r->call,
+                  kiln_error(KILN_RESOURCE_EXHAUSTED, "model '%s' version %s: the request queue is full; retry later",
+                             r->version->model_name, r->version->version_text));
+  kx_request_free(r);
+}
+
+/* ---------------------------------------------------------------- operations endpoints */
+
+static void answer_metrics(kiln_server *s, kx_call *c) {
+  kiln_http_stats st;
+  kiln_http_server_stats(s->http, &st);
+  kiln_metric_set(s->in_flight, NULL, (double)st.in_flight);
+  kiln_metric_set(s->connections, NULL, (double)st.connections);
+  char *text;
+  size_t len;
+  kiln_status e = kiln_metrics_render(s->metrics, &text, &len);
+  if (e) kx_answer_error(s, c, e);
+  else kx_answer(s, c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text, len);
+}
+
+static void set_request_id(kiln_server *s, kx_call *c, const char *given) {
+  size_t n = given ? strlen(given) : 0;
+  if (n > 0 && n < sizeof c->request_id && strspn(given, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:") == n) {
+    memcpy(c->request_id, given, n + 1);
+    return;
+  }
+  uint64_t id = atomic_fetch_add(&s->next_id, 1);
+  snprintf(c->request_id, sizeof c->request_id, "%016llx%08llx", (unsigned long long)s->id_salt, (unsigned long long)id);
+}
+
+static void handle(void *ctx, kiln_http_exchange *ex, const kiln_http_request *req) {
+  kiln_server *s = ctx;
+  kx_call c = {.ex = ex, .api = KX_API_UNKNOWN, .received_at = req->received_at};
+  snprintf(c.method, sizeof c.method, "%s", req->method);
+  snprintf(c.path, sizeof c.path, "%s", req->path);
+  set_request_id(s, &c, req->request_id);
+  const char *p = req->path;
+  int get = strcmp(req->method, "GET") == 0;
+  if (strncmp(p, "/v1/", 4) == 0) {
+    kx_tfs_handle(s, &c, req);
+  } else if (strcmp(p, "/v2") == 0 || strncmp(p, "/v2/", 4) == 0) {
+    kx_v2_handle(s, &c, req);
+  } else if (strcmp(p, "/metrics") == 0 || strcmp(p, "/monitoring/prometheus/metrics") == 0) {
+    c.api = KX_API_METRICS;
+    if (get) answer_metrics(s, &c);
+    else kx_answer_error(s, &c, kiln_error(KILN_INVALID_ARGUMENT, "%s takes GET, not %s", p, req->method));
+  } else {
+    kx_answer(s, &c, 404, "application/json", NULL, strdup("{\"error\":\"no such endpoint\"}"), 28);
+  }
+}
+
+/* ---------------------------------------------------------------- life cycle */
+
+kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out) {
+  *out = NULL;
+  kiln_server *s = calloc(1, sizeof *s);
+  if (!s) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  s->opt = *opt;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  s->id_salt = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid();
+  atomic_init(&s->next_id, 1);
+  atomic_init(&s->draining, 0);
+  kiln_status e = kiln_metrics_create(&s->metrics);
+  if (e) {
+    free(s);
+    return e;
+  }
+  const char *labels[4] = {"model", "version", "api", "code"};
+  s->requests = kiln_metrics_counter(s->metrics, "kiln_requests_total", "HTTP requests answered.", 4, labels);
+  s->request_seconds = kiln_metrics_histogram(s->metrics, "kiln_request_duration_seconds",
+                                              "Time from a request's last byte to its response.", 4, labels,
+                                              kiln_latency_bucket_count, kiln_latency_buckets);
+  s->in_flight = kiln_metrics_gauge(s->metrics, "kiln_requests_in_flight", "Requests received and not yet answered.", 0, NULL);
+  s->connections = kiln_metrics_gauge(s->metrics, "kiln_http_connections", "Open HTTP connections.", 0, NULL);
+  int intra = opt->intra_op_threads > 0 ? opt->intra_op_threads : 1;
+  if (!e && intra > 1) e = kiln_pool_create(kiln_cpu_count(), &s->pool);
+  kx_manager_options mo = {.server = &s->opt,
+                           .pool = s->pool,
+                           .done = inference_done,
+                           .done_ctx = s,
+                           .metrics = s->metrics,
+                           .version_metrics = {s->requests, s->request_seconds},
+                           .n_version_metrics = 2};
+  if (!e) e = kx_manager_create(&mo, &s->manager);
+  kiln_http_options ho = {
+      .host = opt->host,
+      .port = opt->rest_port,
+      .threads = opt->rest_threads,
+      .max_header_bytes = opt->max_header_bytes,
+      .max_body_bytes = opt->max_body_bytes,
+      .max_connections = opt->max_connections,
+      .idle_timeout_ms = opt->idle_timeout_ms,
+      .request_timeout_ms = opt->read_timeout_ms,
+  };
+  if (!e) e = kiln_http_server_start(&ho, handle, s, &s->http);
+  if (!e) {
+    kiln_log(KILN_LOG_INFO, "REST API listening on %s:%d", opt->host ? opt->host : "0.0.0.0", kiln_http_server_port(s->http));
+    e = kx_manager_configure(s->manager, opt->models);
+  }
+  if (!e) e = kx_manager_start_polling(s->manager, opt->poll_wait_seconds);
+  if (e) {
+    kiln_server_free(s);
+    return e;
+  }
+  *out = s;
+  return NULL;
+}
+
+int kiln_server_port(const kiln_server *s) { return kiln_http_server_port(s->http); }
+
+kiln_status kiln_server_reload(kiln_server *s, const kiln_model_server_config *models) {
+  return kx_manager_configure(s->manager, models);
+}
+
+int64_t kiln_server_drain(kiln_server *s, double timeout_s) {
+  atomic_store(&s->draining, 1);
+  kiln_http_server_stop_accepting(s->http);
+  double until = kiln_now() + timeout_s;
+  kiln_http_stats st;
+  for (;;) {
+    kiln_http_server_stats(s->http, &st);
+    if (st.in_flight == 0 || kiln_now() >= until) break;
+    nanosleep(&(struct timespec){0, 2000000}, NULL);
+  }
+  return st.in_flight;
+}
+
+void kiln_server_free(kiln_server *s) {
+  if (!s) return;
+  if (s->http) kiln_http_server_stop_accepting(s->http);
+  kx_manager_free(s->manager); /* answers everything queued */
+  kiln_http_server_free(s->http);
+  kiln_pool_free(s->pool);
+  kiln_metrics_free(s->metrics);
+  free(s);
+}
