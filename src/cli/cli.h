@@ -44,5 +44,6 @@ int cmd_info(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

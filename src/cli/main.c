@@ -3,6 +3,12 @@
 
 #include <string.h>
 
+/* Read by jemalloc, which the kiln binary links (CMakeLists.txt): freed pages go back to the system
+ * at once instead of after jemalloc's default 10 s, so a server's RSS follows the models it holds
+ * and a reloaded version's memory does not linger. Request-path allocations are small and reuse
+ * their slabs, so this costs them nothing. Ignored where jemalloc is not linked. */
+const char *malloc_conf = "dirty_decay_ms:0,muzzy_decay_ms:0";
+
 static const struct {
   const char *name;
   int (*fn)(int, char **);
@@ -12,6 +18,7 @@ static const struct {
     {"run", cmd_run, "run a model once on .npy / .pb inputs and write its outputs as .npy"},
     {"bench", cmd_bench, "measure latency and throughput on synthetic inputs"},
     {"conformance", cmd_conformance, "run ONNX backend test cases and compare with their expected outputs"},
+    {"serve", cmd_serve, "serve models over TF Serving's REST API and KServe V2, with metrics"},
 };
 
 static void usage(FILE *f) {
