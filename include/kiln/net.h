@@ -43,7 +43,8 @@ typedef struct kiln_http_options {
   size_t max_header_bytes; /* request line + headers; 0: 64 KiB. Beyond: 431 */
   size_t max_body_bytes;   /* 0: 64 MiB. Beyond: 413, before the body is read */
   int max_connections;     /* open connections over all threads; 0: 10000. Beyond: 503 + close */
-  int idle_timeout_ms;     /* keep-alive connection with no request in progress; 0: 60000 */
+  int idle_timeout_ms;     /* keep-alive connection with no request in progress (and a response
+                            * the client stops reading); 0: 60000 */
   int request_timeout_ms;  /* from a request's first byte to its last; 0: 30000. Beyond: 408 */
 } kiln_http_options;
 
@@ -77,7 +78,7 @@ typedef struct kiln_http_stats {
 void kiln_http_server_stats(kiln_http_server *s, kiln_http_stats *out);
 
 /* Closes every connection and joins the I/O threads. Exchanges not yet answered must be answered
- * (or their owners stopped) first: call this after in_flight has reached 0. */
+ * (or their owners stopped) first: call this after in_flight has reached 0. Not from a handler. */
 void kiln_http_server_free(kiln_http_server *s);
 
 /* Text of an HTTP status ("Not Found"); "Unknown" for codes it does not know. */

@@ -6,7 +6,8 @@
 
 /* Serves an already-connected stream socket (a socketpair end, say) as if it had been accepted:
  * the server takes ownership of fd (made non-blocking here) and closes it when the connection
- * ends. It counts against max_connections like an accepted one. */
+ * ends. It counts against max_connections like an accepted one. The loop takes the socket over
+ * asynchronously: free the server only after the connection has shown up in the stats. */
 kiln_status kx_http_serve_fd(kiln_http_server *s, int fd);
 
 #endif

@@ -262,6 +262,39 @@ static void test_get_and_post(void) {
   stop(s);
 }
 
+/* A 4 MiB body each way: the response goes out in many partial writes (EPOLLOUT). */
+static void test_large_body(void) {
+  kiln_http_server *s = start((kiln_http_options){0});
+  client *c = client_local(s);
+  enum { SIZE = 4 << 20 };
+  char *big = malloc(SIZE + 128);
+  int n = snprintf(big, 128, "POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n", SIZE);
+  for (int i = 0; i < SIZE; i++) big[n + i] = (char)('a' + i % 26);
+  big[n + SIZE] = '\0';
+  CHECK(client_send(c, big) == 0);
+  /* read the head, then the body in pieces, slowly at first */
+  size_t body = 0, head = 0;
+  int bad = 0;
+  char buf[65536];
+  while (head == 0 || body < SIZE) {
+    ssize_t r = recv(c->fd, buf, head ? sizeof buf : 1024, 0);
+    if (r <= 0) break;
+    size_t off = 0;
+    if (!head) {
+      char *e = memmem(buf, (size_t)r, "\r\n\r\n", 4);
+      CHECK(e && !memcmp(buf, "HTTP/1.1 200 OK\r\n", 17));
+      if (!e) break;
+      head = off = (size_t)(e - buf) + 4;
+      sleep_ms(50); /* let the server fill the socket and wait for EPOLLOUT */
+    }
+    for (; off < (size_t)r; off++, body++) bad |= buf[off] != (char)('a' + body % 26);
+  }
+  CHECK(body == SIZE && !bad);
+  free(big);
+  client_close(c);
+  stop(s);
+}
+
 static void test_keep_alive(void) {
   kiln_http_server *s = start((kiln_http_options){0});
   client *c = client_local(s);
@@ -613,7 +646,7 @@ static void test_start_errors(void) {
   CHECK(kiln_now() - a >= 0.019);
 }
 
-TEST_MAIN(TEST(test_get_and_post), TEST(test_keep_alive), TEST(test_pipelined), TEST(test_expect_continue),
+TEST_MAIN(TEST(test_get_and_post), TEST(test_large_body), TEST(test_keep_alive), TEST(test_pipelined), TEST(test_expect_continue),
           TEST(test_chunked), TEST(test_limits), TEST(test_malformed), TEST(test_request_timeout),
           TEST(test_idle_timeout), TEST(test_max_connections), TEST(test_respond_from_other_thread),
           TEST(test_client_closes_early), TEST(test_stop_accepting), TEST(test_many_clients), TEST(test_ipv6),
