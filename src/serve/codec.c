@@ -132,25 +132,6 @@ kiln_status kx_codec_unknown_name(const kiln_value_info *infos, int n, const cha
 
 /* ------------------------------------------------------------------ decoding */
 
-kiln_status kx_codec_parse_json(const char *body, size_t len, cJSON **out) {
-  const char *end = NULL;
-  *out = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-  if (!*out) {
-    size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
-    return kiln_error(KILN_INVALID_ARGUMENT, "invalid JSON at byte %zu of %zu", at, len);
-  }
-  /* trailing bytes other than whitespace are an error too */
-  for (size_t i = end ? (size_t)(end - body) : len; i < len; i++) {
-    char c = body[i];
-    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-      cJSON_Delete(*out);
-      *out = NULL;
-      return kiln_error(KILN_INVALID_ARGUMENT, "invalid JSON at byte %zu of %zu: data after the value", i, len);
-    }
-  }
-  return NULL;
-}
-
 kiln_status kx_codec_check_input(const kiln_value_info *info, kiln_dtype *dtype) {
   if (info->kind != KILN_VALUE_TENSOR)
     return kiln_error(KILN_UNIMPLEMENTED, "input '%s' is not a tensor; the REST APIs carry only tensors", info->name);

@@ -1,0 +1,20 @@
+/* libFuzzer target: the REST front ends' JSON reader, differentially: every document it accepts
+ * must be accepted by cJSON's own parser with an equal tree. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+
+#include "serve/codec.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  cJSON *ours = NULL;
+  kiln_status s = kx_codec_parse_json((const char *)data, size, &ours);
+  if (s) {
+    kiln_status_free(s);
+    return 0;
+  }
+  cJSON *theirs = cJSON_ParseWithLength((const char *)data, size);
+  if (!theirs || !cJSON_Compare(ours, theirs, 1)) abort();
+  cJSON_Delete(theirs);
+  cJSON_Delete(ours);
+  return 0;
+}
