@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_PLANS 8
+#define MAX_PLANS 32
 #define ARENA_ALIGN 64
 
 struct kx_frame {
