@@ -7,7 +7,7 @@
  * at once instead of after jemalloc's default 10 s, so a server's RSS follows the models it holds
  * and a reloaded version's memory does not linger. Request-path allocations are small and reuse
  * their slabs, so this costs them nothing. Ignored where jemalloc is not linked. */
-const char *malloc_conf = "dirty_decay_ms:0,muzzy_decay_ms:0";
+const char *malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
 static const struct {
   const char *name;
