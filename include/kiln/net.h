@@ -65,8 +65,10 @@ void kiln_http_respond(kiln_http_exchange *ex, int status, const char *content_t
 /* The same with a JSON body {"error": message}. */
 void kiln_http_respond_error(kiln_http_exchange *ex, int status, const char *message);
 
-/* Stops accepting: the listening socket is closed; open connections finish the request in
- * progress and are then closed. */
+/* Stops accepting: the listening socket is closed; every response from now on carries
+ * "Connection: close" and its connection closes after it; an idle keep-alive connection gets one
+ * second (or idle_timeout_ms, if shorter) to send one more request, then is closed. Drained when
+ * kiln_http_server_stats reports no connections. */
 void kiln_http_server_stop_accepting(kiln_http_server *s);
 
 typedef struct kiln_http_stats {

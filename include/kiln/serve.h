@@ -109,8 +109,9 @@ int kiln_server_port(const kiln_server *s);
 /* Replaces the model list (SIGHUP): new models load, removed ones unload after their in-flight
  * requests, changed policies and labels apply at once. */
 kiln_status kiln_server_reload(kiln_server *s, const kiln_model_server_config *models);
-/* Readiness false, stop accepting, wait up to timeout_s for in-flight requests; returns the
- * number still in flight when it gave up (0 after a clean drain). */
+/* Readiness false, stop accepting, wait up to timeout_s for in-flight requests to be answered and
+ * connections to close (kiln_http_server_stop_accepting); returns the number of requests still in
+ * flight when it gave up (0 after a clean drain). */
 int64_t kiln_server_drain(kiln_server *s, double timeout_s);
 void kiln_server_free(kiln_server *s);
 

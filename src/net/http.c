@@ -747,7 +747,7 @@ static void conn_on_timer(ev_loop *l, void *arg) {
   c->timer_kind = T_NONE;
   if (kind == T_REQUEST && c->state == C_READ) {
     char msg[96];
-    snprintf(msg, sizeof msg, "request not complete within %d ms", c->io->server->opt.request_timeout_ms);
+    snprintf(msg, sizeof msg, "timed out: the request was not complete within %d ms", c->io->server->opt.request_timeout_ms);
     conn_reject(c, 408, msg);
   } else if (kind == T_IDLE && c->state == C_READ && !c->in_request) {
     conn_free(c);
@@ -870,7 +870,13 @@ static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
   }
 }
 
-/* On each loop: drop the listener (the last loop closes it) and close idle connections. */
+/* How long an idle keep-alive connection stays open once the server drains: a client that sends
+ * its next request meanwhile is still answered (with Connection: close) instead of finding the
+ * connection closed under it. */
+#define DRAIN_IDLE_MS 1000
+
+/* On each loop: drop the listener (the last loop closes it) and give idle connections
+ * DRAIN_IDLE_MS (or the idle timeout, if shorter) to send one more request. */
 static void io_on_stop_accepting(ev_loop *l, void *arg) {
   kx_io *io = arg;
   kiln_http_server *s = io->server;
@@ -886,7 +892,10 @@ static void io_on_stop_accepting(ev_loop *l, void *arg) {
   conn *next;
   for (conn *c = io->conns; c; c = next) {
     next = c->next;
-    if (c->state == C_READ && !c->in_request && !out_pending(c)) conn_linger(c);
+    if (c->state == C_READ && !c->in_request && !out_pending(c)) {
+      int ms = s->opt.idle_timeout_ms < DRAIN_IDLE_MS ? s->opt.idle_timeout_ms : DRAIN_IDLE_MS;
+      if (conn_arm(c, T_IDLE, ms) != 0) conn_free(c);
+    }
   }
 }
 

@@ -264,7 +264,7 @@ int64_t kiln_server_drain(kiln_server *s, double timeout_s) {
   kiln_http_stats st;
   for (;;) {
     kiln_http_server_stats(s->http, &st);
-    if (st.in_flight == 0 || kiln_now() >= until) break;
+    if ((st.in_flight == 0 && st.connections == 0) || kiln_now() >= until) break;
     nanosleep(&(struct timespec){0, 2000000}, NULL);
   }
   return st.in_flight;
