@@ -110,8 +110,10 @@ kiln_dtype kx_v2_dtype_from_name(const char *name);
 
 struct cJSON;
 /* Parses a JSON document of exactly len bytes (trailing whitespace allowed); errors give the byte
- * offset. */
+ * offset. The tree (cJSON nodes in an arena, src/serve/json.c) is freed with kx_codec_free_json,
+ * never cJSON_Delete. */
 kiln_status kx_codec_parse_json(const char *body, size_t len, struct cJSON **out);
+void kx_codec_free_json(struct cJSON *root);
 /* The dtype an input is decoded into (KILN_UNDEFINED: float); UNIMPLEMENTED for inputs the REST
  * APIs cannot carry (sequences, complex numbers). */
 kiln_status kx_codec_check_input(const kiln_value_info *info, kiln_dtype *dtype);

@@ -176,7 +176,7 @@ kiln_status kx_tfs_decode_predict(const kx_signature *sig, const char *body, siz
   else s = decode_columns(sig, cols, len, inputs);
   if (!s && columnar) *columnar = cols != NULL;
 done:
-  cJSON_Delete(root);
+  kx_codec_free_json(root);
   if (s) kx_codec_release_all(inputs, sig->n_inputs);
   return s;
 }

@@ -248,7 +248,7 @@ kiln_status kx_v2_decode_infer(const kx_signature *sig, const char *body, size_t
   kiln_status s = kx_codec_parse_json(body, json_len, &root);
   if (s) return s;
   s = decode_infer(sig, root, body, len, json_len, header_len >= 0, inputs, req);
-  cJSON_Delete(root);
+  kx_codec_free_json(root);
   if (s) {
     kx_codec_release_all(inputs, sig->n_inputs);
     kx_v2_request_free(req);

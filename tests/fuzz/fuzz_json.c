@@ -15,6 +15,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cJSON *theirs = cJSON_ParseWithLength((const char *)data, size);
   if (!theirs || !cJSON_Compare(ours, theirs, 1)) abort();
   cJSON_Delete(theirs);
-  cJSON_Delete(ours);
+  kx_codec_free_json(ours);
   return 0;
 }
