@@ -28,6 +28,7 @@ struct kx_batcher {
   kx_request *head, *tail;
   int queued;
   int forming; /* a worker is gathering a batch: the others leave the queue to it */
+  int waiting; /* workers asleep on an empty queue */
   int stop;
   int ready, failed; /* workers done with warm-up; first warm-up error kept in warmup_error */
   kiln_status warmup_error;
@@ -76,15 +77,36 @@ static void timed_wait(kx_batcher *b, double until) {
   pthread_cond_timedwait(&b->cond, &b->lock, &ts);
 }
 
+/* Without batching: the next request that has not expired (expired ones go to `expired`).
+ * Returns 1, or 0 when stopping. Lock held on entry and exit. */
+static int take_one(kx_batcher *b, kx_request **batch, kx_request **expired) {
+  while (!b->stop && !b->head) {
+    b->waiting++;
+    pthread_cond_wait(&b->cond, &b->lock);
+    b->waiting--;
+  }
+  while (b->head) {
+    kx_request *r = unlink_after(b, NULL);
+    if (kiln_now() <= r->deadline) {
+      batch[0] = r;
+      return 1;
+    }
+    r->next = *expired;
+    *expired = r;
+  }
+  return 0;
+}
+
 /* Takes the next batch off the queue into `batch` (at most max entries); expired requests go to
- * `expired`. Returns the batch's count; 0 when stopping. Lock held on entry and exit. */
+ * `expired`. One worker gathers at a time, waiting up to batch_timeout_micros after the batch's
+ * first request for more. Returns the batch's count; 0 when stopping. Lock held on entry and
+ * exit. */
 static int gather(kx_batcher *b, kx_request **batch, int max, kx_request **expired) {
+  if (!b->opt.batching) return take_one(b, batch, expired);
   while (!(b->stop && !b->head) && (!b->head || b->forming)) pthread_cond_wait(&b->cond, &b->lock);
   if (!b->head) return 0;
   int n = 0;
-  int64_t rows = 0;
-  int merging = b->opt.batching;
-  int64_t limit = merging ? b->opt.config->max_batch_size : 1;
+  int64_t rows = 0, limit = b->opt.config->max_batch_size;
   double until = 0;
   b->forming = 1;
   for (;;) {
@@ -102,17 +124,16 @@ static int gather(kx_batcher *b, kx_request **batch, int max, kx_request **expir
         r = r->next;
         continue;
       }
-      if (n == 0) until = deadline_of(r->enqueued_at, merging ? b->opt.config->batch_timeout_micros : 0);
+      if (n == 0) until = deadline_of(r->enqueued_at, b->opt.config->batch_timeout_micros);
       batch[n++] = unlink_after(b, prev);
       rows += rows_of(batch[n - 1]);
       r = prev ? prev->next : b->head;
     }
-    if (!merging || n == max || rows >= limit || b->stop || kiln_now() >= until) break;
-    if (n == 0) break; /* everything queued had expired */
+    if (n == 0 || n == max || rows >= limit || b->stop || kiln_now() >= until) break;
     timed_wait(b, until);
   }
   b->forming = 0;
-  pthread_cond_broadcast(&b->cond);
+  pthread_cond_broadcast(&b->cond); /* the next gatherer may start */
   return n;
 }
 
@@ -339,7 +360,11 @@ int kx_batcher_submit(kx_batcher *b, kx_request *req) {
   else b->head = req;
   b->tail = req;
   b->queued++;
-  pthread_cond_broadcast(&b->cond);
+  /* Batching: the gathering worker must hear of it as well as the idle ones. Otherwise a sleeping
+   * worker is woken only when the busy ones have more queued than they will take next: a small
+   * model's requests then flow through one awake worker instead of paying a wake-up each. */
+  if (b->opt.batching) pthread_cond_broadcast(&b->cond);
+  else if (b->waiting && b->queued > b->opt.workers - b->waiting) pthread_cond_signal(&b->cond);
   pthread_mutex_unlock(&b->lock);
   return 0;
 }
