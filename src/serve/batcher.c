@@ -9,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+/* Queued work, in seconds per awake worker, beyond which another worker is woken. */
+#define WAKE_BACKLOG_S 200e-6
+
 typedef struct worker {
   kx_batcher *b;
   pthread_t thread;
@@ -28,7 +31,8 @@ struct kx_batcher {
   kx_request *head, *tail;
   int queued;
   int forming; /* a worker is gathering a batch: the others leave the queue to it */
-  int waiting; /* workers asleep on an empty queue */
+  int waiting;       /* workers asleep on an empty queue */
+  double run_seconds; /* moving average of one batch's run, answering included */
   int stop;
   int ready, failed; /* workers done with warm-up; first warm-up error kept in warmup_error */
   kiln_status warmup_error;
@@ -293,8 +297,11 @@ static void *worker_main(void *arg) {
       expired = e->next;
       finish(b, e, NULL, kiln_error(KILN_DEADLINE_EXCEEDED, "request waited longer than its deadline"));
     }
+    double t0 = kiln_now();
     if (n) run_batch(w, batch, n, merged, views, outputs, ptrs);
+    double took = kiln_now() - t0;
     pthread_mutex_lock(&b->lock);
+    if (n) b->run_seconds += 0.1 * (took - b->run_seconds);
   }
   pthread_mutex_unlock(&b->lock);
   free(batch);
@@ -361,10 +368,13 @@ int kx_batcher_submit(kx_batcher *b, kx_request *req) {
   b->tail = req;
   b->queued++;
   /* Batching: the gathering worker must hear of it as well as the idle ones. Otherwise a sleeping
-   * worker is woken only when the busy ones have more queued than they will take next: a small
-   * model's requests then flow through one awake worker instead of paying a wake-up each. */
+   * worker is woken when no worker is awake, or when the queue holds more than WAKE_BACKLOG_S of
+   * work for the awake ones: a small model's requests then flow through one awake worker instead
+   * of paying a wake-up (and a core taken from the I/O threads) each. */
+  int awake = b->opt.workers - b->waiting;
   if (b->opt.batching) pthread_cond_broadcast(&b->cond);
-  else if (b->waiting && b->queued > b->opt.workers - b->waiting) pthread_cond_signal(&b->cond);
+  else if (b->waiting && (awake == 0 || b->queued * b->run_seconds > WAKE_BACKLOG_S * awake))
+    pthread_cond_signal(&b->cond);
   pthread_mutex_unlock(&b->lock);
   return 0;
 }

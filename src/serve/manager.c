@@ -639,9 +639,12 @@ static void drop_model(kx_manager *mg, int index) {
 kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config *cfg) {
   pthread_mutex_lock(&mg->poll_lock);
   kiln_status s = NULL;
+  /* a model that is gone, or whose base path changed, unloads (its versions are other files) */
   for (int i = mg->n_models - 1; i >= 0; i--) {
     int kept = 0;
-    for (int k = 0; k < cfg->n_models; k++) kept |= strcmp(cfg->models[k].name, mg->models[i]->cfg.name) == 0;
+    for (int k = 0; k < cfg->n_models; k++)
+      kept |= strcmp(cfg->models[k].name, mg->models[i]->cfg.name) == 0 &&
+              strcmp(cfg->models[k].base_path, mg->models[i]->cfg.base_path) == 0;
     if (!kept) drop_model(mg, i);
   }
   model_entry **models = realloc(mg->models, (size_t)(cfg->n_models + 1) * sizeof *models);
