@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <limits.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +130,7 @@ static int parse_number(reader *r, cJSON *node) {
     v = strtod(copy, NULL);
     if (copy != small) free(copy);
     negative = 0; /* strtod read the sign */
+    if (isinf(v)) return fail(r, "number out of range");
   }
   r->p = q;
   node->type = cJSON_Number;

@@ -96,27 +96,9 @@ static void model_metadata(kiln_server *s, kx_call *c, const route *rt) {
   kx_version_release(v);
 }
 
-static void infer(kiln_server *s, kx_call *c, const route *rt, const kiln_http_request *req) {
-  kx_version *v;
-  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, NULL, &v);
-  if (e) {
-    kx_answer_error(s, c, e);
-    return;
-  }
-  kx_request *r;
-  if ((e = kx_request_new(c, v, &r))) {
-    kx_version_release(v);
-    kx_answer_error(s, c, e);
-    return;
-  }
-  e = kx_v2_decode_infer(&v->sig, req->body ? req->body : "", req->body_len, req->inference_header_length, r->inputs,
-                         &r->v2);
-  if (e) {
-    kx_answer_error(s, &r->call, e);
-    kx_request_free(r);
-    return;
-  }
-  kx_submit(s, r);
+static kiln_status decode(kx_request *r, const kiln_http_request *req) {
+  return kx_v2_decode_infer(&r->version->sig, req->body ? req->body : "", req->body_len, req->inference_header_length,
+                            r->inputs, &r->v2);
 }
 
 void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
@@ -141,7 +123,7 @@ void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
     kx_answer_error(s, c, e);
   } else if (strcmp(rt.action, "infer") == 0) {
     c->api = KX_API_V2_INFER;
-    if (post) infer(s, c, &rt, req);
+    if (post) kx_infer(s, c, rt.model, rt.version, NULL, req, decode);
     else kx_answer_error(s, c, kiln_error(KILN_INVALID_ARGUMENT, "%s takes POST, not %s", p, req->method));
   } else if (!get) {
     kx_answer_error(s, c, kiln_error(KILN_INVALID_ARGUMENT, "%s takes GET, not %s", p, req->method));

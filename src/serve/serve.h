@@ -176,12 +176,13 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
 void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error);
 /* Answers 200 with the JSON in `out` (freed). */
 void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out);
-/* A request for version `v` (whose reference it takes over), with room for its inputs. */
-kiln_status kx_request_new(const kx_call *c, kx_version *v, kx_request **out);
-/* Frees the inputs and the request and drops its version reference. */
-void kx_request_free(kx_request *r);
-/* Queues decoded inputs for inference: takes the request (answering 429 when the queue is full). */
-void kx_submit(kiln_server *s, kx_request *r);
+/* Decodes a request body into r->inputs (and the front end's fields of r). */
+typedef kiln_status (*kx_decode_fn)(kx_request *r, const kiln_http_request *req);
+/* The inference path of both front ends: finds the version (version >= 0, else label, else the
+ * default), decodes the body against its signature and queues the request; every error is
+ * answered here. */
+void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, const char *label,
+              const kiln_http_request *req, kx_decode_fn decode);
 /* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
 int kx_http_status(kiln_code code);
 

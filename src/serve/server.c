@@ -91,6 +91,31 @@ void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out) {
   kx_answer(s, c, 200, "application/json", NULL, body, len);
 }
 
+/* A request for version `v` (whose reference it takes over), with room for its inputs. */
+static kiln_status request_new(const kx_call *c, kx_version *v, kx_request **out) {
+  kx_request *r = calloc(1, sizeof *r);
+  if (r) r->inputs = calloc((size_t)v->sig.n_inputs + 1, sizeof *r->inputs);
+  if (!r || !r->inputs) {
+    free(r);
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  r->call = *c;
+  r->call.version = v;
+  r->version = v;
+  *out = r;
+  return NULL;
+}
+
+/* Frees the inputs and the request and drops its version reference. */
+static void request_free(kx_request *r) {
+  if (r->inputs)
+    for (int i = 0; i < r->version->sig.n_inputs; i++) kiln_tensor_release(&r->inputs[i]);
+  free(r->inputs);
+  kx_v2_request_free(&r->v2);
+  kx_version_release(r->version);
+  free(r);
+}
+
 /* The batcher's completion callback, on a worker thread: encode, answer, free. */
 static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
   kiln_server *s = ctx;
@@ -113,39 +138,32 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
   } else {
     kx_answer_json(s, &r->call, &b);
   }
-  kx_request_free(r);
+  request_free(r);
 }
 
-kiln_status kx_request_new(const kx_call *c, kx_version *v, kx_request **out) {
-  kx_request *r = calloc(1, sizeof *r);
-  if (r) r->inputs = calloc((size_t)v->sig.n_inputs + 1, sizeof *r->inputs);
-  if (!r || !r->inputs) {
-    free(r);
-    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  r->call = *c;
-  r->call.version = v;
-  r->version = v;
-  *out = r;
-  return NULL;
-}
-
-void kx_request_free(kx_request *r) {
-  if (r->inputs)
-    for (int i = 0; i < r->version->sig.n_inputs; i++) kiln_tensor_release(&r->inputs[i]);
-  free(r->inputs);
-  kx_v2_request_free(&r->v2);
-  kx_version_release(r->version);
-  free(r);
-}
-
-void kx_submit(kiln_server *s, kx_request *r) {
+/* Queues a decoded request (answering 429 when the version's queue is full). */
+static void submit(kiln_server *s, kx_request *r) {
   r->deadline = r->call.received_at + (s->opt.timeout_ms > 0 ? s->opt.timeout_ms : 30000) * 1e-3;
   if (kx_batcher_submit(r->version->batcher, r) == 0) return;
   kx_answer_error(s, &r->call,
                   kiln_error(KILN_RESOURCE_EXHAUSTED, "model '%s' version %s: the request queue is full; retry later",
                              r->version->model_name, r->version->version_text));
-  kx_request_free(r);
+  request_free(r);
+}
+
+void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, const char *label,
+              const kiln_http_request *req, kx_decode_fn decode) {
+  kx_version *v;
+  kx_request *r = NULL;
+  kiln_status e = kx_manager_acquire(s->manager, model, version, label, &v);
+  if (!e && (e = request_new(c, v, &r))) kx_version_release(v);
+  if (!e && (e = decode(r, req))) {
+    kx_answer_error(s, &r->call, e);
+    request_free(r);
+    return;
+  }
+  if (e) kx_answer_error(s, c, e);
+  else submit(s, r);
 }
 
 /* ---------------------------------------------------------------- operations endpoints */

@@ -68,26 +68,8 @@ static kiln_status parse_route(const char *path, route *r) {
   return NULL;
 }
 
-static void predict(kiln_server *s, kx_call *c, const route *rt, const kiln_http_request *req) {
-  kx_version *v;
-  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, rt->has_label ? rt->label : NULL, &v);
-  if (e) {
-    kx_answer_error(s, c, e);
-    return;
-  }
-  kx_request *r;
-  if ((e = kx_request_new(c, v, &r))) {
-    kx_version_release(v);
-    kx_answer_error(s, c, e);
-    return;
-  }
-  e = kx_tfs_decode_predict(&v->sig, req->body ? req->body : "", req->body_len, r->inputs, &r->columnar);
-  if (e) {
-    kx_answer_error(s, &r->call, e);
-    kx_request_free(r);
-    return;
-  }
-  kx_submit(s, r);
+static kiln_status decode(kx_request *r, const kiln_http_request *req) {
+  return kx_tfs_decode_predict(&r->version->sig, req->body ? req->body : "", req->body_len, r->inputs, &r->columnar);
 }
 
 static void metadata(kiln_server *s, kx_call *c, const route *rt) {
@@ -117,7 +99,7 @@ void kx_tfs_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
                                            ? KILN_UNIMPLEMENTED : KILN_NOT_FOUND,
                                        "':%s' is not supported: kiln serves ':predict'", rt.verb));
     else if (!post) kx_answer_error(s, c, kiln_error(KILN_INVALID_ARGUMENT, ":predict takes POST, not %s", req->method));
-    else predict(s, c, &rt, req);
+    else kx_infer(s, c, rt.model, rt.version, rt.has_label ? rt.label : NULL, req, decode);
   } else if (!get) {
     kx_answer_error(s, c, kiln_error(KILN_INVALID_ARGUMENT, "%s takes GET, not %s", req->path, req->method));
   } else if (rt.metadata) {
