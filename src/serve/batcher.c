@@ -379,13 +379,6 @@ int kx_batcher_submit(kx_batcher *b, kx_request *req) {
   return 0;
 }
 
-int kx_batcher_queued(kx_batcher *b) {
-  pthread_mutex_lock(&b->lock);
-  int n = b->queued;
-  pthread_mutex_unlock(&b->lock);
-  return n;
-}
-
 void kx_batcher_free(kx_batcher *b) {
   if (!b) return;
   pthread_mutex_lock(&b->lock);

@@ -112,7 +112,8 @@ void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
   }
   if (strcmp(p, "/v2/health/live") == 0 || strcmp(p, "/v2/health/ready") == 0) {
     c->api = KX_API_HEALTH;
-    int ready = p[11] == 'l' || (!atomic_load(&s->draining) && kx_manager_ready(s->manager));
+    int ready = p[11] == 'l' ||
+                (atomic_load(&s->loaded) && !atomic_load(&s->draining) && kx_manager_ready(s->manager));
     answer_flag(s, c, ready ? 200 : 503, p[11] == 'l' ? "live" : "ready", ready);
     return;
   }

@@ -206,7 +206,7 @@ int kx_manager_versions(kx_manager *mg, const char *model, int64_t *out, int max
 
 int kx_manager_ready(kx_manager *mg) {
   pthread_rwlock_rdlock(&mg->lock);
-  int ready = 1;
+  int ready = mg->n_models > 0;
   for (int i = 0; i < mg->n_models; i++) ready &= available_count(mg->models[i]) > 0;
   pthread_rwlock_unlock(&mg->lock);
   return ready;
@@ -608,7 +608,8 @@ static void scan_model(kx_manager *mg, model_entry *e) {
   }
 }
 
-void kx_manager_poll(kx_manager *mg) {
+/* Scans every model's base path once, loading and retiring versions per policy. */
+static void poll_models(kx_manager *mg) {
   pthread_mutex_lock(&mg->poll_lock);
   for (int i = 0; i < mg->n_models; i++) scan_model(mg, mg->models[i]);
   reap(mg);
@@ -691,7 +692,7 @@ static void *poll_main(void *arg) {
     mg->poll_now = 0;
     pthread_mutex_unlock(&mg->wake_lock);
     if (scan) {
-      kx_manager_poll(mg);
+      poll_models(mg);
       next_scan = kiln_now() + mg->poll_seconds;
     } else {
       pthread_mutex_lock(&mg->poll_lock);

@@ -83,12 +83,10 @@ typedef struct kx_batcher_options {
 } kx_batcher_options;
 
 /* Starts the workers and waits until every one has created its session and warmed up; an error
- * (a failed warm-up run, non-finite warm-up outputs) stops them again. */
+ * (a session that cannot be created, a failed warm-up run) stops them again. */
 kiln_status kx_batcher_start(const kiln_model *m, const kx_batcher_options *opt, kx_batcher **out);
 /* Queues a request; returns 0, or -1 when the queue is full (the caller answers 429). */
 int kx_batcher_submit(kx_batcher *b, kx_request *req);
-/* Requests waiting now. */
-int kx_batcher_queued(kx_batcher *b);
 /* Answers everything queued, then joins the workers and frees the batcher. */
 void kx_batcher_free(kx_batcher *b);
 
@@ -111,7 +109,7 @@ struct kx_version {
   int batchable;      /* every input has a free first dimension */
 };
 
-/* Takes / drops a reference. The last drop of a retired version lets the manager free it. */
+/* Drops a reference. The last drop of a retired version lets the manager free it. */
 void kx_version_release(kx_version *v);
 
 typedef struct kx_manager_options {
@@ -129,8 +127,6 @@ typedef struct kx_manager_options {
 kiln_status kx_manager_create(const kx_manager_options *opt, kx_manager **out);
 /* Replaces the model list and loads / unloads to match it (also what each poll does). */
 kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config *cfg);
-/* Scans every model's base path once, loading and retiring versions per policy. */
-void kx_manager_poll(kx_manager *mg);
 /* Starts polling every `seconds` on a thread of its own. */
 kiln_status kx_manager_start_polling(kx_manager *mg, double seconds);
 
@@ -148,7 +144,7 @@ kiln_status kx_manager_status_json(kx_manager *mg, const char *model, int64_t ve
 /* AVAILABLE version numbers of a model, ascending (for V2 metadata); returns the count (at most
  * max), -1 for an unknown model. */
 int kx_manager_versions(kx_manager *mg, const char *model, int64_t *out, int max);
-/* Whether every configured model has at least one AVAILABLE version. */
+/* Whether there are models and every one has at least one AVAILABLE version. */
 int kx_manager_ready(kx_manager *mg);
 /* Stops polling, retires every version (answering what is queued) and frees the manager. */
 void kx_manager_free(kx_manager *mg);
@@ -163,6 +159,7 @@ struct kiln_server {
   kx_manager *manager;
   kiln_pool *pool;
   kiln_metrics *metrics;
+  atomic_int loaded;   /* the first load of every configured model has been tried */
   atomic_int draining;
   atomic_uint_fast64_t next_id;
   uint64_t id_salt;
@@ -183,8 +180,6 @@ typedef kiln_status (*kx_decode_fn)(kx_request *r, const kiln_http_request *req)
  * answered here. */
 void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, const char *label,
               const kiln_http_request *req, kx_decode_fn decode);
-/* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
-int kx_http_status(kiln_code code);
 
 /* Parses a version number from a URL segment (digits only). */
 kiln_status kx_parse_version(const char *text, int64_t *out);

@@ -17,7 +17,8 @@ static const char *api_names[KX_API_COUNT] = {
     [KX_API_METRICS] = "metrics", [KX_API_UNKNOWN] = "unknown",
 };
 
-int kx_http_status(kiln_code code) {
+/* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
+static int http_status(kiln_code code) {
   switch (code) {
   case KILN_OK: return 200;
   case KILN_INVALID_ARGUMENT:
@@ -64,7 +65,7 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
 }
 
 void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error) {
-  int status = kx_http_status(kiln_status_code(error));
+  int status = http_status(kiln_status_code(error));
   if (status >= 500 && status != 503) {
     kiln_log_field f[3] = {{"model", c->version ? c->version->model_name : NULL},
                            {"version", c->version ? c->version->version_text : NULL},
@@ -222,6 +223,7 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
   clock_gettime(CLOCK_REALTIME, &ts);
   s->id_salt = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid();
   atomic_init(&s->next_id, 1);
+  atomic_init(&s->loaded, 0);
   atomic_init(&s->draining, 0);
   kiln_status e = kiln_metrics_create(&s->metrics);
   if (e) {
@@ -259,6 +261,7 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
   if (!e) {
     kiln_log(KILN_LOG_INFO, "REST API listening on %s:%d", opt->host ? opt->host : "0.0.0.0", kiln_http_server_port(s->http));
     e = kx_manager_configure(s->manager, opt->models);
+    atomic_store(&s->loaded, 1);
   }
   if (!e) e = kx_manager_start_polling(s->manager, opt->poll_wait_seconds);
   if (e) {

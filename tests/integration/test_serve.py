@@ -451,6 +451,37 @@ class Api(ServeTest):
         self.assertRegex(recs[-1]["ts"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
+class Readiness(ServeTest):
+    def test_not_ready_until_loaded_and_warmed_up(self):
+        """/v2/health/ready stays 503 while the first version warms up (a slow model, many warm-up
+        runs), and once it says 200 a predict succeeds at once."""
+        model = os.path.join(self.dir, "slow", "1", "model.onnx")
+        slow_model(model)
+        server = Server(KILN, ["--model_name=slow", "--model_base_path=" + os.path.dirname(os.path.dirname(model)),
+                               "--warmup_runs=30", "--tensorflow_inter_op_parallelism=1"], self.dir, ready=False)
+        try:
+            seen = []
+            t_end = time.monotonic() + 30
+            while time.monotonic() < t_end:
+                try:
+                    status = request(server.port, "GET", "/v2/health/ready").status
+                except OSError:
+                    status = None  # not listening yet
+                if status is not None:
+                    seen.append(status)
+                if status == 200:
+                    break
+                time.sleep(0.005)
+            self.assertEqual(seen[-1:], [200], "never ready: %s" % server.log_tail())
+            self.assertIn(503, seen, "no probe saw the server loading; the check proves nothing")
+            x = np.zeros((1, 512), np.float32)
+            r = request(server.port, "POST", "/v2/models/slow/infer", v2_json(x))
+            self.assertEqual(r.status, 200, r)
+            server.stop_ok()
+        finally:
+            server.kill()
+
+
 class Usage(ServeTest):
     def test_usage_errors(self):
         r = subprocess.run([KILN, "serve", "--help"], capture_output=True, text=True, timeout=30)
