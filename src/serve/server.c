@@ -59,7 +59,7 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
   kiln_metric_add(s->requests, labels, 1);
   kiln_metric_observe(s->request_seconds, labels, seconds);
   if (s->opt.access_log) access_log(c, status, len, seconds);
-  char headers[128];
+  char headers[256]; /* the id (< 40 bytes) and at most Inference-Header-Content-Length */
   snprintf(headers, sizeof headers, "X-Request-Id: %s\r\n%s", c->request_id, extra_headers ? extra_headers : "");
   kiln_http_respond(c->ex, status, content_type, headers, body, len);
 }
@@ -208,7 +208,7 @@ static void handle(void *ctx, kiln_http_exchange *ex, const kiln_http_request *r
     if (get) answer_metrics(s, &c);
     else kx_answer_error(s, &c, kiln_error(KILN_INVALID_ARGUMENT, "%s takes GET, not %s", p, req->method));
   } else {
-    kx_answer(s, &c, 404, "application/json", NULL, strdup("{\"error\":\"no such endpoint\"}"), 28);
+    kx_answer_error(s, &c, kiln_error(KILN_NOT_FOUND, "no such endpoint: %s", p));
   }
 }
 
