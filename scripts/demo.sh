@@ -1,7 +1,8 @@
 #!/bin/sh
 # demo.sh [BUILD_DIR]: kiln's main job on built-in defaults. Exports the seed's classifier
 # (Flatten -> Dense(128, relu) -> Dense(10) on 28x28 images) with PyTorch, then inspects it, runs
-# it on an input and benchmarks it at batch 1 and 64; finally runs one of ONNX's conformance suites.
+# it on an input and benchmarks it at batch 1 and 64, runs one of ONNX's conformance suites, and
+# finally serves it with `kiln serve` and asks it for a prediction over TF Serving's REST API.
 set -eu
 build=${1:-build}
 kiln=$build/kiln
@@ -26,3 +27,34 @@ echo "== kiln bench, batch 1 and 64" >&2
 "$kiln" bench "$work/mlp.onnx" --batch 64 --iters 500
 echo "== kiln conformance on ONNX's pytorch-converted suite" >&2
 "$kiln" conformance /usr/include/onnx/backend/test/data/pytorch-converted | tail -n 1
+echo "== kiln serve: the model as version 1 of a repository, one predict over REST, then SIGTERM" >&2
+mkdir -p "$work/repo/mlp/1"
+cp "$work/mlp.onnx" "$work/repo/mlp/1/model.onnx"
+port=$(/usr/bin/python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+"$kiln" serve --model_name=mlp --model_base_path="$work/repo/mlp" --rest_api_port="$port" --host=127.0.0.1 \
+  --rest_api_num_threads=1 2>"$work/serve.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+/usr/bin/python3 - "$port" "$work" <<'PY'
+import json, sys, time, urllib.request
+import numpy as np
+port, work = sys.argv[1], sys.argv[2]
+base = "http://127.0.0.1:%s" % port
+for _ in range(200):  # up to 10 s for the server to come up
+    try:
+        if urllib.request.urlopen(base + "/v2/health/ready", timeout=1).status == 200:
+            break
+    except OSError:
+        time.sleep(0.05)
+x = np.load(work + "/input.npy")
+req = urllib.request.Request(base + "/v1/models/mlp:predict", json.dumps({"instances": x.tolist()}).encode(),
+                             {"Content-Type": "application/json"})
+got = np.array(json.load(urllib.request.urlopen(req, timeout=10))["predictions"], np.float32)
+want = np.load(work + "/mlp.outputs.npz")["output"]
+print("POST /v1/models/mlp:predict -> predictions %s, max |served - pytorch| = %.2e" % (got.shape, np.abs(got - want).max()))
+assert np.allclose(got, want, rtol=1e-4, atol=1e-5)
+PY
+kill -TERM $server
+wait $server
+trap - EXIT
+echo "== kiln serve drained and exited; its log is $work/serve.log" >&2
