@@ -63,10 +63,7 @@ static void model_ready(kiln_server *s, kx_call *c, const route *rt) {
     return;
   }
   int ready = !e;
-  if (ready) {
-    c->version = v;
-    kx_version_release(v);
-  }
+  if (ready) c->version = v; /* released once answered: the metrics read its labels */
   kiln_status_free(e);
   /* the protocol answers "not ready" with a 4xx status */
   kx_buf b = {0};
@@ -76,6 +73,7 @@ static void model_ready(kiln_server *s, kx_call *c, const route *rt) {
   size_t len;
   char *body = kx_buf_take(&b, &len);
   kx_answer(s, c, ready ? 200 : 400, "application/json", NULL, body, body ? len : 0);
+  if (ready) kx_version_release(v);
 }
 
 static void model_metadata(kiln_server *s, kx_call *c, const route *rt) {
