@@ -64,6 +64,9 @@ void kiln_http_respond(kiln_http_exchange *ex, int status, const char *content_t
                        char *body, size_t len);
 /* The same with a JSON body {"error": message}. */
 void kiln_http_respond_error(kiln_http_exchange *ex, int status, const char *message);
+/* That body, {"error": "<message, JSON-escaped>"}, malloc'd; NULL (len 0) when out of memory. For
+ * callers that answer with kiln_http_respond to add headers of their own. */
+char *kiln_http_error_body(const char *message, size_t *len);
 
 /* Stops accepting: the listening socket is closed; every response from now on carries
  * "Connection: close" and its connection closes after it; an idle keep-alive connection gets one

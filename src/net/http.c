@@ -170,8 +170,7 @@ static void buf_clear(kx_buf *b) {
 /* The buffer's text; "" when nothing was ever appended. */
 static const char *buf_str(const kx_buf *b) { return b->data ? b->data : ""; }
 
-/* {"error":"<message>"} into a malloc'd string; NULL (len 0) when out of memory. */
-static char *error_body(const char *message, size_t *len) {
+char *kiln_http_error_body(const char *message, size_t *len) {
   kx_buf b = {0};
   kx_buf_puts(&b, "{\"error\":");
   kx_buf_json_string(&b, message);
@@ -637,7 +636,7 @@ static int conn_reject(conn *c, int status, const char *message) {
   kiln_http_server *s = c->io->server;
   atomic_fetch_add(&s->rejected_total, 1);
   size_t len;
-  char *body = error_body(message, &len);
+  char *body = kiln_http_error_body(message, &len);
   build_head(&c->out, status, body ? "application/json" : NULL, NULL, (long long)len, 1, 0);
   if (c->out.failed) {
     free(body);
@@ -818,7 +817,7 @@ void kiln_http_respond(kiln_http_exchange *ex, int status, const char *content_t
 
 void kiln_http_respond_error(kiln_http_exchange *ex, int status, const char *message) {
   size_t len;
-  char *body = error_body(message ? message : "", &len);
+  char *body = kiln_http_error_body(message ? message : "", &len);
   kiln_http_respond(ex, status, body ? "application/json" : NULL, NULL, body, len);
 }
 

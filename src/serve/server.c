@@ -72,25 +72,24 @@ void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error) {
                            {"request_id", c->request_id}};
     kiln_log_fields(KILN_LOG_ERROR, f, 3, "%s %s: %s", c->method, c->path, kiln_status_message(error));
   }
-  kx_buf b = {0};
-  kx_buf_puts(&b, "{\"error\":");
-  kx_buf_json_string(&b, kiln_status_message(error));
-  kx_buf_puts(&b, "}");
-  kiln_status_free(error);
   size_t len;
-  char *body = kx_buf_take(&b, &len);
+  char *body = kiln_http_error_body(kiln_status_message(error), &len);
+  kiln_status_free(error);
   kx_answer(s, c, body ? status : 500, "application/json", NULL, body, len);
 }
 
-void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out) {
+/* Answers 200 with the body in `out` (taken), or 429 when building it ran out of memory. */
+static void answer_buf(kiln_server *s, kx_call *c, const char *content_type, const char *extra_headers, kx_buf *out) {
   size_t len;
   char *body = kx_buf_take(out, &len);
   if (!body) {
     kx_answer_error(s, c, kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing the response"));
     return;
   }
-  kx_answer(s, c, 200, "application/json", NULL, body, len);
+  kx_answer(s, c, 200, content_type, extra_headers, body, len);
 }
+
+void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out) { answer_buf(s, c, "application/json", NULL, out); }
 
 /* A request for version `v` (whose reference it takes over), with room for its inputs. */
 static kiln_status request_new(const kx_call *c, kx_version *v, kx_request **out) {
@@ -132,10 +131,7 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
   } else if (r->call.api == KX_API_V2_INFER && json_len != b.len) {
     char extra[64];
     snprintf(extra, sizeof extra, "Inference-Header-Content-Length: %zu\r\n", json_len);
-    size_t len;
-    char *body = kx_buf_take(&b, &len);
-    if (body) kx_answer(s, &r->call, 200, "application/octet-stream", extra, body, len);
-    else kx_answer_error(s, &r->call, kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing the response"));
+    answer_buf(s, &r->call, "application/octet-stream", extra, &b);
   } else {
     kx_answer_json(s, &r->call, &b);
   }
