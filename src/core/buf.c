@@ -88,19 +88,22 @@ static int put_non_finite(kx_buf *b, double v) {
 
 /* Integral values within 2^53 print as integers; others with the fewest significant digits (6 up
  * to 9 for float, 15 up to 17 for double) that read back to `v` at the element type's precision. */
-static void put_real(kx_buf *b, double v, int is_float) {
-  if (put_non_finite(b, v)) return;
+const char *kx_format_number(double v, int is_float, char s[KX_NUMBER_CHARS]) {
   if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-    kx_buf_printf(b, "%.0f", v);
-    return;
+    snprintf(s, KX_NUMBER_CHARS, "%.0f", v);
+    return s;
   }
-  char s[40];
   for (int digits = is_float ? 6 : 15; digits <= (is_float ? 9 : 17); digits++) {
-    snprintf(s, sizeof s, "%.*g", digits, v);
+    snprintf(s, KX_NUMBER_CHARS, "%.*g", digits, v);
     double back = strtod(s, NULL);
     if (is_float ? (float)back == (float)v : back == v) break;
   }
-  kx_buf_puts(b, s);
+  return s;
+}
+
+static void put_real(kx_buf *b, double v, int is_float) {
+  char s[KX_NUMBER_CHARS];
+  if (!put_non_finite(b, v)) kx_buf_puts(b, kx_format_number(v, is_float, s));
 }
 
 void kx_buf_json_float(kx_buf *b, float v) { put_real(b, v, 1); }

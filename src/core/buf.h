@@ -28,6 +28,9 @@ void kx_buf_json_string(kx_buf *b, const char *s);
  * without a fraction, and NaN / Infinity / -Infinity for non-finite values. */
 void kx_buf_json_float(kx_buf *b, float v);
 void kx_buf_json_double(kx_buf *b, double v);
+/* The text of a finite number as above (is_float: at float's precision) into s, which it returns. */
+#define KX_NUMBER_CHARS 40
+const char *kx_format_number(double v, int is_float, char s[KX_NUMBER_CHARS]);
 /* Hands the data to the caller (who frees it) and resets the buffer; NULL when failed. */
 char *kx_buf_take(kx_buf *b, size_t *len);
 void kx_buf_free(kx_buf *b);

@@ -9,6 +9,7 @@
 #include <stdalign.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/buf.h"
@@ -489,26 +490,16 @@ double kiln_metric_value(kiln_metric *m, const char *const *label_values) {
 
 /* ---------------------------------------------------------------- exposition */
 
-/* Prometheus' float syntax: integers exactly (no exponent, no fraction), other values with the
- * fewest digits (15 to 17) that read back to the same double, and +Inf, -Inf, NaN. */
-#define VALUE_CHARS 40
-
-static const char *format_value(double v, char s[VALUE_CHARS]) {
+/* Prometheus' float syntax: finite values as JSON writes them (kx_format_number: integers exactly,
+ * others with the fewest digits that read back to the same double), and +Inf, -Inf, NaN. */
+static const char *format_value(double v, char s[KX_NUMBER_CHARS]) {
   if (isnan(v)) return "NaN";
   if (isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-    snprintf(s, VALUE_CHARS, "%.0f", v == 0 ? 0.0 : v); /* -0 prints as 0 */
-    return s;
-  }
-  for (int digits = 15; digits <= 17; digits++) {
-    snprintf(s, VALUE_CHARS, "%.*g", digits, v);
-    if (strtod(s, NULL) == v) break;
-  }
-  return s;
+  return kx_format_number(v == 0 ? 0.0 : v, 0, s); /* -0 prints as 0 */
 }
 
 static void put_value(kx_buf *b, double v) {
-  char s[VALUE_CHARS];
+  char s[KX_NUMBER_CHARS];
   kx_buf_puts(b, format_value(v, s));
 }
 
@@ -558,7 +549,7 @@ static void put_family(kx_buf *b, kiln_metric *m) {
     }
     uint64_t cumulative = 0;
     for (int i = 0; i <= m->n_bounds; i++) {
-      char bound[VALUE_CHARS];
+      char bound[KX_NUMBER_CHARS];
       const char *le = i < m->n_bounds ? format_value(m->bounds[i], bound) : "+Inf";
       cumulative += s->buckets[i];
       put_sample(b, m, "_bucket", s, le, (double)cumulative);
@@ -598,20 +589,28 @@ size_t kiln_process_rss(void) {
   return read_statm(&virtual_bytes, &resident_bytes) ? (size_t)resident_bytes : 0;
 }
 
-/* CPU seconds (utime + stime) and the start time since boot in clock ticks, from /proc/self/stat
- * (fields 14, 15 and 22; field 2, the command, is in parentheses and may hold anything). */
-static int read_stat(double ticks_per_second, double *cpu_seconds, double *start_seconds) {
+/* The start time since boot in clock ticks, from /proc/self/stat (field 22; field 2, the command,
+ * is in parentheses and may hold anything). */
+static int read_start_time(double ticks_per_second, double *start_seconds) {
   char text[1024];
   if (!read_proc("/proc/self/stat", text, sizeof text)) return 0;
   const char *p = strrchr(text, ')');
   if (!p) return 0;
-  unsigned long long utime, stime, starttime;
-  /* after ')': fields 3..13 skipped, utime (14), stime (15), 16..21 skipped, starttime (22) */
-  if (sscanf(p + 1, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu %llu %*s %*s %*s %*s %*s %*s %llu",
-             &utime, &stime, &starttime) != 3)
+  unsigned long long starttime;
+  /* after ')': fields 3..21 skipped, starttime (22) */
+  if (sscanf(p + 1, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu",
+             &starttime) != 1)
     return 0;
-  *cpu_seconds = (double)(utime + stime) / ticks_per_second;
   *start_seconds = (double)starttime / ticks_per_second;
+  return 1;
+}
+
+/* User and system CPU time of all threads, to the nanosecond (/proc/self/stat counts 10 ms ticks,
+ * which a young process may not have filled yet). */
+static int read_cpu_seconds(double *out) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  *out = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
   return 1;
 }
 
@@ -653,13 +652,12 @@ static void put_process_metric(kx_buf *b, const char *name, const char *help, co
 }
 
 /* The standard process metrics of the Prometheus client libraries, in name order; each is left
- * out when its /proc file cannot be read (a system without procfs). */
+ * out when its source (/proc, the CPU clock) cannot be read. */
 static void put_process_metrics(kx_buf *b) {
   long ticks = sysconf(_SC_CLK_TCK);
   double cpu = 0, start = 0, boot = 0, fds = 0, virtual_bytes = 0, resident_bytes = 0;
-  int have_stat = ticks > 0 && read_stat((double)ticks, &cpu, &start);
   int have_statm = read_statm(&virtual_bytes, &resident_bytes);
-  if (have_stat)
+  if (read_cpu_seconds(&cpu))
     put_process_metric(b, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
                        "counter", cpu);
   if (count_open_fds(&fds))
@@ -667,7 +665,7 @@ static void put_process_metrics(kx_buf *b) {
   if (have_statm)
     put_process_metric(b, "process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
                        resident_bytes);
-  if (have_stat && read_boot_time(&boot))
+  if (ticks > 0 && read_start_time((double)ticks, &start) && read_boot_time(&boot))
     put_process_metric(b, "process_start_time_seconds",
                        "Start time of the process since unix epoch in seconds.", "gauge", boot + start);
   if (have_statm)
