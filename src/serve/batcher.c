@@ -4,7 +4,6 @@
  * the next allowed batch size, and hands each request its rows of the outputs. */
 #include "serve/serve.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -281,7 +280,7 @@ static void *worker_main(void *arg) {
 
   int max = b->opt.batching ? (int)b->opt.config->max_batch_size : 1;
   kx_request **batch = calloc((size_t)max, sizeof *batch);
-  kiln_tensor *merged = calloc((size_t)b->n_inputs, sizeof *merged);
+  kiln_tensor *merged = calloc((size_t)b->n_inputs + 1, sizeof *merged);
   kiln_tensor *views = calloc((size_t)b->n_outputs + 1, sizeof *views);
   const kiln_tensor **outputs = calloc((size_t)b->n_outputs + 1, sizeof *outputs);
   const kiln_tensor **ptrs = calloc((size_t)b->n_outputs + 1, sizeof *ptrs);

@@ -23,7 +23,6 @@ typedef struct model_entry {
  * file changes. */
 typedef struct version_record {
   kx_version v;
-  kiln_pool *pool;
   int64_t file_size;
   int64_t file_mtime_ns;
 } version_record;
