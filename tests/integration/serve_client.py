@@ -322,7 +322,7 @@ def linear_model(path, w):
                [numpy_helper.from_array(w.astype(np.float32), "w")], path, "linear")
 
 
-def slow_model(path, rows=96, depth=30):
+def slow_model(path, rows=96, depth=50):
     """Deliberately slow: x float[batch,512] broadcast against `rows` offsets, then `depth` MatMuls
     of 512x512, averaged back to float[batch,512] (tens of ms a run on one thread)."""
     rng = np.random.default_rng(7)
