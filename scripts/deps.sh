@@ -6,15 +6,17 @@ set -eu
 # libopenblas-dev is bench/gemm's peer (libkiln does not link it); python3-onnx/-torch write the
 # reference models and outputs; nodejs runs the ONNX Runtime peer of bench/runtime and bench/serve;
 # wrk and python3-flask are bench/serve's load generator and Flask peer; python3-prometheus-client
-# parses the server's /metrics in the integration tests.
+# parses the server's /metrics in the integration tests; python3-pandas and python3-pil write the data
+# tests' reference files and are bench/data's peers.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
   libhttp-parser-dev libcjson-dev libjemalloc-dev
+  zlib1g-dev libzip-dev libisal-dev libspng-dev libturbojpeg0-dev dataset-fashion-mnist
   libonnx-dev libonnx-testdata
   libopenblas-dev
-  python3 python3-numpy python3-onnx python3-torch
+  python3 python3-numpy python3-onnx python3-torch python3-pandas python3-pil
   nodejs wrk python3-flask python3-prometheus-client
 "
 

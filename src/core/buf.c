@@ -125,3 +125,47 @@ void kx_buf_free(kx_buf *b) {
   free(b->data);
   memset(b, 0, sizeof *b);
 }
+
+int kx_is_utf8(const void *data, size_t n) {
+  const unsigned char *s = data;
+  size_t i = 0;
+  while (i < n) {
+    unsigned c = s[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    int extra;
+    unsigned cp, min;
+    if (c >= 0xC2 && c <= 0xDF) extra = 1, cp = c & 0x1F, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) extra = 2, cp = c & 0x0F, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) extra = 3, cp = c & 0x07, min = 0x10000;
+    else return 0;
+    if (n - i <= (size_t)extra) return 0;
+    for (int k = 1; k <= extra; k++) {
+      unsigned d = s[i + (size_t)k];
+      if ((d & 0xC0) != 0x80) return 0;
+      cp = cp << 6 | (d & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    i += (size_t)extra + 1;
+  }
+  return 1;
+}
+
+void kx_buf_base64(kx_buf *b, const void *data, size_t n) {
+  static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const unsigned char *p = data;
+  char *out = kx_buf_reserve(b, (n + 2) / 3 * 4);
+  if (!out) return;
+  size_t o = 0;
+  for (size_t i = 0; i < n; i += 3) {
+    unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+    out[o++] = digits[v >> 18 & 63];
+    out[o++] = digits[v >> 12 & 63];
+    out[o++] = i + 1 < n ? digits[v >> 6 & 63] : '=';
+    out[o++] = i + 2 < n ? digits[v & 63] : '=';
+  }
+  b->len += o;
+  b->data[b->len] = '\0';
+}

@@ -31,6 +31,10 @@ void kx_buf_json_double(kx_buf *b, double v);
 /* The text of a finite number as above (is_float: at float's precision) into s, which it returns. */
 #define KX_NUMBER_CHARS 40
 const char *kx_format_number(double v, int is_float, char s[KX_NUMBER_CHARS]);
+/* Whether data[0..n) is valid UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF). */
+int kx_is_utf8(const void *data, size_t n);
+/* Appends data[0..n) in standard base64 with padding (RFC 4648), no quotes. */
+void kx_buf_base64(kx_buf *b, const void *data, size_t n);
 /* Hands the data to the caller (who frees it) and resets the buffer; NULL when failed. */
 char *kx_buf_take(kx_buf *b, size_t *len);
 void kx_buf_free(kx_buf *b);

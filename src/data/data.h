@@ -1,0 +1,137 @@
+/* Internal to the data layer: the stage interface every source and pipeline stage implements,
+ * the context they share (error policy, quarantine, counters, threads), the helpers that read
+ * spec objects, and the entry points of the sources, writers and transforms (one file each). */
+#ifndef KILN_DATA_DATA_H
+#define KILN_DATA_DATA_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "kiln/data.h"
+
+struct cJSON;
+
+/* ---------------------------------------------------------------- context */
+
+/* Shared by every stage of one dataset; lives as long as the dataset. */
+typedef struct kx_data_ctx {
+  kiln_on_error on_error;
+  char *quarantine_path; /* skip mode only */
+  FILE *quarantine;      /* created (emptied) when the context is set up */
+  pthread_mutex_t lock;  /* guards the quarantine file */
+  atomic_llong read;     /* records read from sources, good and bad */
+  atomic_llong quarantined;
+  kiln_pool *pool; /* runs parallel maps and parsers */
+  int own_pool;    /* whether kx_data_ctx_free frees it */
+  int threads;     /* the pool's size */
+  char *base_dir;  /* relative paths resolve against it; NULL: the working directory */
+} kx_data_ctx;
+
+/* Sets up a context: `pool` is borrowed, or NULL to make one of `threads` threads (<= 0: the
+ * default count); in skip mode the quarantine file (NULL: "quarantine.jsonl") is created empty.
+ * kx_data_ctx_free closes the quarantine and frees what the context owns. */
+kiln_status kx_data_ctx_init(kx_data_ctx *ctx, kiln_on_error on_error, const char *quarantine_path,
+                             kiln_pool *pool, int threads, const char *base_dir);
+void kx_data_ctx_free(kx_data_ctx *ctx);
+
+/* Reports a bad record. Fail mode: returns `why` prefixed with where the record is
+ * ("x.csv: record 17 (byte 2048): ..."). Skip mode: appends one JSON line {"source", "index",
+ * "offset", "reason", "raw"} to the quarantine file ("raw" only when raw_len <= 4096: a string
+ * when it is UTF-8 text, else {"b64": ...}), counts it, frees `why` and returns NULL: the caller
+ * drops the record and goes on. A quarantine that cannot be written is an I/O error either way.
+ * index/offset < 0 are written as null. Thread-safe. */
+kiln_status kx_bad_record(kx_data_ctx *ctx, const char *source, int64_t index, int64_t offset,
+                          const void *raw, size_t raw_len, kiln_status why);
+/* The same for a record that was read but failed later (a transform, a batch): its JSON (when
+ * short) is the raw text. The record is not released. */
+kiln_status kx_bad_parsed_record(kx_data_ctx *ctx, const kiln_record *r, kiln_status why);
+
+/* A path from a spec, resolved against ctx->base_dir when relative; malloc'd (NULL: no memory). */
+char *kx_data_path(const kx_data_ctx *ctx, const char *path);
+
+/* ---------------------------------------------------------------- stages */
+
+typedef struct kx_stage kx_stage;
+
+typedef struct kx_stage_ops {
+  const char *name; /* "csv", "shuffle", ... */
+  /* Moves the next record into *out (owned by the caller) or sets *done = 1 at the end.
+   * Bad records are reported with kx_bad_record: in skip mode they never reach the caller. */
+  kiln_status (*next)(kx_stage *s, kiln_record *out, int *done);
+  /* Starts pass `epoch` (0-based) from the first record again. */
+  kiln_status (*reset)(kx_stage *s, int64_t epoch);
+  /* Frees the stage (not its upstream). */
+  void (*free)(kx_stage *s);
+} kx_stage_ops;
+
+/* Every stage embeds this first. */
+struct kx_stage {
+  const kx_stage_ops *ops;
+  kx_stage *up; /* upstream; NULL for a source */
+  kx_data_ctx *ctx;
+};
+
+/* ---------------------------------------------------------------- spec objects */
+
+/* Reading the JSON description. `where` names the object in errors ("source", "stages[2].batch").
+ * Absent optional members leave *out unchanged; required ones missing are an error. */
+kiln_status kx_spec_keys(const struct cJSON *obj, const char *where, const char *const *allowed);
+kiln_status kx_spec_string(const struct cJSON *obj, const char *where, const char *key, int required,
+                           const char **out);
+kiln_status kx_spec_int(const struct cJSON *obj, const char *where, const char *key, int required,
+                        int64_t min, int64_t max, int64_t *out);
+kiln_status kx_spec_double(const struct cJSON *obj, const char *where, const char *key, int required,
+                           double *out);
+kiln_status kx_spec_bool(const struct cJSON *obj, const char *where, const char *key, int *out);
+/* A list of numbers (or one number, read as a list of one) into out[0..*n), at most max. */
+kiln_status kx_spec_doubles(const struct cJSON *obj, const char *where, const char *key, int required,
+                            double *out, int max, int *n);
+
+/* ---------------------------------------------------------------- sources (one file each) */
+
+/* Each takes the source object of the spec ({"format": ..., "path": ..., options}), checks its
+ * keys, opens the file and returns a stage with up = NULL. Records carry source = the path. */
+kiln_status kx_idx_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
+kiln_status kx_csv_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
+kiln_status kx_npy_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out); /* .npy and .npz */
+kiln_status kx_tfrecord_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
+kiln_status kx_images_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
+
+/* ---------------------------------------------------------------- writers (one file each) */
+
+typedef struct kx_writer kx_writer;
+struct kx_writer {
+  kiln_status (*write)(kx_writer *w, const kiln_record *r);
+  /* Completes the file (flush, trailer, rename into place). */
+  kiln_status (*finish)(kx_writer *w);
+  /* Frees the writer; an unfinished file is removed. */
+  void (*free)(kx_writer *w);
+};
+kiln_status kx_csv_writer_open(const char *path, kx_writer **out);
+kiln_status kx_npz_writer_open(const char *path, kx_writer **out);
+kiln_status kx_tfrecord_writer_open(const char *path, kx_writer **out);
+
+/* ---------------------------------------------------------------- transforms (transform.c) */
+
+/* A list of per-record transforms, as in a map stage's "transforms" (decode, resize, crop,
+ * scale, normalize, one_hot, cast, select, ...). Immutable once parsed; apply is thread-safe. */
+typedef struct kx_transforms kx_transforms;
+kiln_status kx_transforms_parse(kx_data_ctx *ctx, const struct cJSON *list, const char *where,
+                                kx_transforms **out);
+/* Applies every transform in order to r in place. An error means r is a bad record. */
+kiln_status kx_transforms_apply(const kx_transforms *t, kiln_record *r);
+void kx_transforms_free(kx_transforms *t);
+
+/* A filter stage's predicate. */
+typedef struct kx_predicate kx_predicate;
+kiln_status kx_predicate_parse(const struct cJSON *obj, const char *where, kx_predicate **out);
+/* *keep = 1 when r passes; an error (a missing feature) means r is a bad record. */
+kiln_status kx_predicate_eval(const kx_predicate *p, const kiln_record *r, int *keep);
+void kx_predicate_free(kx_predicate *p);
+
+/* Decodes a JPEG or PNG (detected from its first bytes) into a uint8 [height, width, channels]
+ * tensor; channels 0 keeps the image's own (1 or 3; PNG alpha is kept as 4), 1 or 3 converts.
+ * Images above 2^28 pixels are refused. */
+kiln_status kx_image_decode(const uint8_t *bytes, size_t len, int channels, kiln_tensor *out);
+
+#endif
