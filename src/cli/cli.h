@@ -45,5 +45,30 @@ int cmd_run(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_data(int argc, char **argv);
+
+/* ---------------------------------------------------------------- kiln data */
+
+struct kiln_dataset;
+
+/* The flags every `kiln data` command takes to open its dataset. */
+typedef struct cli_data_source {
+  const char *pipeline;   /* --pipeline FILE.json */
+  const char *on_error;   /* --on-error fail|skip */
+  const char *quarantine; /* --quarantine FILE */
+  long threads;           /* --threads N */
+} cli_data_source;
+
+#define CLI_DATA_SOURCE_FLAGS(src)                                                                            \
+  {"pipeline", CLI_STRING, &(src).pipeline, "FILE", "pipeline JSON (a run file's data section); SOURCE replaces its source"}, \
+  {"on-error", CLI_STRING, &(src).on_error, "MODE", "fail (default) or skip: bad records go to the quarantine"},   \
+  {"quarantine", CLI_STRING, &(src).quarantine, "FILE", "quarantine file in skip mode (default quarantine.jsonl)"}, \
+  {"threads", CLI_INT, &(src).threads, "N", "threads for parallel stages (default: CPU count)"}
+
+/* Opens SOURCE (may be NULL) and/or src->pipeline. Returns -1 on success, else the exit code after
+ * printing the error. */
+int cli_data_open(const cli_data_source *src, const char *path, struct kiln_dataset **out);
+/* "Q of N records quarantined (FILE)" or "N records read", on stderr. */
+void cli_data_summary(const struct kiln_dataset *d);
 
 #endif

@@ -71,6 +71,28 @@ struct kx_stage {
   kx_data_ctx *ctx;
 };
 
+/* ---------------------------------------------------------------- pipeline stages */
+
+/* Each stage takes its upstream and its arguments from the spec (an object, or for the stages
+ * with one main argument a bare number: {"batch": 32}); `where` names it in errors
+ * ("stages[2].batch"). On error the upstream is left to the caller. */
+typedef kiln_status (*kx_stage_open_fn)(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args,
+                                        const char *where, kx_stage **out);
+kiln_status kx_map_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_filter_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_shuffle_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_batch_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_cache_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_prefetch_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_repeat_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_shard_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_take_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+kiln_status kx_skip_open(kx_data_ctx *ctx, kx_stage *up, const struct cJSON *args, const char *where, kx_stage **out);
+
+/* For stages whose argument may be a bare number: that number as an object {key: n}, else args
+ * itself. The returned object is either args or *tmp (which the caller deletes with cJSON_Delete). */
+const struct cJSON *kx_spec_shorthand(const struct cJSON *args, const char *key, struct cJSON **tmp);
+
 /* ---------------------------------------------------------------- spec objects */
 
 /* Reading the JSON description. `where` names the object in errors ("source", "stages[2].batch").
@@ -96,6 +118,11 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **o
 kiln_status kx_npy_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out); /* .npy and .npz */
 kiln_status kx_tfrecord_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
 kiln_status kx_images_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
+/* For an image-folder source: the channels its images decode to (0: their own), or -1 when it
+ * was asked not to decode. */
+int kx_images_decode_channels(const kx_stage *s);
+/* tf.data's Dataset.range: records {"x": int64} for x = start, start+step, ... < stop. */
+kiln_status kx_range_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
 
 /* ---------------------------------------------------------------- writers (one file each) */
 

@@ -90,3 +90,11 @@ kiln_status kx_spec_doubles(const cJSON *obj, const char *where, const char *key
   *n = count;
   return NULL;
 }
+
+const cJSON *kx_spec_shorthand(const cJSON *args, const char *key, cJSON **tmp) {
+  *tmp = NULL;
+  if (!cJSON_IsNumber(args)) return args;
+  *tmp = cJSON_CreateObject();
+  if (*tmp) cJSON_AddNumberToObject(*tmp, key, args->valuedouble);
+  return *tmp;
+}

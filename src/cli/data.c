@@ -1,0 +1,233 @@
+/* `kiln data <command>`: look at, convert and time datasets (the schema commands live in
+ * data_schema.c). Every command takes a SOURCE path and/or --pipeline FILE.json. */
+#include "cli/cli.h"
+#include "kiln/data.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+int cli_data_open(const cli_data_source *src, const char *path, kiln_dataset **out) {
+  kiln_data_options o = {0};
+  o.threads = (int)src->threads;
+  o.quarantine_path = src->quarantine;
+  if (src->on_error) {
+    o.on_error_set = 1;
+    if (strcmp(src->on_error, "skip") == 0) o.on_error = KILN_ON_ERROR_SKIP;
+    else if (strcmp(src->on_error, "fail") == 0) o.on_error = KILN_ON_ERROR_FAIL;
+    else {
+      fprintf(stderr, "kiln: --on-error takes fail or skip, not '%s'\n", src->on_error);
+      return EXIT_USAGE;
+    }
+  }
+  if (src->quarantine && !(src->on_error && o.on_error == KILN_ON_ERROR_SKIP) && !src->pipeline) {
+    fprintf(stderr, "kiln: --quarantine needs --on-error skip\n");
+    return EXIT_USAGE;
+  }
+  if (!src->pipeline) {
+    if (!path) {
+      fprintf(stderr, "kiln: give a SOURCE or --pipeline FILE.json\n");
+      return EXIT_USAGE;
+    }
+    kiln_status s = kiln_dataset_open_path(path, &o, out);
+    return s ? cli_fail(s) : -1;
+  }
+  void *text;
+  size_t len;
+  kiln_status s = kiln_file_read(src->pipeline, 1 << 20, &text, &len);
+  if (s) return cli_fail(s);
+  if (path) { /* SOURCE replaces the pipeline's source */
+    cJSON *spec = cJSON_ParseWithLength(text, len);
+    char *printed = NULL;
+    if (spec && cJSON_IsObject(spec)) {
+      cJSON_DeleteItemFromObjectCaseSensitive(spec, "source");
+      cJSON_AddStringToObject(spec, "source", path);
+      printed = cJSON_PrintUnformatted(spec);
+    }
+    cJSON_Delete(spec);
+    if (printed) {
+      free(text);
+      text = printed;
+      len = strlen(printed);
+    }
+  }
+  s = kiln_dataset_open_spec(text, len, &o, out);
+  free(text);
+  return s ? cli_fail(kiln_status_prefix(s, "%s: ", src->pipeline)) : -1;
+}
+
+void cli_data_summary(const kiln_dataset *d) {
+  kiln_data_counts c = kiln_dataset_counts(d);
+  const char *q = kiln_dataset_quarantine_path(d);
+  if (q)
+    fprintf(stderr, "%lld of %lld records quarantined (%s)\n", (long long)c.quarantined, (long long)c.read, q);
+  else
+    fprintf(stderr, "%lld records read\n", (long long)c.read);
+}
+
+static int cat(int argc, char **argv) {
+  cli_data_source src = {0};
+  long limit = -1;
+  const cli_flag flags[] = {
+      CLI_DATA_SOURCE_FLAGS(src),
+      {"limit", CLI_INT, &limit, "N", "print at most N records"},
+      {0},
+  };
+  const cli_spec spec = {"kiln data cat", "[SOURCE] [flags]",
+                         "Prints a dataset's records (after the pipeline's stages, when given) as JSON lines on stdout:\n"
+                         "one object per record, keys the feature names, missing values null.",
+                         flags, 0, 1};
+  cli_list pos;
+  int rc = cli_parse(&spec, argc, argv, &pos);
+  if (rc >= 0) return rc;
+  kiln_dataset *d;
+  rc = cli_data_open(&src, pos.count ? pos.items[0] : NULL, &d);
+  cli_list_free(&pos);
+  if (rc >= 0) return rc;
+  kiln_status s = NULL;
+  for (long n = 0; limit < 0 || n < limit; n++) {
+    kiln_record r;
+    int done;
+    s = kiln_dataset_next(d, &r, &done);
+    if (s || done) break;
+    char *json = kiln_record_to_json(&r);
+    kiln_record_release(&r);
+    if (!json) {
+      s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory printing a record");
+      break;
+    }
+    fputs(json, stdout);
+    fputc('\n', stdout);
+    free(json);
+  }
+  fflush(stdout);
+  cli_data_summary(d);
+  kiln_dataset_free(d);
+  return s ? cli_fail(s) : EXIT_OK;
+}
+
+static int convert(int argc, char **argv) {
+  cli_data_source src = {0};
+  const char *format = NULL;
+  const cli_flag flags[] = {
+      CLI_DATA_SOURCE_FLAGS(src),
+      {"format", CLI_STRING, &format, "F", "output format: csv, npz or tfrecord (default: from DEST's extension)"},
+      {0},
+  };
+  const cli_spec spec = {"kiln data convert", "[SOURCE] DEST [flags]",
+                         "Writes a dataset (after the pipeline's stages, when given) to DEST as CSV, NPZ or TFRecord.",
+                         flags, 1, 2};
+  cli_list pos;
+  int rc = cli_parse(&spec, argc, argv, &pos);
+  if (rc >= 0) return rc;
+  const char *dest = pos.items[pos.count - 1];
+  kiln_dataset *d;
+  rc = cli_data_open(&src, pos.count == 2 ? pos.items[0] : NULL, &d);
+  cli_list_free(&pos);
+  if (rc >= 0) return rc;
+  int64_t written = 0;
+  kiln_status s = kiln_dataset_write(d, dest, format, &written);
+  if (!s) fprintf(stderr, "wrote %lld records to %s\n", (long long)written, dest);
+  cli_data_summary(d);
+  kiln_dataset_free(d);
+  return s ? cli_fail(s) : EXIT_OK;
+}
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int bench(int argc, char **argv) {
+  cli_data_source src = {0};
+  long epochs = 1;
+  int json = 0;
+  const cli_flag flags[] = {
+      CLI_DATA_SOURCE_FLAGS(src),
+      {"epochs", CLI_INT, &epochs, "N", "passes over the data (default 1)"},
+      {"json", CLI_BOOL, &json, NULL, "print one JSON line instead of text"},
+      {0},
+  };
+  const cli_spec spec = {"kiln data bench", "[SOURCE] [flags]",
+                         "Pulls every element of a dataset through its pipeline and reports the throughput: source\n"
+                         "records per second, elements (batches after a batch stage) per second.",
+                         flags, 0, 1};
+  cli_list pos;
+  int rc = cli_parse(&spec, argc, argv, &pos);
+  if (rc >= 0) return rc;
+  if (epochs < 1) {
+    cli_list_free(&pos);
+    fprintf(stderr, "kiln data bench: --epochs must be at least 1\n");
+    return EXIT_USAGE;
+  }
+  kiln_dataset *d;
+  rc = cli_data_open(&src, pos.count ? pos.items[0] : NULL, &d);
+  cli_list_free(&pos);
+  if (rc >= 0) return rc;
+  kiln_status s = NULL;
+  int64_t elements = 0;
+  double start = now();
+  for (long e = 0; e < epochs && !s; e++) {
+    if (e) s = kiln_dataset_reset(d, e);
+    for (int done = 0; !s && !done;) {
+      kiln_record r;
+      s = kiln_dataset_next(d, &r, &done);
+      if (!s && !done) {
+        elements++;
+        kiln_record_release(&r);
+      }
+    }
+  }
+  double seconds = now() - start;
+  kiln_data_counts c = kiln_dataset_counts(d);
+  if (!s) {
+    if (json)
+      printf("{\"records\":%lld,\"elements\":%lld,\"quarantined\":%lld,\"seconds\":%.6f,\"records_per_s\":%.1f,"
+             "\"elements_per_s\":%.1f}\n",
+             (long long)c.read, (long long)elements, (long long)c.quarantined, seconds, (double)c.read / seconds,
+             (double)elements / seconds);
+    else
+      printf("%lld records, %lld elements in %.3f s: %.0f records/s, %.0f elements/s\n", (long long)c.read,
+             (long long)elements, seconds, (double)c.read / seconds, (double)elements / seconds);
+  }
+  kiln_dataset_free(d);
+  return s ? cli_fail(s) : EXIT_OK;
+}
+
+static const struct {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *summary;
+} commands[] = {
+    {"cat", cat, "print records as JSON lines"},
+    {"convert", convert, "write a dataset as CSV, NPZ or TFRecord"},
+    {"bench", bench, "measure a pipeline's throughput"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: kiln data <command> [SOURCE] [flags]\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(f, "\nSOURCE is a file or folder (.csv, .npy, .npz, .tfrecord, *-ubyte[.gz], a folder of class folders of\n"
+             "images); --pipeline FILE.json describes a source and stages (README: Data pipelines).\n"
+             "Run 'kiln data <command> --help' for a command's flags.\n");
+}
+
+int cmd_data(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return EXIT_OK;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "kiln data: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return EXIT_USAGE;
+}
