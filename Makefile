@@ -37,11 +37,13 @@ demo: build
 	./scripts/demo.sh $(BUILD)
 
 # kiln against its peers in one run each: GEMM against OpenBLAS, whole models against ONNX Runtime,
-# the model server against Node.js + ONNX Runtime and Flask + PyTorch servers
+# the model server against Node.js + ONNX Runtime and Flask + PyTorch servers, the data pipeline
+# against NumPy, pandas and raw reads
 bench: build
 	$(BUILD)/bench/kiln_gemm_bench
 	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
 	/usr/bin/python3 bench/serve/run.py --kiln $(BUILD)/kiln
+	/usr/bin/python3 bench/data/run.py --kiln $(BUILD)/kiln
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -143,17 +143,20 @@ static double now(void) {
 
 static int bench(int argc, char **argv) {
   cli_data_source src = {0};
-  long epochs = 1;
+  long epochs = 1, step_us = 0;
   int json = 0;
   const cli_flag flags[] = {
       CLI_DATA_SOURCE_FLAGS(src),
       {"epochs", CLI_INT, &epochs, "N", "passes over the data (default 1)"},
+      {"step-us", CLI_INT, &step_us, "US", "busy the consumer US microseconds per element, as a training step would"},
       {"json", CLI_BOOL, &json, NULL, "print one JSON line instead of text"},
       {0},
   };
   const cli_spec spec = {"kiln data bench", "[SOURCE] [flags]",
                          "Pulls every element of a dataset through its pipeline and reports the throughput: source\n"
-                         "records per second, elements (batches after a batch stage) per second.",
+                         "records per second, elements (batches after a batch stage) per second. With --step-us the\n"
+                         "consumer works between elements like a training step, and wait_fraction tells how much of\n"
+                         "the time after the first element it spent waiting for data (0 when prefetch keeps up).",
                          flags, 0, 1};
   cli_list pos;
   int rc = cli_parse(&spec, argc, argv, &pos);
@@ -169,29 +172,37 @@ static int bench(int argc, char **argv) {
   if (rc >= 0) return rc;
   kiln_status s = NULL;
   int64_t elements = 0;
-  double start = now();
+  double start = now(), first = 0, waited = 0;
   for (long e = 0; e < epochs && !s; e++) {
     if (e) s = kiln_dataset_reset(d, e);
     for (int done = 0; !s && !done;) {
       kiln_record r;
+      double asked = now();
       s = kiln_dataset_next(d, &r, &done);
+      double got = now();
+      if (elements == 0) first = got;
+      else waited += got - asked;
       if (!s && !done) {
         elements++;
         kiln_record_release(&r);
+        for (double until = now() + (double)step_us * 1e-6; step_us > 0 && now() < until;) {
+        }
       }
     }
   }
   double seconds = now() - start;
+  double wait_fraction = elements > 1 ? waited / (now() - first) : 0;
   kiln_data_counts c = kiln_dataset_counts(d);
   if (!s) {
     if (json)
       printf("{\"records\":%lld,\"elements\":%lld,\"quarantined\":%lld,\"seconds\":%.6f,\"records_per_s\":%.1f,"
-             "\"elements_per_s\":%.1f}\n",
+             "\"elements_per_s\":%.1f,\"wait_fraction\":%.4f}\n",
              (long long)c.read, (long long)elements, (long long)c.quarantined, seconds, (double)c.read / seconds,
-             (double)elements / seconds);
+             (double)elements / seconds, wait_fraction);
     else
-      printf("%lld records, %lld elements in %.3f s: %.0f records/s, %.0f elements/s\n", (long long)c.read,
-             (long long)elements, seconds, (double)c.read / seconds, (double)elements / seconds);
+      printf("%lld records, %lld elements in %.3f s: %.0f records/s, %.0f elements/s; waited %.1f%% of the time\n",
+             (long long)c.read, (long long)elements, seconds, (double)c.read / seconds, (double)elements / seconds,
+             100 * wait_fraction);
   }
   kiln_dataset_free(d);
   return s ? cli_fail(s) : EXIT_OK;
