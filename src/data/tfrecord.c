@@ -286,9 +286,10 @@ static size_t string_bytes(const Tensorflow__BytesList *b) {
   return align_up(total);
 }
 
-static int is_text(const ProtobufCBinaryData *v) {
-  return !memchr(v->data, 0, v->len) && kx_is_utf8(v->data, v->len);
-}
+/* protobuf-c leaves data NULL for empty values, which memchr may not be given. */
+static int has_nul(const ProtobufCBinaryData *v) { return v->len && memchr(v->data, 0, v->len); }
+
+static int is_text(const ProtobufCBinaryData *v) { return !v->len || (!has_nul(v) && kx_is_utf8(v->data, v->len)); }
 
 static kiln_status plan_vector(feature_plan *p, kiln_dtype dtype, int64_t n, size_t elem) {
   p->dtype = dtype;
@@ -363,7 +364,7 @@ static kiln_status plan_described(feature_plan *p, const char *name, const spec_
   case KILN_STRING:
     count = set ? (int64_t)f->bytes_list->n_value : 0;
     for (int64_t i = 0; i < count; i++)
-      if (memchr(f->bytes_list->value[i].data, 0, f->bytes_list->value[i].len))
+      if (has_nul(&f->bytes_list->value[i]))
         return kiln_error(KILN_INVALID_ARGUMENT,
                           "feature '%s': value %lld holds a NUL byte, which a string cannot; describe it as "
                           "dtype \"uint8\"",
