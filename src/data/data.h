@@ -124,6 +124,23 @@ int kx_images_decode_channels(const kx_stage *s);
 /* tf.data's Dataset.range: records {"x": int64} for x = start, start+step, ... < stop. */
 kiln_status kx_range_open(kx_data_ctx *ctx, const struct cJSON *spec, kx_stage **out);
 
+/* ---------------------------------------------------------------- TFRecord and image folders
+ * (tfrecord.c, images.c) */
+
+/* CRC-32C (Castagnoli), as in iSCSI and TFRecord framing: crc32c("123456789") = 0xE3069283. */
+uint32_t kx_crc32c(const void *data, size_t len);
+/* TFRecord's masked CRC of data: rotate the CRC-32C right by 15 bits, add 0xa282ead8. */
+uint32_t kx_tfrecord_masked_crc(const void *data, size_t len);
+/* Decodes one serialized tf.train.Example into *out as the TFRecord source `s` (from
+ * kx_tfrecord_open) would: its `features` description, or its interned name sets. An Example
+ * that does not parse or does not match the description is KILN_INVALID_ARGUMENT (a bad record);
+ * other codes are not the record's fault (memory, too many distinct name sets). */
+kiln_status kx_tfrecord_parse(kx_stage *s, const void *example, size_t len, kiln_record *out);
+/* The channels the pipeline's decode stage should give an image folder source's "image"
+ * feature: -1 when its spec says "decode": false (or `s` is not an image folder source), else
+ * the spec's "channels" (0: the image's own). */
+int kx_images_decode_channels(const kx_stage *s);
+
 /* ---------------------------------------------------------------- writers (one file each) */
 
 typedef struct kx_writer kx_writer;
