@@ -2,11 +2,9 @@
  * each merge deletes its part. Must be empty (and removed) before issue 5 is resolved. */
 #include "data/data.h"
 #define STUB(f) kiln_status f(kx_data_ctx *c, const struct cJSON *s, kx_stage **o) { return kiln_error(KILN_UNIMPLEMENTED, #f); }
-STUB(kx_idx_open) STUB(kx_csv_open) STUB(kx_npy_open) STUB(kx_tfrecord_open) STUB(kx_images_open)
-int kx_images_decode_channels(const kx_stage *s) { return -1; }
+STUB(kx_idx_open) STUB(kx_csv_open) STUB(kx_npy_open) 
 kiln_status kx_csv_writer_open(const char *p, kx_writer **o) { return kiln_error(KILN_UNIMPLEMENTED, "x"); }
 kiln_status kx_npz_writer_open(const char *p, kx_writer **o) { return kiln_error(KILN_UNIMPLEMENTED, "x"); }
-kiln_status kx_tfrecord_writer_open(const char *p, kx_writer **o) { return kiln_error(KILN_UNIMPLEMENTED, "x"); }
 kiln_status kx_transforms_parse(kx_data_ctx *c, const struct cJSON *l, const char *w, kx_transforms **o) { *o = NULL; return NULL; }
 kiln_status kx_transforms_apply(const kx_transforms *t, kiln_record *r) { return NULL; }
 void kx_transforms_free(kx_transforms *t) {}
