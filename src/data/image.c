@@ -68,16 +68,16 @@ static kiln_status png_error(const char *what, int rc) {
                     what, spng_strerror(rc));
 }
 
-/* Decodes into *out with `c` channels. libspng writes RGBA8, RGB8 and (8-bit-or-less gray only)
- * G8 directly; the rest (gray from colour, any output that drops or converts alpha) goes through
- * an RGBA8 copy that is converted afterwards. After the pixels, spng_decode_chunks reads on to
+/* Decodes into *out with `c` channels. libspng writes RGBA8, RGB8 (alpha dropped) and, for gray
+ * images of at most 8 bits without transparency, G8 directly; the rest (gray from colour or from
+ * an image with alpha) goes through an RGBA8 copy that is converted afterwards. After the pixels, spng_decode_chunks reads on to
  * IEND: libspng stops once the image data is complete, and would otherwise never check the CRC
  * of the last IDAT chunk or notice a file cut off after it. */
 static kiln_status decode_png_pixels(spng_ctx *png, const struct spng_ihdr *ihdr, int has_alpha, int c,
                                      kiln_tensor *out) {
   int direct_fmt = 0;
   if (c == 4) direct_fmt = SPNG_FMT_RGBA8;
-  else if (c == 3 && !has_alpha) direct_fmt = SPNG_FMT_RGB8;
+  else if (c == 3) direct_fmt = SPNG_FMT_RGB8;
   else if (c == 1 && !has_alpha && ihdr->color_type == SPNG_COLOR_TYPE_GRAYSCALE && ihdr->bit_depth <= 8)
     direct_fmt = SPNG_FMT_G8;
   int64_t dims[3] = {ihdr->height, ihdr->width, c};
@@ -116,18 +116,12 @@ static kiln_status decode_png_pixels(spng_ctx *png, const struct spng_ihdr *ihdr
     kiln_tensor_release(out);
     return png_error("pixel data", rc);
   }
-  /* Alpha is dropped, not composited: PIL's convert("RGB") / convert("L") do the same. */
+  /* Alpha is dropped, not composited: PIL's convert("L") does the same. */
   uint8_t *dst = out->data;
   size_t pixels = (size_t)ihdr->width * ihdr->height;
   for (size_t i = 0; i < pixels; i++) {
     const uint8_t *p = rgba + 4 * i;
-    if (c == 1) {
-      dst[i] = luma(p);
-    } else {
-      dst[3 * i] = p[0];
-      dst[3 * i + 1] = p[1];
-      dst[3 * i + 2] = p[2];
-    }
+    dst[i] = luma(p);
   }
   free(rgba);
   return NULL;

@@ -191,6 +191,13 @@ def images():
     write("img_la.png", png_bytes(la))
     expect("img_la.png", 0, np.asarray(la.convert("RGBA")))
     expect("img_la.png", 1, np.asarray(la.convert("L")))
+    expect("img_la.png", 3, np.asarray(la.convert("RGB")))
+
+    # a palette with a transparent entry (tRNS): alpha comes from it
+    write("img_palette_trns.png", png_bytes(pal, transparency=0))
+    pal_trns = Image.open(os.path.join(OUT, "img_palette_trns.png"))
+    expect("img_palette_trns.png", 0, np.asarray(pal_trns.convert("RGBA")))
+    expect("img_palette_trns.png", 3, np.asarray(pal_trns.convert("RGB")))
 
     # 16-bit gray: decoders scale to 8 bits by keeping the high byte
     deep = (np.arange(9 * 7, dtype=np.uint32).reshape(9, 7) * 1031 % 65536).astype(np.uint16)
