@@ -120,6 +120,7 @@ kiln_status kx_predicate_parse(const cJSON *obj, const char *where, kx_predicate
   return NULL;
 }
 
+/* Numbers compare as doubles: exact for integers up to 2^53, which covers labels and counts. */
 static int compare(pred_op op, double a, double b) {
   switch (op) {
   case OP_EQ: return a == b;

@@ -318,6 +318,8 @@ void kx_transforms_free(kx_transforms *t) {
   free(t);
 }
 
+/* `where` names the list ("stages[1].map.transforms"); each transform's errors then start with
+ * "stages[1].map.transforms[2].resize: ". ctx resolves a normalize schema's path (NULL: as given). */
 kiln_status kx_transforms_parse(kx_data_ctx *ctx, const cJSON *list, const char *where, kx_transforms **out) {
   *out = NULL;
   if (!cJSON_IsArray(list)) return kiln_error(KILN_INVALID_ARGUMENT, "%s: expected a list of transforms", where);

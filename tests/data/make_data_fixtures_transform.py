@@ -4,7 +4,8 @@
 Writes into tests/data/data/: inputs and expected outputs of the per-record transforms (.npy,
 computed with numpy and torch.nn.functional.interpolate), a schema file for normalize, PNG and
 JPEG images made with PIL with the pixels PIL decodes from them, malformed images, and two JSON
-files (xf_expected.json, image_expected.json) that list the cases. Run with Debian's python3:
+files (xf_expected.json, image_expected.json) that list the cases. The images are also the seeds
+of the fuzz_image target (tests/fuzz/corpus/image/seed-*), with a few more JPEG and PNG kinds. Run with Debian's python3:
     /usr/bin/python3 tests/data/make_data_fixtures_transform.py
 """
 import io
@@ -241,7 +242,28 @@ def images():
         json.dump({"decode": cases, "malformed": bad}, f, indent=1)
 
 
+def fuzz_seeds():
+    corpus = os.path.join(os.path.dirname(OUT), "..", "fuzz", "corpus", "image")
+    os.makedirs(corpus, exist_ok=True)
+    for name in sorted(os.listdir(OUT)):
+        if name.startswith("img_") and not name.endswith(".npy"):
+            with open(os.path.join(OUT, name), "rb") as f:
+                data = f.read()
+            with open(os.path.join(corpus, "seed-" + name.replace(".", "-")), "wb") as f:
+                f.write(data)
+    img = Image.fromarray(rng.integers(0, 256, (9, 10, 3), dtype=np.uint8), "RGB")
+    for name, mode, kw in [("bilevel-png", "1", {"format": "PNG"}),
+                           ("progressive-jpg", "RGB", {"format": "JPEG", "progressive": True, "quality": 75}),
+                           ("420-jpg", "RGB", {"format": "JPEG", "subsampling": 2, "quality": 50}),
+                           ("cmyk-jpg", "CMYK", {"format": "JPEG"})]:
+        buf = io.BytesIO()
+        img.convert(mode).save(buf, **kw)
+        with open(os.path.join(corpus, "seed-" + name), "wb") as f:
+            f.write(buf.getvalue())
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     transforms()
     images()
+    fuzz_seeds()
