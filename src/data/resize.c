@@ -161,6 +161,13 @@ static kiln_status resize_nearest(const kiln_tensor *in, int64_t oh, int64_t ow,
     if (pixel == 1) {
       for (int64_t ox = 0; ox < ow; ox++) dst[ox] = row[xs[ox]];
       dst += ow;
+    } else if (pixel == 3) { /* RGB bytes: a call to memcpy per pixel would cost more than the copy */
+      for (int64_t ox = 0; ox < ow; ox++, dst += 3) {
+        const char *p = row + (size_t)xs[ox] * 3;
+        dst[0] = p[0];
+        dst[1] = p[1];
+        dst[2] = p[2];
+      }
     } else {
       for (int64_t ox = 0; ox < ow; ox++, dst += pixel) memcpy(dst, row + (size_t)xs[ox] * pixel, pixel);
     }
