@@ -178,4 +178,11 @@ void kx_predicate_free(kx_predicate *p);
  * Images above 2^28 pixels are refused. */
 kiln_status kx_image_decode(const uint8_t *bytes, size_t len, int channels, kiln_tensor *out);
 
+/* ---------------------------------------------------------------- transforms: internal helpers */
+
+/* Resizes a contiguous [H, W, C] or [H, W] tensor of any numeric dtype to [height, width(, C)] as
+ * TF2's tf.image.resize without antialias does (half-pixel centres): bilinear gives float32,
+ * nearest (torch's "nearest-exact") keeps the dtype. Errors describe the tensor (resize.c). */
+kiln_status kx_resize_image(const kiln_tensor *in, int64_t height, int64_t width, int nearest, kiln_tensor *out);
+
 #endif
