@@ -125,6 +125,7 @@ kiln_status kiln_schema_from_stats(const kiln_stats *st, kiln_schema **out) {
     f->max_missing_rate = ceil(f->missing_rate * 100 - 1e-9) / 100;
     if (f->max_missing_rate < f->missing_rate) f->max_missing_rate = f->missing_rate;
     if (f->max_missing_rate > 1) f->max_missing_rate = 1;
+    if (!(f->max_missing_rate > 0)) f->max_missing_rate = 0; /* not -0 */
     if (fs->numeric && fs->count > 0) {
       f->min = fs->min;
       f->max = fs->max;
