@@ -216,6 +216,10 @@ static const struct {
     {"cat", cat, "print records as JSON lines"},
     {"convert", convert, "write a dataset as CSV, NPZ or TFRecord"},
     {"bench", bench, "measure a pipeline's throughput"},
+    {"schema", cmd_data_schema, "infer a dataset's schema (schema infer)"},
+    {"validate", cmd_data_validate, "check a dataset against a schema"},
+    {"stats", cmd_data_stats, "per-feature statistics"},
+    {"diff", cmd_data_diff, "drift between two datasets"},
 };
 
 static void usage(FILE *f) {

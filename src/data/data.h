@@ -185,4 +185,25 @@ kiln_status kx_image_decode(const uint8_t *bytes, size_t len, int channels, kiln
  * nearest (torch's "nearest-exact") keeps the dtype. Errors describe the tensor (resize.c). */
 kiln_status kx_resize_image(const kiln_tensor *in, int64_t height, int64_t width, int nearest, kiln_tensor *out);
 
+/* ---------------------------------------------------------------- schema and statistics (stats.c, drift.c) */
+
+/* Whether values of dtype `have` fit a feature declared `want`: the same dtype, a bool or an
+ * integer where an integer or a float is declared, a float where a wider float is declared. */
+int kx_dtype_fits(kiln_dtype want, kiln_dtype have);
+/* bool, the integers and the floats (not strings, not complex numbers). */
+int kx_dtype_is_numeric(kiln_dtype t);
+/* Jensen-Shannon divergence, base 2 (in [0, 1]), between two histograms of n counts, each
+ * normalized to sum 1. Two empty histograms are 0 apart, an empty and a non-empty one 1. */
+double kx_js_divergence(const int64_t *p, const int64_t *q, int n);
+/* L-infinity distance between two value-frequency lists (normalized by their totals): the largest
+ * difference of one value's frequency; a value only one list has counts with frequency 0 on the
+ * other side. Empty lists as for kx_js_divergence. */
+double kx_linf_distance(const kiln_value_count *p, int np, const kiln_value_count *q, int nq);
+/* Gives a numeric feature `bins` equal-width edges over [lo, hi] (one bin when lo == hi) and
+ * zeroed counts. */
+kiln_status kx_stats_default_edges(kiln_feature_stats *f, double lo, double hi, int bins);
+struct kx_buf;
+/* Appends a shape as a JSON array, or null for rank < 0. */
+void kx_stats_put_shape(struct kx_buf *b, int rank, const int64_t *dims);
+
 #endif
