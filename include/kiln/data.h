@@ -99,7 +99,9 @@ kiln_status kiln_dataset_next(kiln_dataset *d, kiln_record *out, int *done);
  * reused. Training resumes a run by resetting to its epoch and skipping the batches it used. */
 kiln_status kiln_dataset_reset(kiln_dataset *d, int64_t epoch);
 
-/* Counts so far: records read from the sources (good and bad), and records quarantined. */
+/* Counts so far: records read from the sources (good and bad), and records quarantined. Both
+ * count one pass: later passes (epochs, a second statistics pass) read the same records, and
+ * their bad records, already quarantined once, are dropped without a second quarantine line. */
 typedef struct kiln_data_counts {
   int64_t read;
   int64_t quarantined;

@@ -193,15 +193,16 @@ static int bench(int argc, char **argv) {
   double seconds = now() - start;
   double wait_fraction = elements > 1 ? waited / (now() - first) : 0;
   kiln_data_counts c = kiln_dataset_counts(d);
+  long long records = (long long)c.read * epochs; /* the counts cover one pass */
   if (!s) {
     if (json)
       printf("{\"records\":%lld,\"elements\":%lld,\"quarantined\":%lld,\"seconds\":%.6f,\"records_per_s\":%.1f,"
              "\"elements_per_s\":%.1f,\"wait_fraction\":%.4f}\n",
-             (long long)c.read, (long long)elements, (long long)c.quarantined, seconds, (double)c.read / seconds,
+             records, (long long)elements, (long long)c.quarantined, seconds, (double)records / seconds,
              (double)elements / seconds, wait_fraction);
     else
       printf("%lld records, %lld elements in %.3f s: %.0f records/s, %.0f elements/s; waited %.1f%% of the time\n",
-             (long long)c.read, (long long)elements, seconds, (double)c.read / seconds, (double)elements / seconds,
+             records, (long long)elements, seconds, (double)records / seconds, (double)elements / seconds,
              100 * wait_fraction);
   }
   kiln_dataset_free(d);

@@ -21,6 +21,11 @@ typedef struct kx_data_ctx {
   pthread_mutex_t lock;  /* guards the quarantine file */
   atomic_llong read;     /* records read from sources, good and bad */
   atomic_llong quarantined;
+  /* Set when the source first reaches its end. Later passes read the same records again: their
+   * bad records are already in the quarantine and counted, so they are dropped without a second
+   * line, and the counts stay those of one pass. */
+  atomic_int first_pass_done;
+  int64_t read_in_first_pass;
   kiln_pool *pool; /* runs parallel maps and parsers */
   int own_pool;    /* whether kx_data_ctx_free frees it */
   int threads;     /* the pool's size */

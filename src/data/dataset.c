@@ -35,6 +35,20 @@ static const struct {
     {"shard", kx_shard_open},     {"take", kx_take_open},     {"skip", kx_skip_open},
 };
 
+/* Follows the source: notes when its first pass ends (see kx_data_ctx.first_pass_done). */
+static kiln_status guard_next(kx_stage *s, kiln_record *out, int *done) {
+  kiln_status st = s->up->ops->next(s->up, out, done);
+  if (!st && *done && !atomic_load(&s->ctx->first_pass_done)) {
+    s->ctx->read_in_first_pass = atomic_load(&s->ctx->read);
+    atomic_store(&s->ctx->first_pass_done, 1);
+  }
+  return st;
+}
+
+static kiln_status guard_reset(kx_stage *s, int64_t epoch) { return s->up->ops->reset(s->up, epoch); }
+static void guard_free(kx_stage *s) { free(s); }
+static const kx_stage_ops guard_ops = {"source", guard_next, guard_reset, guard_free};
+
 static int ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);
   return n >= k && strcasecmp(s + n - k, suffix) == 0;
@@ -86,10 +100,14 @@ static kiln_status open_source(kiln_dataset *d, cJSON *src) {
   if (!format) return kiln_error(KILN_INVALID_ARGUMENT, "source: missing key 'format' (idx, csv, npy, npz, tfrecord, images, range)");
   for (size_t i = 0; i < sizeof sources / sizeof sources[0]; i++) {
     if (strcmp(sources[i].name, format) != 0) continue;
-    kx_stage *st;
+    kx_stage *st, *guard;
     s = sources[i].open(&d->ctx, src, &st);
     if (!s) s = push(d, st);
     if (s) return s;
+    if (!(guard = calloc(1, sizeof *guard))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+    *guard = (kx_stage){&guard_ops, st, &d->ctx};
+    if ((s = push(d, guard))) return s;
+    st = guard;
     /* an image folder yields encoded files; they are decoded in parallel right after it */
     int channels = strcmp(format, "images") == 0 ? kx_images_decode_channels(st) : -1;
     if (channels < 0) return NULL;
@@ -219,7 +237,8 @@ kiln_status kiln_dataset_reset(kiln_dataset *d, int64_t epoch) {
 }
 
 kiln_data_counts kiln_dataset_counts(const kiln_dataset *d) {
-  kiln_data_counts c = {atomic_load(&d->ctx.read), atomic_load(&d->ctx.quarantined)};
+  kiln_data_counts c = {atomic_load(&d->ctx.first_pass_done) ? d->ctx.read_in_first_pass : atomic_load(&d->ctx.read),
+                        atomic_load(&d->ctx.quarantined)};
   return c;
 }
 

@@ -41,6 +41,10 @@ static kiln_status quarantine(kx_data_ctx *ctx, const char *source, int64_t inde
     if (index >= 0) return kiln_status_prefix(why, "%s: record %lld: ", source ? source : "?", (long long)index);
     return kiln_status_prefix(why, "%s: ", source ? source : "?");
   }
+  if (atomic_load(&ctx->first_pass_done)) {
+    kiln_status_free(why);
+    return NULL;
+  }
   kx_buf b = {0};
   kx_buf_puts(&b, "{\"source\":");
   if (source) kx_buf_json_string(&b, source);
