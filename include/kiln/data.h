@@ -323,6 +323,30 @@ kiln_status kiln_drift_compare(kiln_dataset *a, kiln_dataset *b, const kiln_stat
 char *kiln_drift_to_json(const kiln_drift *d, double threshold);
 void kiln_drift_free(kiln_drift *d);
 
+/* ---------------------------------------------------------------- serving-side preprocessing */
+
+/* What a model version's folder may hold beside model.onnx so that the server takes raw records
+ * and treats them exactly as training did: preprocess.json =
+ *   {"schema": "schema.json", "transforms": [...]}
+ * The schema (a path relative to the folder; kiln data schema infer writes one) says which raw
+ * features a request carries, with their dtypes and shapes, and what values they may hold; the
+ * transforms are a map stage's (README: Data pipelines) and must yield a feature named after each
+ * of the model's inputs. */
+typedef struct kiln_preprocess kiln_preprocess;
+
+/* Loads DIR/preprocess.json; *out stays NULL (and the result is OK) when there is none. A schema
+ * feature without a fixed shape cannot be served and is an error. */
+kiln_status kiln_preprocess_load(const char *dir, kiln_preprocess **out);
+void kiln_preprocess_free(kiln_preprocess *p);
+/* The raw features, in the order kiln_preprocess_apply takes them. */
+const kiln_schema *kiln_preprocess_schema(const kiln_preprocess *p);
+/* raw[i] holds schema feature i for every row of a request (dims[0] = rows, at least one). Each
+ * row is checked against the schema and transformed; out[j] (owned, dims[0] = rows) stacks the
+ * row results' feature out_names[j]. Errors name the row and what was wrong with it (an anomaly,
+ * a transform that failed, a missing output feature); no output is left allocated then. */
+kiln_status kiln_preprocess_apply(const kiln_preprocess *p, const kiln_tensor *raw, int n_out,
+                                  const char *const *out_names, kiln_tensor *out);
+
 #ifdef __cplusplus
 }
 #endif

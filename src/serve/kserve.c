@@ -89,13 +89,13 @@ static void model_metadata(kiln_server *s, kx_call *c, const route *rt) {
   versions[0] = v->number;
   if (rt->version < 0 && (n = kx_manager_versions(s->manager, rt->model, versions, 64)) < 0) n = 0;
   kx_buf b = {0};
-  kx_v2_encode_metadata(&v->sig, rt->model, versions, n, &b);
+  kx_v2_encode_metadata(kx_request_sig(v), rt->model, versions, n, &b);
   kx_answer_json(s, c, &b);
   kx_version_release(v);
 }
 
 static kiln_status decode(kx_request *r, const kiln_http_request *req) {
-  return kx_v2_decode_infer(&r->version->sig, req->body ? req->body : "", req->body_len, req->inference_header_length,
+  return kx_v2_decode_infer(kx_request_sig(r->version), req->body ? req->body : "", req->body_len, req->inference_header_length,
                             r->inputs, &r->v2);
 }
 

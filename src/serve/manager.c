@@ -330,6 +330,42 @@ static void model_file(const model_entry *e, int64_t number, char *dir, size_t d
     dir[0] = file[0] = '\0';
 }
 
+/* The request signature of a preprocessing version: the schema's features with a batch
+ * dimension in front, and the model's outputs. */
+static kiln_status request_signature(kx_version *v) {
+  const kiln_schema *schema = kiln_preprocess_schema(v->pre);
+  kx_signature *rs = &v->request_sig;
+  rs->inputs = calloc((size_t)schema->count + 1, sizeof *rs->inputs);
+  rs->outputs = calloc((size_t)v->sig.n_outputs + 1, sizeof *rs->outputs);
+  if (!rs->inputs || !rs->outputs) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  rs->n_inputs = schema->count;
+  for (int i = 0; i < schema->count; i++) {
+    const kiln_schema_feature *f = &schema->features[i];
+    kiln_value_info *in = &rs->inputs[i];
+    in->name = f->name;
+    in->kind = KILN_VALUE_TENSOR;
+    in->dtype = f->dtype;
+    in->rank = f->rank + 1;
+    in->dims[0] = -1;
+    memcpy(in->dims + 1, f->dims, (size_t)f->rank * sizeof f->dims[0]);
+  }
+  rs->n_outputs = v->sig.n_outputs;
+  memcpy(rs->outputs, v->sig.outputs, (size_t)v->sig.n_outputs * sizeof *rs->outputs);
+  return NULL;
+}
+
+/* Frees what loading a version built. */
+static void version_unload(kx_version *v) {
+  kx_batcher_free(v->batcher);
+  v->batcher = NULL;
+  kx_signature_free(&v->sig);
+  kx_signature_free(&v->request_sig);
+  kiln_preprocess_free(v->pre);
+  v->pre = NULL;
+  kiln_model_free(v->model);
+  v->model = NULL;
+}
+
 /* Loads, validates and warms up a version; on failure the record keeps the error. */
 static kiln_status load_version(kx_manager *mg, const model_entry *e, version_record *rec) {
   kx_version *v = &rec->v;
@@ -337,6 +373,8 @@ static kiln_status load_version(kx_manager *mg, const model_entry *e, version_re
   model_file(e, v->number, dir, sizeof dir, file, sizeof file);
   kiln_status s = kiln_model_load(file, NULL, &v->model);
   if (!s) s = kx_signature_from_model(v->model, &v->sig);
+  if (!s) s = kiln_preprocess_load(dir, &v->pre);
+  if (!s && v->pre) s = request_signature(v);
   if (s) return s;
   v->batchable = is_batchable(&v->sig);
   const kiln_server_options *so = &mg->server;
@@ -383,9 +421,7 @@ static void file_identity(const model_entry *e, int64_t number, int64_t *size, i
 
 /* Frees a version that no request can reach any more. */
 static void version_destroy(kx_version *v) {
-  kx_batcher_free(v->batcher);
-  kx_signature_free(&v->sig);
-  kiln_model_free(v->model);
+  version_unload(v);
   kiln_status_free(v->error);
   free(v->model_name);
   free(v);
@@ -452,11 +488,7 @@ static void add_version(kx_manager *mg, model_entry *e, int64_t number) {
   if (s) {
     kiln_metric_add(mg->load_failures, labels, 1);
     log_version(KILN_LOG_ERROR, v, "version failed to load: %s", kiln_status_message(s));
-    kx_batcher_free(v->batcher);
-    v->batcher = NULL;
-    kx_signature_free(&v->sig);
-    kiln_model_free(v->model);
-    v->model = NULL;
+    version_unload(v);
   } else {
     char took[64];
     snprintf(took, sizeof took, "%.1f ms", (kiln_now() - t0) * 1e3);

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "kiln/data.h"
 #include "kiln/graph.h"
 #include "kiln/net.h"
 #include "kiln/obs.h"
@@ -101,13 +102,19 @@ struct kx_version {
   int64_t number;
   char version_text[24];
   kiln_model *model;
-  kx_signature sig;
+  kx_signature sig;         /* the model's */
+  kiln_preprocess *pre;     /* the folder's preprocess.json, NULL when none */
+  kx_signature request_sig; /* with `pre`: what requests carry (the raw features) and get back */
   kx_batcher *batcher;
   atomic_int refs;    /* one per request holding it, plus one while the manager serves it */
   kx_state state;     /* guarded by the manager's lock */
   kiln_status error;  /* why it is END without having served (load or warm-up failure) */
   int batchable;      /* every input has a free first dimension */
 };
+
+/* The signature requests are decoded against and metadata describes: the raw features when the
+ * version preprocesses its requests, else the model's. */
+static inline const kx_signature *kx_request_sig(const kx_version *v) { return v->pre ? &v->request_sig : &v->sig; }
 
 /* Drops a reference. The last drop of a retired version lets the manager free it. */
 void kx_version_release(kx_version *v);

@@ -91,10 +91,16 @@ static void answer_buf(kiln_server *s, kx_call *c, const char *content_type, con
 
 void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out) { answer_buf(s, c, "application/json", NULL, out); }
 
+/* Room for a request's inputs: the raw features as decoded, then the model's inputs. */
+static int input_slots(const kx_version *v) {
+  int raw = kx_request_sig(v)->n_inputs;
+  return raw > v->sig.n_inputs ? raw : v->sig.n_inputs;
+}
+
 /* A request for version `v` (whose reference it takes over), with room for its inputs. */
 static kiln_status request_new(const kx_call *c, kx_version *v, kx_request **out) {
   kx_request *r = calloc(1, sizeof *r);
-  if (r) r->inputs = calloc((size_t)v->sig.n_inputs + 1, sizeof *r->inputs);
+  if (r) r->inputs = calloc((size_t)input_slots(v) + 1, sizeof *r->inputs);
   if (!r || !r->inputs) {
     free(r);
     return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
@@ -109,7 +115,7 @@ static kiln_status request_new(const kx_call *c, kx_version *v, kx_request **out
 /* Frees the inputs and the request and drops its version reference. */
 static void request_free(kx_request *r) {
   if (r->inputs)
-    for (int i = 0; i < r->version->sig.n_inputs; i++) kiln_tensor_release(&r->inputs[i]);
+    for (int i = 0; i < input_slots(r->version); i++) kiln_tensor_release(&r->inputs[i]);
   free(r->inputs);
   kx_v2_request_free(&r->v2);
   kx_version_release(r->version);
@@ -148,13 +154,44 @@ static void submit(kiln_server *s, kx_request *r) {
   request_free(r);
 }
 
+/* Turns a preprocessing version's decoded raw features into the model's inputs, which must then
+ * have the dtypes and shapes the model declares. */
+static kiln_status preprocess(kx_request *r) {
+  const kx_version *v = r->version;
+  const kiln_value_info *want = v->sig.inputs;
+  int n = v->sig.n_inputs, n_raw = v->request_sig.n_inputs;
+  kiln_tensor *model_inputs = calloc((size_t)n + 1, sizeof *model_inputs);
+  const char **names = calloc((size_t)n + 1, sizeof *names);
+  kiln_status e = model_inputs && names ? NULL : kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  for (int i = 0; !e && i < n; i++) names[i] = want[i].name;
+  if (!e) e = kiln_preprocess_apply(v->pre, r->inputs, n, names, model_inputs);
+  for (int i = 0; !e && i < n; i++) {
+    const kiln_tensor *t = &model_inputs[i];
+    int fits = (want[i].dtype == KILN_UNDEFINED || t->dtype == want[i].dtype) && (want[i].rank < 0 || t->rank == want[i].rank);
+    for (int d = 0; fits && want[i].rank >= 0 && d < t->rank; d++) fits = want[i].dims[d] < 0 || want[i].dims[d] == t->dims[d];
+    if (!fits) {
+      char got[96];
+      e = kiln_error(KILN_INVALID_ARGUMENT, "the preprocessing made input '%s' %s, which the model does not take (check preprocess.json)",
+                     want[i].name, kiln_tensor_describe(t, got, sizeof got));
+    }
+  }
+  for (int i = 0; i < n_raw; i++) kiln_tensor_release(&r->inputs[i]);
+  for (int i = 0; !e && i < n; i++) r->inputs[i] = model_inputs[i];
+  if (e && model_inputs)
+    for (int i = 0; i < n; i++) kiln_tensor_release(&model_inputs[i]);
+  free(model_inputs);
+  free(names);
+  return e;
+}
+
 void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, const char *label,
               const kiln_http_request *req, kx_decode_fn decode) {
   kx_version *v;
   kx_request *r = NULL;
   kiln_status e = kx_manager_acquire(s->manager, model, version, label, &v);
   if (!e && (e = request_new(c, v, &r))) kx_version_release(v);
-  if (!e && (e = decode(r, req))) {
+  if (!e && (e = decode(r, req)) == NULL && v->pre) e = preprocess(r);
+  if (r && e) {
     kx_answer_error(s, &r->call, e);
     request_free(r);
     return;

@@ -69,7 +69,7 @@ static kiln_status parse_route(const char *path, route *r) {
 }
 
 static kiln_status decode(kx_request *r, const kiln_http_request *req) {
-  return kx_tfs_decode_predict(&r->version->sig, req->body ? req->body : "", req->body_len, r->inputs, &r->columnar);
+  return kx_tfs_decode_predict(kx_request_sig(r->version), req->body ? req->body : "", req->body_len, r->inputs, &r->columnar);
 }
 
 static void metadata(kiln_server *s, kx_call *c, const route *rt) {
@@ -81,7 +81,7 @@ static void metadata(kiln_server *s, kx_call *c, const route *rt) {
   }
   c->version = v;
   kx_buf b = {0};
-  kx_tfs_encode_metadata(&v->sig, rt->model, v->number, &b);
+  kx_tfs_encode_metadata(kx_request_sig(v), rt->model, v->number, &b);
   kx_answer_json(s, c, &b);
   kx_version_release(v);
 }

@@ -314,6 +314,17 @@ def mlp_model(path, rng):
                path, "mlp")
 
 
+def pixels_model(path, rng):
+    """y = flatten(x) . W^T + b, x float[batch,28,28], y float[batch,10]; returns W, b."""
+    w = (rng.standard_normal((10, 784)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    save_model([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 28, 28])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")], path, "pixels")
+    return w, b
+
+
 def linear_model(path, w):
     """y = x . w, x float[batch, w.shape[0]]."""
     save_model([helper.make_node("MatMul", ["x", "w"], ["y"])],

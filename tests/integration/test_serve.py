@@ -29,7 +29,7 @@ import numpy as np
 sys.dont_write_bytecode = True  # no __pycache__ beside the tests
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_client import (Client, Server, add_version, kiln_run, linear_model, metrics, mlp_model,  # noqa: E402
-                          raw_connect, read_response, request, slow_model, tfs_rows, v2_binary, v2_json, v2_output)
+                          pixels_model, raw_connect, read_response, request, slow_model, tfs_rows, v2_binary, v2_json, v2_output)
 
 KILN = None
 RTOL, ATOL = 1e-5, 1e-6
@@ -927,6 +927,70 @@ class ReloadMemory(ServeTest):
 
 
 # ============================================================================ 10. config file, labels, SIGHUP
+
+class Preprocessing(ServeTest):
+    """A version folder with preprocess.json + schema.json takes raw records: the server checks them
+    against the schema and applies the transforms training used before the model sees them."""
+    MEAN, STD = 72.94, 90.02
+
+    def write_version(self, folder, transforms=None):
+        self.w, self.b = pixels_model(os.path.join(folder, "model.onnx"), np.random.default_rng(5))
+        schema = {"kiln_schema": 1, "num_records": 100, "features": [
+            {"name": "pixels", "dtype": "uint8", "shape": [28, 28], "min": 0, "max": 200}]}
+        with open(os.path.join(folder, "schema.json"), "w") as f:
+            json.dump(schema, f)
+        if transforms is None:
+            transforms = [{"normalize": {"feature": "pixels", "mean": self.MEAN, "std": self.STD}},
+                          {"rename": {"from": "pixels", "to": "x"}}]
+        with open(os.path.join(folder, "preprocess.json"), "w") as f:
+            json.dump({"schema": "schema.json", "transforms": transforms}, f)
+
+    def want(self, pixels):
+        x = (pixels.astype(np.float32) - np.float32(self.MEAN)) / np.float32(self.STD)
+        return x.reshape(len(x), -1) @ self.w.T + self.b
+
+    def test_raw_records_are_checked_and_transformed(self):
+        base = os.path.join(self.dir, "pix")
+        add_version(base, 1, self.write_version)
+        server = self.start(["--model_name=pix", "--model_base_path=" + base])
+        pixels = np.random.default_rng(1).integers(0, 201, size=(3, 28, 28), dtype=np.uint8)
+        r = request(server.port, "POST", "/v1/models/pix:predict", {"instances": pixels.tolist()})
+        self.assertEqual(r.status, 200, r)
+        self.assertClose(r.json()["predictions"], self.want(pixels))
+        r = request(server.port, "POST", "/v2/models/pix/infer", v2_json(pixels, name="pixels", datatype="UINT8"))
+        self.assertEqual(r.status, 200, r)
+        self.assertClose(v2_output(r)[0], self.want(pixels))
+        # metadata describes what clients send: the raw feature
+        meta = request(server.port, "GET", "/v2/models/pix").json()
+        self.assertEqual(meta["inputs"], [{"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]}])
+        # a value outside the schema's range is refused, naming the row and the feature
+        bad = pixels.copy()
+        bad[2, 5, 5] = 250
+        r = request(server.port, "POST", "/v1/models/pix:predict", {"instances": bad.tolist()})
+        self.assertEqual(r.status, 400, r)
+        self.assertIn("row 2", r.json()["error"])
+        self.assertIn("pixels", r.json()["error"])
+        # the model's own input is not what this version takes
+        r = request(server.port, "POST", "/v1/models/pix:predict", {"instances": [{"x": [[0.0] * 28] * 28}]})
+        self.assertEqual(r.status, 400, r)
+        server.stop_ok()
+
+    def test_broken_preprocessing_refuses_the_version(self):
+        base = os.path.join(self.dir, "pixbad")
+        add_version(base, 1, lambda folder: self.write_version(folder, [{"sharpen": {"feature": "pixels"}}]))
+        server = self.start(["--model_name=pixbad", "--model_base_path=" + base], ready=False)
+
+        def refused():
+            try:
+                state = self.status_of(server.port, "pixbad").get(1)
+            except OSError:
+                return None  # not listening yet
+            return state if state and state[0] == "END" else None
+        state, error = self.wait_for("version 1 refused", refused)
+        self.assertIn("preprocess.json", error)
+        self.assertIn("sharpen", error)
+        server.kill()
+
 
 class ConfigReload(ServeTest):
     def test_config_labels_and_sighup(self):
