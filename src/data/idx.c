@@ -13,6 +13,7 @@
  * from the file. */
 #define IDX_MAX_RECORD_BYTES ((size_t)1 << 30)
 #define IDX_GZ_BUFFER (256 * 1024)
+#define DIRECT_READ_BYTES ((size_t)1 << 20)
 
 /* One IDX file: a header (2 zero bytes, dtype code, rank, big-endian u32 dims) and big-endian data. */
 typedef struct idx_file {
@@ -124,7 +125,42 @@ static void from_big_endian(unsigned char *p, size_t n, size_t size) {
     }
 }
 
+/* Reads a record above DIRECT_READ_BYTES into a buffer that grows with what the file really
+ * holds, before any record block is allocated: a header that claims huge records then costs
+ * memory only as far as its data goes. Returns the buffer (NULL when memory ran out) and the
+ * bytes read in *got. */
+static unsigned char *read_big(idx_file *f, size_t *got) {
+  size_t have = 0, cap = 0;
+  unsigned char *buf = NULL;
+  while (have < f->record_bytes) {
+    size_t want = f->record_bytes - have < DIRECT_READ_BYTES ? f->record_bytes - have : DIRECT_READ_BYTES;
+    if (have + want > cap) {
+      size_t bigger = cap ? cap * 2 : DIRECT_READ_BYTES;
+      if (bigger > f->record_bytes) bigger = f->record_bytes;
+      unsigned char *b = realloc(buf, bigger);
+      if (!b) break;
+      buf = b, cap = bigger;
+    }
+    int n = gzread(f->gz, buf + have, (unsigned)want);
+    if (n <= 0) break;
+    have += (size_t)n;
+  }
+  *got = have;
+  return buf;
+}
+
 static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* Reports the bad record where file f ended early and stops the source. */
+static kiln_status ended(idx_stage *s, idx_file *f, int read_error) {
+  int zerr = 0;
+  const char *zmsg = read_error ? gzerror(f->gz, &zerr) : NULL;
+  s->stopped = 1;
+  kiln_status why = kiln_error(KILN_INVALID_ARGUMENT, "%s: file ends after %lld of %lld records%s%s", f->path,
+                               (long long)s->next, (long long)s->count, zmsg ? ": " : "", zmsg ? zmsg : "");
+  return kx_bad_record(s->base.ctx, s->files[0].path, s->next,
+                       (int64_t)(f->header_bytes + (size_t)s->next * f->record_bytes), NULL, 0, why);
+}
 
 static kiln_status idx_next(kx_stage *base, kiln_record *out, int *done) {
   idx_stage *s = (idx_stage *)base;
@@ -134,41 +170,49 @@ static kiln_status idx_next(kx_stage *base, kiln_record *out, int *done) {
     *done = 1;
     return NULL;
   }
+  atomic_fetch_add(&s->base.ctx->read, 1);
+  unsigned char *big[2] = {NULL, NULL};
+  kiln_status st = NULL;
+  for (int i = 0; i < s->n_files && !st; i++) {
+    if (s->files[i].record_bytes <= DIRECT_READ_BYTES) continue;
+    size_t got;
+    big[i] = read_big(&s->files[i], &got);
+    if (!big[i]) st = kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory reading a record", s->files[i].path);
+    else if (got != s->files[i].record_bytes) st = ended(s, &s->files[i], 0), *done = 1;
+  }
   size_t offset1 = align64(s->files[0].record_bytes);
   size_t total = s->n_files == 2 ? offset1 + s->files[1].record_bytes : s->files[0].record_bytes;
-  void *data;
-  kiln_record r;
-  kiln_status st = kiln_record_init(&r, s->names, s->n_files, total, &data);
-  if (st) return st;
-  r.source = s->files[0].path;
-  r.index = s->next;
-  r.offset = (int64_t)(s->files[0].header_bytes + (size_t)s->next * s->files[0].record_bytes);
-  atomic_fetch_add(&s->base.ctx->read, 1);
-  for (int i = 0; i < s->n_files; i++) {
+  void *data = NULL;
+  kiln_record r = {0};
+  if (!st && !*done) st = kiln_record_init(&r, s->names, s->n_files, total, &data);
+  for (int i = 0; i < s->n_files && !st && !*done; i++) {
     idx_file *f = &s->files[i];
     unsigned char *p = (unsigned char *)data + (i ? offset1 : 0);
-    int got = f->record_bytes ? gzread(f->gz, p, (unsigned)f->record_bytes) : 0;
-    if (got != (int)f->record_bytes) {
-      int zerr = 0;
-      const char *zmsg = got < 0 ? gzerror(f->gz, &zerr) : NULL;
-      kiln_record_release(&r);
-      s->stopped = 1;
-      kiln_status why = kiln_error(KILN_INVALID_ARGUMENT, "%s: file ends after %lld of %lld records%s%s", f->path,
-                                   (long long)s->next, (long long)s->count, zmsg ? ": " : "", zmsg ? zmsg : "");
-      st = kx_bad_record(s->base.ctx, s->files[0].path, s->next,
-                         (int64_t)(f->header_bytes + (size_t)s->next * f->record_bytes), NULL, 0, why);
-      if (st) return st;
-      *done = 1;
-      return NULL;
+    if (big[i]) {
+      memcpy(p, big[i], f->record_bytes);
+    } else {
+      int got = f->record_bytes ? gzread(f->gz, p, (unsigned)f->record_bytes) : 0;
+      if (got != (int)f->record_bytes) {
+        st = ended(s, f, got < 0);
+        *done = 1;
+        break;
+      }
     }
     from_big_endian(p, f->record_bytes / kiln_dtype_size(f->dtype), kiln_dtype_size(f->dtype));
     kiln_tensor *v = &r.values[i];
-    if ((st = kiln_tensor_set_shape(v, f->dtype, f->rank - 1, f->dims + 1))) {
-      kiln_record_release(&r);
-      return st;
-    }
+    if ((st = kiln_tensor_set_shape(v, f->dtype, f->rank - 1, f->dims + 1))) break;
     v->data = f->record_bytes ? p : NULL;
   }
+  free(big[0]);
+  free(big[1]);
+  if (st || *done) {
+    kiln_record_release(&r);
+    if (st) *done = 0;
+    return st;
+  }
+  r.source = s->files[0].path;
+  r.index = s->next;
+  r.offset = (int64_t)(s->files[0].header_bytes + (size_t)s->next * s->files[0].record_bytes);
   s->next++;
   *out = r;
   return NULL;

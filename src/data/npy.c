@@ -109,8 +109,10 @@ static kiln_status npy_next(kx_stage *base, kiln_record *out, int *done) {
     if (got < 0 || (size_t)got != a->row_bytes) {
       kiln_record_release(&r);
       s->stopped = 1;
-      kiln_status why = kiln_error(KILN_INVALID_ARGUMENT, "%s: file ends after %lld of %lld records", a->where,
-                                   (long long)s->next, (long long)s->count);
+      kiln_status why = s->zip ? kiln_error(KILN_INVALID_ARGUMENT, "member '%s.npy' ends after %lld of %lld records",
+                                            a->name, (long long)s->next, (long long)s->count)
+                               : kiln_error(KILN_INVALID_ARGUMENT, "file ends after %lld of %lld records",
+                                            (long long)s->next, (long long)s->count);
       st = kx_bad_record(s->base.ctx, s->path, s->next, -1, NULL, 0, why);
       if (st) return st;
       *done = 1;
