@@ -73,7 +73,9 @@ static kiln_status read_header(idx_file *f) {
     const unsigned char *d = h + 4 + 4 * i;
     f->dims[i] = (int64_t)((uint32_t)d[0] << 24 | (uint32_t)d[1] << 16 | (uint32_t)d[2] << 8 | d[3]);
     if (i == 0) continue;
-    if (f->dims[i] != 0 && bytes > IDX_MAX_RECORD_BYTES / (size_t)f->dims[i])
+    if (f->dims[i] == 0) /* empty records, up to 2^32 of them, from a few bytes of file */
+      return kiln_error(KILN_INVALID_ARGUMENT, "%s: IDX dimension %d is 0: records would hold nothing", f->path, i);
+    if (bytes > IDX_MAX_RECORD_BYTES / (size_t)f->dims[i])
       return kiln_error(KILN_INVALID_ARGUMENT, "%s: IDX records of more than %zu bytes are not supported", f->path,
                         IDX_MAX_RECORD_BYTES);
     bytes *= (size_t)f->dims[i];
@@ -187,7 +189,7 @@ static kiln_status idx_next(kx_stage *base, kiln_record *out, int *done) {
   if (!st && !*done) st = kiln_record_init(&r, s->names, s->n_files, total, &data);
   for (int i = 0; i < s->n_files && !st && !*done; i++) {
     idx_file *f = &s->files[i];
-    unsigned char *p = (unsigned char *)data + (i ? offset1 : 0);
+    unsigned char *p = (unsigned char *)data + (i ? offset1 : 0); /* total > 0: no dim is 0 */
     if (big[i]) {
       memcpy(p, big[i], f->record_bytes);
     } else {

@@ -3,6 +3,7 @@
  * first byte picks the options (delimiter, header, a small max_line_bytes, infer_rows). */
 #include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
