@@ -50,33 +50,24 @@ const char *kx_parse_double(const char *p, const char *end, int flags, double *o
       return NULL;
     }
   }
-  uint64_t mantissa = 0;
-  int digits = 0, exponent = 0, any = 0;
+  /* the digits first, then their value: the loops stay branch-light for the common short number */
+  const char *int_start = q;
+  while (q < end && is_digit(*q)) q++;
+  size_t n_int = (size_t)(q - int_start), n_frac = 0;
   if (!(flags & KX_NUMBER_LENIENT)) {
-    if (q >= end || !is_digit(*q)) return "a number needs a digit";
-    if (*q == '0' && q + 1 < end && is_digit(q[1])) return "numbers do not start with 0";
+    if (n_int == 0) return "a number needs a digit";
+    if (n_int > 1 && *int_start == '0') return "numbers do not start with 0";
   }
-  for (; q < end && *q == '0'; q++) any = 1; /* leading zeros add nothing */
-  for (; q < end && is_digit(*q); q++) {
-    any = 1;
-    if (digits < 19) mantissa = mantissa * 10 + (uint64_t)(*q - '0'), digits++;
-    else exponent++, digits++;
-  }
+  const char *frac_start = q;
   if (q < end && *q == '.') {
-    q++;
-    if ((q >= end || !is_digit(*q)) && !((flags & KX_NUMBER_LENIENT) && any))
-      return any ? "a digit must follow the decimal point" : "a number needs a digit";
-    for (; q < end && is_digit(*q); q++) {
-      any = 1;
-      if (mantissa == 0 && *q == '0') {
-        exponent--;
-        continue;
-      }
-      if (digits < 19) mantissa = mantissa * 10 + (uint64_t)(*q - '0'), digits++, exponent--;
-      else digits++;
-    }
+    frac_start = ++q;
+    while (q < end && is_digit(*q)) q++;
+    n_frac = (size_t)(q - frac_start);
+    if (n_frac == 0 && !((flags & KX_NUMBER_LENIENT) && n_int))
+      return n_int ? "a digit must follow the decimal point" : "a number needs a digit";
   }
-  if (!any) return "a number needs a digit";
+  if (n_int + n_frac == 0) return "a number needs a digit";
+  int exponent = 0;
   if (q < end && (*q == 'e' || *q == 'E')) {
     q++;
     int sign = 1, e = 0;
@@ -84,14 +75,21 @@ const char *kx_parse_double(const char *p, const char *end, int flags, double *o
     if (q >= end || !is_digit(*q)) return "a digit must follow the exponent";
     for (; q < end && is_digit(*q); q++)
       if (e < 100000) e = e * 10 + (*q - '0');
-    exponent += sign * e;
+    exponent = sign * e;
+  }
+  uint64_t mantissa = 0;
+  int exact = n_int + n_frac <= 19; /* leading zeros count too: harmless, they add nothing */
+  if (exact) {
+    for (const char *d = int_start; d < int_start + n_int; d++) mantissa = mantissa * 10 + (uint64_t)(*d - '0');
+    for (const char *d = frac_start; d < frac_start + n_frac; d++) mantissa = mantissa * 10 + (uint64_t)(*d - '0');
+    exponent -= (int)n_frac;
   }
   double v;
-  if (digits <= 19 && mantissa <= (1ull << 53) && exponent >= -22 && exponent <= 22) {
+  if (exact && mantissa <= (1ull << 53) && exponent >= -22 && exponent <= 22) {
     v = (double)mantissa;
     v = exponent < 0 ? v / powers_of_ten[-exponent] : v * powers_of_ten[exponent];
     if (negative) v = -v;
-  } else if (mantissa == 0) {
+  } else if (exact && mantissa == 0) {
     v = negative ? -0.0 : 0.0;
   } else { /* many digits or a large exponent: the exact conversion */
     size_t n = (size_t)(q - s);
