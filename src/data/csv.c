@@ -1,10 +1,10 @@
 /* The CSV source (RFC 4180, streamed in big blocks whose rows are parsed in parallel) and the
  * CSV writer.
  *
- * Reading: a scanner finds row boundaries serially (memchr for the newline, a quote-aware state
- * machine only for rows that hold a quote), a batch of up to BATCH_ROWS rows is parsed on the
- * pool into one record each (one allocation per row: tensors, values and string text), and the
- * records are handed out in file order, bad ones reported where they fall.
+ * Reading: a read-ahead thread finds row boundaries (memchr for the newline, a quote-aware state
+ * machine only for rows that hold a quote) and parses a batch of up to BATCH_ROWS rows on the pool
+ * into one record each (one allocation per row: tensors, values and string text) while the
+ * consumer takes the previous batch's records, in file order, bad ones reported where they fall.
  *
  * Types: a column's dtype comes from `columns`, else from the first infer_rows rows (read in a
  * pass of their own, then read again as records): int64 when every present value is an integer
@@ -269,6 +269,21 @@ static int parse_integer(const char *p, size_t len, kiln_dtype dtype, int64_t *o
 
 /* ---------------------------------------------------------------- the source */
 
+enum { SLOT_FREE, SLOT_READY };
+
+/* Parsed rows waiting for the consumer. Bad rows keep a copy of their text (the scanner's buffer
+ * moves on while the batch waits). */
+typedef struct batch {
+  row rows[BATCH_ROWS];
+  kiln_record records[BATCH_ROWS];
+  kiln_status errors[BATCH_ROWS];
+  char *raw[BATCH_ROWS];
+  int n, next;
+  int state;         /* SLOT_FREE or SLOT_READY; guarded by the stage's mu */
+  int end;           /* no batch follows this one */
+  kiln_status fatal; /* an I/O error after this batch's rows */
+} batch;
+
 typedef struct csv_stage {
   kx_stage base;
   char *path;
@@ -281,13 +296,16 @@ typedef struct csv_stage {
   size_t *na_len;
   int n_na;
   size_t na_max_len;
-  /* the current batch */
-  row rows[BATCH_ROWS];
-  kiln_record records[BATCH_ROWS];
-  kiln_status errors[BATCH_ROWS];
-  int n_rows, next_row;
-  int64_t next_index;
-  int done;
+  int64_t next_index; /* the scanner's next data row number (read-ahead thread only) */
+  /* Two batches: the read-ahead thread scans and parses one while the consumer takes the
+   * records of the other, so on two cores parsing overlaps whatever the consumer does. */
+  batch slots[2];
+  int consume_at, produce_at;
+  pthread_t thread;
+  int running; /* the thread was started and not yet joined */
+  int stop;    /* asks the thread to end; guarded by mu */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
 } csv_stage;
 
 static int is_missing(const csv_stage *s, const char *p, size_t len) {
@@ -371,76 +389,150 @@ static kiln_status parse_row(const csv_stage *s, const row *rw, field *fields, c
   return NULL;
 }
 
+typedef struct parse_job {
+  const csv_stage *s;
+  batch *b;
+} parse_job;
+
 static void parse_range(void *arg, int64_t begin, int64_t end) {
-  csv_stage *s = arg;
+  const parse_job *job = arg;
+  batch *b = job->b;
   size_t longest = 0;
   for (int64_t i = begin; i < end; i++)
-    if (s->rows[i].p && s->rows[i].len > longest) longest = s->rows[i].len;
-  field *fields = malloc(sizeof *fields * (size_t)s->ncols);
+    if (b->rows[i].p && b->rows[i].len > longest) longest = b->rows[i].len;
+  field *fields = malloc(sizeof *fields * (size_t)(job->s->ncols ? job->s->ncols : 1));
   char *scratch = malloc(longest + 1);
   for (int64_t i = begin; i < end; i++) {
-    if (!fields || !scratch) s->errors[i] = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory parsing a CSV row");
-    else s->errors[i] = parse_row(s, &s->rows[i], fields, scratch, &s->records[i]);
+    const row *rw = &b->rows[i];
+    if (!fields || !scratch) b->errors[i] = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory parsing a CSV row");
+    else b->errors[i] = parse_row(job->s, rw, fields, scratch, &b->records[i]);
+    b->raw[i] = NULL;
+    /* longer raw text is not quarantined anyway (kx_bad_record keeps up to 4 KiB) */
+    if (b->errors[i] && rw->p && rw->len <= 4096 && (b->raw[i] = malloc(rw->len + 1)))
+      memcpy(b->raw[i], rw->p, rw->len); /* not strndup: a row may hold NUL bytes */
   }
   free(fields);
   free(scratch);
 }
 
-static void drop_batch(csv_stage *s) {
-  for (int i = s->next_row; i < s->n_rows; i++) {
-    if (s->errors[i]) kiln_status_free(s->errors[i]);
-    else kiln_record_release(&s->records[i]);
+static void drop_batch(batch *b) {
+  for (int i = b->next; i < b->n; i++) {
+    if (b->errors[i]) kiln_status_free(b->errors[i]);
+    else kiln_record_release(&b->records[i]);
+    free(b->raw[i]);
   }
-  s->n_rows = s->next_row = 0;
+  if (b->fatal) kiln_status_free(b->fatal);
+  b->n = b->next = b->end = 0;
+  b->fatal = NULL;
+  b->state = SLOT_FREE;
+}
+
+/* The read-ahead thread: fills free slots in turn until the end of the file or an error. */
+static void *read_ahead(void *arg) {
+  csv_stage *s = arg;
+  for (;;) {
+    batch *b = &s->slots[s->produce_at];
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop && b->state != SLOT_FREE) pthread_cond_wait(&s->cv, &s->mu);
+    int stop = s->stop;
+    pthread_mutex_unlock(&s->mu);
+    if (stop) return NULL;
+    int n = 0;
+    kiln_status st = scan_rows(&s->sc, b->rows, BATCH_ROWS, &n, &s->next_index);
+    if (n) {
+      parse_job job = {s, b};
+      /* ~50 operations per byte of a row: worth splitting from a few hundred rows up. One thread
+       * is the consumer's: the parse uses the others (on two cores, this thread alone). */
+      int threads = s->base.ctx->threads > 1 ? s->base.ctx->threads - 1 : 1;
+      kiln_parallel_for(s->base.ctx->pool, threads, n, 50.0 * (double)(b->rows[0].len + 1), parse_range, &job);
+    }
+    pthread_mutex_lock(&s->mu);
+    b->n = n;
+    b->next = 0;
+    b->fatal = st;
+    b->end = st || n == 0;
+    b->state = SLOT_READY;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (b->end) return NULL;
+    s->produce_at ^= 1;
+  }
+}
+
+/* Ends the read-ahead thread and drops what it read; the scanner is then free to move. */
+static void stop_read_ahead(csv_stage *s) {
+  if (s->running) {
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    s->running = 0;
+    s->stop = 0;
+  }
+  drop_batch(&s->slots[0]);
+  drop_batch(&s->slots[1]);
+  s->consume_at = s->produce_at = 0;
 }
 
 static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
   csv_stage *s = (csv_stage *)base;
   memset(out, 0, sizeof *out);
   *done = 0;
+  if (!s->running && s->slots[0].state == SLOT_FREE && s->slots[1].state == SLOT_FREE) {
+    if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
+      return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
+    s->running = 1;
+  }
   for (;;) {
-    if (s->next_row == s->n_rows) {
-      s->n_rows = s->next_row = 0;
-      if (s->done) {
-        *done = 1;
-        return NULL;
+    batch *b = &s->slots[s->consume_at];
+    pthread_mutex_lock(&s->mu);
+    while (b->state != SLOT_READY) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    if (b->next == b->n) {
+      if (b->end) {
+        kiln_status fatal = b->fatal;
+        b->fatal = NULL;
+        *done = !fatal;
+        return fatal;
       }
-      int n;
-      kiln_status st = scan_rows(&s->sc, s->rows, BATCH_ROWS, &n, &s->next_index);
-      if (st) return st;
-      if (n == 0) {
-        s->done = 1;
-        continue;
-      }
-      /* ~50 operations per byte of a row: worth splitting from a few hundred rows up */
-      kiln_parallel_for(s->base.ctx->pool, 0, n, 50.0 * (double)(s->rows[0].len + 1), parse_range, s);
-      s->n_rows = n;
+      pthread_mutex_lock(&s->mu);
+      b->n = b->next = 0;
+      b->state = SLOT_FREE;
+      pthread_cond_broadcast(&s->cv);
+      pthread_mutex_unlock(&s->mu);
+      s->consume_at ^= 1;
+      continue;
     }
-    int i = s->next_row++;
+    int i = b->next++;
     atomic_fetch_add(&s->base.ctx->read, 1);
-    if (!s->errors[i]) {
-      *out = s->records[i];
+    if (!b->errors[i]) {
+      *out = b->records[i];
       return NULL;
     }
-    const row *rw = &s->rows[i];
-    kiln_status why = s->errors[i];
-    s->errors[i] = NULL;
-    kiln_status st = kx_bad_record(s->base.ctx, s->path, rw->index, rw->offset, rw->p, rw->p ? rw->len : 0, why);
+    const row *rw = &b->rows[i];
+    kiln_status why = b->errors[i];
+    char *raw = b->raw[i];
+    b->errors[i] = NULL;
+    b->raw[i] = NULL;
+    kiln_status st = kx_bad_record(s->base.ctx, s->path, rw->index, rw->offset, raw, raw ? rw->len : 0, why);
+    free(raw);
     if (st) return st;
   }
 }
 
 static kiln_status csv_reset(kx_stage *base, int64_t epoch) {
   csv_stage *s = (csv_stage *)base;
-  drop_batch(s);
+  stop_read_ahead(s);
   s->next_index = 0;
-  s->done = 0;
   return scanner_seek(&s->sc, s->data_start);
 }
 
 static void csv_free(kx_stage *base) {
   csv_stage *s = (csv_stage *)base;
-  drop_batch(s);
+  stop_read_ahead(s);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
   if (s->sc.f) fclose(s->sc.f);
   free(s->sc.buf);
   for (int i = 0; s->names && i < s->ncols; i++) free(s->names[i]);
@@ -613,6 +705,8 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   if (!s) return oom();
   s->base.ops = &csv_ops;
   s->base.ctx = ctx;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
   s->sc.delim = *delimiter;
   s->sc.max_line = (size_t)max_line;
   /* room for a whole block after a row of max_line bytes that was cut at the block's end */
