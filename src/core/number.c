@@ -50,9 +50,11 @@ const char *kx_parse_double(const char *p, const char *end, int flags, double *o
       return NULL;
     }
   }
-  /* the digits first, then their value: the loops stay branch-light for the common short number */
+  /* One pass values the digits as it finds them. Past 19 digits the mantissa wraps (unsigned:
+   * defined) and is not used: such numbers go to strtod. */
+  uint64_t mantissa = 0;
   const char *int_start = q;
-  while (q < end && is_digit(*q)) q++;
+  while (q < end && is_digit(*q)) mantissa = mantissa * 10 + (uint64_t)(*q++ - '0');
   size_t n_int = (size_t)(q - int_start), n_frac = 0;
   if (!(flags & KX_NUMBER_LENIENT)) {
     if (n_int == 0) return "a number needs a digit";
@@ -61,7 +63,7 @@ const char *kx_parse_double(const char *p, const char *end, int flags, double *o
   const char *frac_start = q;
   if (q < end && *q == '.') {
     frac_start = ++q;
-    while (q < end && is_digit(*q)) q++;
+    while (q < end && is_digit(*q)) mantissa = mantissa * 10 + (uint64_t)(*q++ - '0');
     n_frac = (size_t)(q - frac_start);
     if (n_frac == 0 && !((flags & KX_NUMBER_LENIENT) && n_int))
       return n_int ? "a digit must follow the decimal point" : "a number needs a digit";
@@ -77,13 +79,8 @@ const char *kx_parse_double(const char *p, const char *end, int flags, double *o
       if (e < 100000) e = e * 10 + (*q - '0');
     exponent = sign * e;
   }
-  uint64_t mantissa = 0;
   int exact = n_int + n_frac <= 19; /* leading zeros count too: harmless, they add nothing */
-  if (exact) {
-    for (const char *d = int_start; d < int_start + n_int; d++) mantissa = mantissa * 10 + (uint64_t)(*d - '0');
-    for (const char *d = frac_start; d < frac_start + n_frac; d++) mantissa = mantissa * 10 + (uint64_t)(*d - '0');
-    exponent -= (int)n_frac;
-  }
+  if (exact) exponent -= (int)n_frac;
   double v;
   if (exact && mantissa <= (1ull << 53) && exponent >= -22 && exponent <= 22) {
     v = (double)mantissa;
