@@ -1,5 +1,5 @@
 /* NumPy .npy files: the exchange format for tensors on the command line and in tests. */
-#include "kiln/core.h"
+#include "core/npy.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -52,8 +52,8 @@ static size_t utf8_encode(uint32_t c, char *out) {
   out[2] = (char)(0x80 | ((c >> 6) & 0x3f)); out[3] = (char)(0x80 | (c & 0x3f)); return 4;
 }
 
-kiln_status kiln_npy_parse(const void *buf, size_t len, const char *name, kiln_tensor *out) {
-  const unsigned char *b = buf;
+kiln_status kx_npy_header_length(const void *prefix, size_t len, const char *name, size_t *total) {
+  const unsigned char *b = prefix;
   if (len < 10 || memcmp(b, "\x93NUMPY", 6) != 0) return bad(name, "missing the \\x93NUMPY magic");
   int major = b[6];
   size_t hlen, start;
@@ -67,12 +67,23 @@ kiln_status kiln_npy_parse(const void *buf, size_t len, const char *name, kiln_t
   } else {
     return kiln_error(KILN_INVALID_ARGUMENT, "%s: .npy format version %d is not supported", name, major);
   }
-  if (hlen > 65536 || start + hlen > len) return bad(name, "truncated header");
+  if (hlen > 65536) return bad(name, "header longer than 64 KiB");
+  *total = start + hlen;
+  return NULL;
+}
+
+kiln_status kx_npy_header_parse(const void *buf, size_t len, const char *name, kx_npy_header *h) {
+  const unsigned char *b = buf;
+  size_t total;
+  kiln_status s = kx_npy_header_length(buf, len, name, &total);
+  if (s) return s;
+  if (total > len) return bad(name, "truncated header");
+  size_t start = b[6] == 1 ? 10 : 12, hlen = total - start;
   char hdr[65537];
   memcpy(hdr, b + start, hlen);
   hdr[hlen] = '\0';
-  const unsigned char *data = b + start + hlen;
-  size_t data_len = len - start - hlen;
+  memset(h, 0, sizeof *h);
+  h->data_offset = total;
 
   const char *descr = dict_value(hdr, "descr");
   const char *fortran = dict_value(hdr, "fortran_order");
@@ -87,62 +98,84 @@ kiln_status kiln_npy_parse(const void *buf, size_t len, const char *name, kiln_t
   if (code[0] == '>' && strcmp(code + 1, "u1") != 0 && strcmp(code + 1, "i1") != 0 && strcmp(code + 1, "b1") != 0)
     return kiln_error(KILN_UNIMPLEMENTED, "%s: big-endian dtype '%s' is not supported", name, code);
 
-  int64_t dims[KILN_MAX_RANK];
-  int rank = 0;
   if (*shape != '(') return bad(name, "shape is not a tuple");
   for (const char *p = shape + 1;;) {
     while (*p == ' ' || *p == ',') p++;
     if (*p == ')') break;
     if (!isdigit((unsigned char)*p)) return bad(name, "shape holds a non-integer");
-    if (rank == KILN_MAX_RANK)
+    if (h->rank == KILN_MAX_RANK)
       return kiln_error(KILN_UNIMPLEMENTED, "%s: rank above %d is not supported", name, KILN_MAX_RANK);
     errno = 0;
     char *end;
     long long d = strtoll(p, &end, 10);
     if (errno) return bad(name, "dimension out of range");
-    dims[rank++] = d;
+    h->dims[h->rank++] = d;
     p = end;
   }
 
   const char *c = code[0] == '<' || code[0] == '|' || code[0] == '=' || code[0] == '>' ? code + 1 : code;
-  kiln_status s;
+  kiln_tensor t = {0};
   if (c[0] == 'U' || c[0] == 'S') { /* fixed-width strings: UTF-32 ('U') or bytes ('S') */
     long width = strtol(c + 1, NULL, 10);
-    size_t unit = c[0] == 'U' ? 4 : 1;
     if (width < 1 || width > 1 << 20) return bad(name, "string width out of range");
-    kiln_tensor shape = {0};
-    if ((s = kiln_tensor_set_shape(&shape, KILN_STRING, rank, dims))) return kiln_status_prefix(s, "%s: ", name);
-    int64_t n = kiln_tensor_numel(&shape);
-    if ((size_t)n > data_len / ((size_t)width * unit))
-      return kiln_error(KILN_INVALID_ARGUMENT, "%s: truncated data: %lld strings of width %ld need more than the %zu bytes the file has",
-                        name, (long long)n, width, data_len);
-    if ((s = kiln_tensor_alloc(out, KILN_STRING, rank, dims))) return kiln_status_prefix(s, "%s: ", name);
-    char **str = out->data;
-    for (int64_t i = 0; i < n; i++) {
-      const unsigned char *e = data + (size_t)i * (size_t)width * unit;
-      char *o = malloc((size_t)width * 4 + 1);
-      if (!o) { kiln_tensor_release(out); return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory"); }
-      size_t used = 0;
-      for (long k = 0; k < width; k++) {
-        uint32_t cp = unit == 4 ? (uint32_t)e[4 * k] | (uint32_t)e[4 * k + 1] << 8 | (uint32_t)e[4 * k + 2] << 16 | (uint32_t)e[4 * k + 3] << 24
-                                : e[k];
-        if (cp == 0) break;
-        used += unit == 4 ? utf8_encode(cp, o + used) : (o[used] = (char)cp, 1);
-      }
-      o[used] = '\0';
-      str[i] = o;
-    }
-    return NULL;
+    h->dtype = KILN_STRING;
+    h->str_width = (size_t)width;
+    h->str_unit = c[0] == 'U' ? 4 : 1;
+    h->item_bytes = h->str_width * h->str_unit;
+  } else {
+    h->dtype = kiln_dtype_from_name(c);
+    if (h->dtype == KILN_UNDEFINED || h->dtype == KILN_STRING)
+      return kiln_error(KILN_UNIMPLEMENTED, "%s: dtype '%s' is not supported", name, code);
+    h->item_bytes = kiln_dtype_size(h->dtype);
   }
-  kiln_dtype dt = kiln_dtype_from_name(c);
-  if (dt == KILN_UNDEFINED || dt == KILN_STRING)
-    return kiln_error(KILN_UNIMPLEMENTED, "%s: dtype '%s' is not supported", name, code);
-  kiln_tensor t = {0};
-  if ((s = kiln_tensor_set_shape(&t, dt, rank, dims))) return kiln_status_prefix(s, "%s: ", name);
-  size_t need = kiln_tensor_nbytes(&t);
+  /* the shape's element count must not overflow */
+  if ((s = kiln_tensor_set_shape(&t, h->dtype, h->rank, h->dims))) return kiln_status_prefix(s, "%s: ", name);
+  return NULL;
+}
+
+kiln_status kx_npy_decode_strings(const kx_npy_header *h, const unsigned char *data, int64_t n, char **out) {
+  for (int64_t i = 0; i < n; i++) {
+    const unsigned char *e = data + (size_t)i * h->item_bytes;
+    char *o = malloc(h->str_width * 4 + 1);
+    if (!o) {
+      for (int64_t k = 0; k < i; k++) free(out[k]), out[k] = NULL;
+      return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    size_t used = 0;
+    for (size_t k = 0; k < h->str_width; k++) {
+      uint32_t cp = h->str_unit == 4 ? (uint32_t)e[4 * k] | (uint32_t)e[4 * k + 1] << 8 |
+                                           (uint32_t)e[4 * k + 2] << 16 | (uint32_t)e[4 * k + 3] << 24
+                                     : e[k];
+      if (cp == 0) break;
+      used += h->str_unit == 4 ? utf8_encode(cp, o + used) : (o[used] = (char)cp, 1);
+    }
+    o[used] = '\0';
+    out[i] = o;
+  }
+  return NULL;
+}
+
+kiln_status kiln_npy_parse(const void *buf, size_t len, const char *name, kiln_tensor *out) {
+  kx_npy_header h;
+  kiln_status s = kx_npy_header_parse(buf, len, name, &h);
+  if (s) return s;
+  const unsigned char *data = (const unsigned char *)buf + h.data_offset;
+  size_t data_len = len - h.data_offset;
+  kiln_tensor shape = {0};
+  if ((s = kiln_tensor_set_shape(&shape, h.dtype, h.rank, h.dims))) return kiln_status_prefix(s, "%s: ", name);
+  int64_t n = kiln_tensor_numel(&shape);
+  if (h.dtype == KILN_STRING) {
+    if ((size_t)n > data_len / h.item_bytes)
+      return kiln_error(KILN_INVALID_ARGUMENT, "%s: truncated data: %lld strings of width %zu need more than the %zu bytes the file has",
+                        name, (long long)n, h.str_width, data_len);
+    if ((s = kiln_tensor_alloc(out, KILN_STRING, h.rank, h.dims))) return kiln_status_prefix(s, "%s: ", name);
+    if ((s = kx_npy_decode_strings(&h, data, n, out->data))) kiln_tensor_release(out);
+    return s;
+  }
+  size_t need = kiln_tensor_nbytes(&shape);
   if (need > data_len)
     return kiln_error(KILN_INVALID_ARGUMENT, "%s: truncated data: shape needs %zu bytes, file has %zu", name, need, data_len);
-  if ((s = kiln_tensor_alloc(out, dt, rank, dims))) return kiln_status_prefix(s, "%s: ", name);
+  if ((s = kiln_tensor_alloc(out, h.dtype, h.rank, h.dims))) return kiln_status_prefix(s, "%s: ", name);
   if (need) memcpy(out->data, data, need);
   return NULL;
 }

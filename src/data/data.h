@@ -146,6 +146,12 @@ kiln_status kx_tfrecord_parse(kx_stage *s, const void *example, size_t len, kiln
  * the spec's "channels" (0: the image's own). */
 int kx_images_decode_channels(const kx_stage *s);
 
+/* ---------------------------------------------------------------- tabular sources (idx.c, csv.c, npy.c) */
+
+/* The labels file that goes with an IDX images file: the path with "-images-idx3-ubyte" replaced
+ * by "-labels-idx1-ubyte", malloc'd, when the path has that part and the file exists; else NULL. */
+char *kx_idx_labels_for(const char *images_path);
+
 /* ---------------------------------------------------------------- writers (one file each) */
 
 typedef struct kx_writer kx_writer;

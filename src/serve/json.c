@@ -4,16 +4,18 @@
  * locale lookup and an arbitrary-precision path): profiling `kiln serve` on the MLP at 64
  * connections put 30 % of the server's CPU time in strtod alone. This reader converts numbers of
  * up to 19 significant digits and small exponents exactly in double arithmetic (Clinger's fast
- * path, correctly rounded) and leaves only the rare rest to strtod. The tree it builds is made of
- * cJSON nodes, so the codecs walk it with cJSON's accessors, but they live in one arena per
- * document (a few allocations instead of one per number) and are freed with kx_codec_free_json.
+ * path, correctly rounded: core/number.c, which the CSV source shares) and leaves only the rare
+ * rest to strtod. The tree it builds is made of cJSON nodes, so the codecs walk it with cJSON's
+ * accessors, but they live in one arena per document (a few allocations instead of one per
+ * number) and are freed with kx_codec_free_json.
  * tests/unit/test_serve_json.c and the fuzz target fuzz_json check that every document it accepts
  * gives the same tree as cJSON's parser. */
 #include "serve/codec.h"
 
+#include "core/number.h"
+
 #include <cjson/cJSON.h>
 #include <limits.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,64 +79,13 @@ static int out_of_memory(reader *r) {
   return fail(r, "out of memory");
 }
 
-/* 10^0 .. 10^22: exactly representable as doubles. */
-static const double powers_of_ten[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-                                       1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
 static int parse_number(reader *r, cJSON *node) {
-  const char *s = r->p, *q = s;
-  int negative = 0;
-  if (q < r->end && *q == '-') negative = 1, q++;
-  if (q >= r->end || *q < '0' || *q > '9') return fail(r, "a number needs a digit");
-  uint64_t mantissa = 0;
-  int digits = 0, exponent = 0;
-  if (*q == '0') {
-    q++;
-    if (q < r->end && *q >= '0' && *q <= '9') return fail(r, "numbers do not start with 0");
-  } else {
-    for (; q < r->end && *q >= '0' && *q <= '9'; q++) {
-      if (digits < 19) mantissa = mantissa * 10 + (uint64_t)(*q - '0'), digits++;
-      else exponent++, digits++;
-    }
-  }
-  if (q < r->end && *q == '.') {
-    q++;
-    if (q >= r->end || *q < '0' || *q > '9') return fail(r, "a digit must follow the decimal point");
-    for (; q < r->end && *q >= '0' && *q <= '9'; q++) {
-      if (mantissa == 0 && *q == '0') {
-        exponent--;
-        continue;
-      }
-      if (digits < 19) mantissa = mantissa * 10 + (uint64_t)(*q - '0'), digits++, exponent--;
-      else digits++;
-    }
-  }
-  if (q < r->end && (*q == 'e' || *q == 'E')) {
-    q++;
-    int sign = 1, e = 0;
-    if (q < r->end && (*q == '+' || *q == '-')) sign = *q == '-' ? -1 : 1, q++;
-    if (q >= r->end || *q < '0' || *q > '9') return fail(r, "a digit must follow the exponent");
-    for (; q < r->end && *q >= '0' && *q <= '9'; q++)
-      if (e < 100000) e = e * 10 + (*q - '0');
-    exponent += sign * e;
-  }
-  double v;
-  if (digits <= 19 && mantissa <= (1ull << 53) && exponent >= -22 && exponent <= 22) {
-    v = (double)mantissa;
-    v = exponent < 0 ? v / powers_of_ten[-exponent] : v * powers_of_ten[exponent];
-  } else { /* many digits or a large exponent: the exact conversion */
-    char small[64], *copy = (size_t)(q - s) < sizeof small ? small : malloc((size_t)(q - s) + 1);
-    if (!copy) return out_of_memory(r);
-    memcpy(copy, s, (size_t)(q - s));
-    copy[q - s] = '\0';
-    v = strtod(copy, NULL);
-    if (copy != small) free(copy);
-    negative = 0; /* strtod read the sign */
-    if (isinf(v)) return fail(r, "number out of range");
-  }
-  r->p = q;
+  double value;
+  const char *stop;
+  const char *error = kx_parse_double(r->p, r->end, KX_NUMBER_JSON, &value, &stop);
+  if (error) return strcmp(error, "out of memory") == 0 ? out_of_memory(r) : fail(r, error);
+  r->p = stop;
   node->type = cJSON_Number;
-  double value = negative ? -v : v;
   node->valuedouble = value;
   /* as cJSON_CreateNumber saturates it */
   node->valueint = value >= INT_MAX ? INT_MAX : value <= (double)INT_MIN ? INT_MIN : (int)value;

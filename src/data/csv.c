@@ -1,0 +1,900 @@
+/* The CSV source (RFC 4180, streamed in big blocks whose rows are parsed in parallel) and the
+ * CSV writer.
+ *
+ * Reading: a read-ahead thread finds row boundaries (memchr for the newline, a quote-aware state
+ * machine only for rows that hold a quote) and parses a batch of up to BATCH_ROWS rows on the pool
+ * into one record each (one allocation per row: tensors, values and string text) while the
+ * consumer takes the previous batch's records, in file order, bad ones reported where they fall.
+ *
+ * Types: a column's dtype comes from `columns`, else from the first infer_rows rows (read in a
+ * pass of their own, then read again as records): int64 when every present value is an integer
+ * in range, float (float32) when every one is a number, bool when every one is true/false (any
+ * case), else string. Missing values (na_values; by default "", "NA", "NaN", "null" — "NaN" is
+ * missing as pandas reads it, rather than a float NaN; "nan"/"inf" in other spellings are
+ * numbers) become dtype KILN_UNDEFINED. Blank lines are skipped and do not count as rows. */
+#include "data/data.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/number.h"
+
+#define CSV_BLOCK ((size_t)4 << 20)
+/* Rows parsed together: enough to split across the pool, few enough that their records (about
+ * 1 KB each with 6 columns) are still in cache when the consumer takes and frees them. */
+#define BATCH_ROWS 2048
+#define MAX_COLUMNS 65536
+#define MAX_NA_VALUES 64
+
+/* ---------------------------------------------------------------- scanning rows */
+
+enum { ROW_OK, ROW_TOO_LONG, ROW_UNTERMINATED };
+
+typedef struct row {
+  const char *p; /* the row's text without its line end (NULL for ROW_TOO_LONG) */
+  size_t len;
+  int64_t offset; /* byte offset of its first byte in the file */
+  int64_t index;  /* data row number */
+  int kind;
+} row;
+
+/* Field-aware quote state: a quote opens a quoted field only at a field's start, as Python's csv
+ * module and pandas read it. */
+enum { ST_FIELD_START, ST_UNQUOTED, ST_QUOTED, ST_QUOTE_IN_QUOTED };
+
+typedef struct scanner {
+  FILE *f;
+  const char *path;
+  char delim;
+  size_t max_line;
+  char *buf;
+  size_t cap, pos, len; /* valid bytes buf[pos, len) */
+  int64_t base;         /* file offset of buf[0] */
+  int eof;
+} scanner;
+
+/* Advances the state machine over p..end; returns the newline that ends the row or NULL. */
+static const char *scan_state(const char *p, const char *end, char delim, int *state) {
+  int st = *state;
+  for (; p < end; p++) {
+    char c = *p;
+    switch (st) {
+    case ST_FIELD_START:
+      if (c == '"') st = ST_QUOTED;
+      else if (c == '\n') goto found;
+      else if (c != delim) st = ST_UNQUOTED;
+      break;
+    case ST_UNQUOTED:
+      if (c == delim) st = ST_FIELD_START;
+      else if (c == '\n') goto found;
+      break;
+    case ST_QUOTED:
+      if (c == '"') st = ST_QUOTE_IN_QUOTED;
+      break;
+    default: /* after a quote inside a quoted field: a doubled quote, the field's end, or stray text */
+      if (c == '"') st = ST_QUOTED;
+      else if (c == delim) st = ST_FIELD_START;
+      else if (c == '\n') goto found;
+      else st = ST_UNQUOTED;
+      break;
+    }
+  }
+  *state = st;
+  return NULL;
+found:
+  *state = ST_FIELD_START;
+  return p;
+}
+
+/* The newline ending the row that starts at p, or NULL; *state says where an unfinished row is. */
+static const char *row_end(const char *p, const char *end, char delim, int *state) {
+  const char *nl = memchr(p, '\n', (size_t)(end - p));
+  if (!memchr(p, '"', (size_t)((nl ? nl : end) - p))) {
+    *state = ST_UNQUOTED;
+    return nl;
+  }
+  *state = ST_FIELD_START;
+  return scan_state(p, end, delim, state);
+}
+
+/* Moves the unread bytes to the front and reads more. */
+static kiln_status refill(scanner *sc) {
+  if (sc->pos) {
+    memmove(sc->buf, sc->buf + sc->pos, sc->len - sc->pos);
+    sc->base += (int64_t)sc->pos;
+    sc->len -= sc->pos;
+    sc->pos = 0;
+  }
+  size_t got = fread(sc->buf + sc->len, 1, sc->cap - sc->len, sc->f);
+  if (got < sc->cap - sc->len) {
+    if (ferror(sc->f)) return kiln_error(KILN_IO, "%s: read failed: %s", sc->path, strerror(errno));
+    sc->eof = 1;
+  }
+  sc->len += got;
+  return NULL;
+}
+
+/* Skips the rest of an over-long row whose unread part starts at buf[pos] in `state`. */
+static kiln_status skip_row(scanner *sc, int state) {
+  for (;;) {
+    const char *nl = scan_state(sc->buf + sc->pos, sc->buf + sc->len, sc->delim, &state);
+    if (nl) {
+      sc->pos = (size_t)(nl - sc->buf) + 1;
+      return NULL;
+    }
+    sc->pos = sc->len;
+    if (sc->eof) return NULL;
+    kiln_status s = refill(sc);
+    if (s) return s;
+  }
+}
+
+/* Appends up to `max` rows to rows[*n...], numbering them from *index. Rows point into the
+ * buffer, so the buffer moves only while the batch is empty. *n stays 0 only at the end. */
+static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *index) {
+  *n = 0;
+  while (*n < max) {
+    const char *start = sc->buf + sc->pos, *end = sc->buf + sc->len;
+    int state;
+    const char *nl = start < end ? row_end(start, end, sc->delim, &state) : NULL;
+    size_t len;
+    int kind = ROW_OK;
+    if (nl) {
+      len = (size_t)(nl - start);
+    } else if (sc->eof) {
+      if (start == end) return NULL;
+      len = (size_t)(end - start);
+      if (state == ST_QUOTED) kind = ROW_UNTERMINATED;
+    } else if ((size_t)(end - start) > sc->max_line) {
+      if (*n) return NULL; /* hand out the rows before it first */
+      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, ROW_TOO_LONG};
+      *n = 1;
+      sc->pos = sc->len;
+      return skip_row(sc, state);
+    } else {
+      if (*n) return NULL;
+      kiln_status s = refill(sc);
+      if (s) return s;
+      continue;
+    }
+    int64_t offset = sc->base + (int64_t)sc->pos;
+    sc->pos += len + (nl ? 1 : 0);
+    if (len && start[len - 1] == '\r' && kind == ROW_OK) len--;
+    if (len == 0) continue; /* blank line */
+    if (len > sc->max_line) kind = ROW_TOO_LONG;
+    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, kind};
+  }
+  return NULL;
+}
+
+static kiln_status scanner_seek(scanner *sc, int64_t offset) {
+  if (fseeko(sc->f, (off_t)offset, SEEK_SET) != 0)
+    return kiln_error(KILN_IO, "%s: cannot seek: %s", sc->path, strerror(errno));
+  sc->pos = sc->len = 0;
+  sc->base = offset;
+  sc->eof = 0;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- fields */
+
+typedef struct field {
+  const char *p;
+  size_t len;
+} field;
+
+/* Splits a row into fields (at most max; *n gets the true count). Quoted fields are unescaped
+ * into scratch (at least len bytes). */
+static void split_fields(const char *p, size_t len, char delim, field *fields, int max, int *n, char *scratch) {
+  const char *end = p + len;
+  int count = 0;
+  for (;;) {
+    field f;
+    if (p < end && *p == '"') {
+      char *o = scratch;
+      p++;
+      for (;;) {
+        if (p >= end) break;
+        if (*p == '"') {
+          if (p + 1 < end && p[1] == '"') {
+            *o++ = '"';
+            p += 2;
+            continue;
+          }
+          p++;
+          break;
+        }
+        *o++ = *p++;
+      }
+      while (p < end && *p != delim) *o++ = *p++; /* stray text after the closing quote */
+      f.p = scratch;
+      f.len = (size_t)(o - scratch);
+      scratch = o;
+    } else {
+      const char *d = memchr(p, delim, (size_t)(end - p));
+      f.p = p;
+      f.len = (size_t)((d ? d : end) - p);
+      p += f.len;
+    }
+    if (count < max) fields[count] = f;
+    count++;
+    if (p >= end) break;
+    p++; /* the delimiter */
+  }
+  *n = count;
+}
+
+static void trim(const char **p, size_t *len) {
+  while (*len && (**p == ' ' || **p == '\t')) (*p)++, (*len)--;
+  while (*len && ((*p)[*len - 1] == ' ' || (*p)[*len - 1] == '\t')) (*len)--;
+}
+
+static int parse_bool(const char *p, size_t len, uint8_t *out) {
+  trim(&p, &len);
+  if (len == 4 && strncasecmp(p, "true", 4) == 0) return *out = 1, 0;
+  if (len == 5 && strncasecmp(p, "false", 5) == 0) return *out = 0, 0;
+  return -1;
+}
+
+static int parse_double(const char *p, size_t len, double *out) {
+  trim(&p, &len);
+  const char *stop;
+  if (!len || kx_parse_double(p, p + len, KX_NUMBER_LENIENT | KX_NUMBER_SPECIAL, out, &stop) || stop != p + len)
+    return -1;
+  return 0;
+}
+
+/* Parses an integer field into *out, checking the range of `dtype`. */
+static int parse_integer(const char *p, size_t len, kiln_dtype dtype, int64_t *out) {
+  trim(&p, &len);
+  if (kx_parse_int64(p, p + len, out) != 0) return -1;
+  int64_t lo = INT64_MIN, hi = INT64_MAX;
+  switch (dtype) {
+  case KILN_INT8: lo = INT8_MIN, hi = INT8_MAX; break;
+  case KILN_INT16: lo = INT16_MIN, hi = INT16_MAX; break;
+  case KILN_INT32: lo = INT32_MIN, hi = INT32_MAX; break;
+  case KILN_UINT8: lo = 0, hi = UINT8_MAX; break;
+  case KILN_UINT16: lo = 0, hi = UINT16_MAX; break;
+  case KILN_UINT32: lo = 0, hi = UINT32_MAX; break;
+  case KILN_UINT64: lo = 0; break;
+  default: break;
+  }
+  return *out < lo || *out > hi ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------- the source */
+
+enum { SLOT_FREE, SLOT_READY };
+
+/* Parsed rows waiting for the consumer. Bad rows keep a copy of their text (the scanner's buffer
+ * moves on while the batch waits). */
+typedef struct batch {
+  row rows[BATCH_ROWS];
+  kiln_record records[BATCH_ROWS];
+  kiln_status errors[BATCH_ROWS];
+  char *raw[BATCH_ROWS];
+  int n, next;
+  int state;         /* SLOT_FREE or SLOT_READY; guarded by the stage's mu */
+  int end;           /* no batch follows this one */
+  kiln_status fatal; /* an I/O error after this batch's rows */
+} batch;
+
+typedef struct csv_stage {
+  kx_stage base;
+  char *path;
+  scanner sc;
+  int64_t data_start; /* offset of the first data row */
+  int ncols;
+  char **names;
+  kiln_dtype *dtypes;
+  char **na; /* missing-value spellings */
+  size_t *na_len;
+  int n_na;
+  size_t na_max_len;
+  int64_t next_index; /* the scanner's next data row number (read-ahead thread only) */
+  /* Two batches: the read-ahead thread scans and parses one while the consumer takes the
+   * records of the other, so on two cores parsing overlaps whatever the consumer does. */
+  batch slots[2];
+  int consume_at, produce_at;
+  pthread_t thread;
+  int running; /* the thread was started and not yet joined */
+  int stop;    /* asks the thread to end; guarded by mu */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+} csv_stage;
+
+static int is_missing(const csv_stage *s, const char *p, size_t len) {
+  if (len > s->na_max_len) return 0;
+  for (int i = 0; i < s->n_na; i++)
+    if (s->na_len[i] == len && memcmp(s->na[i], p, len) == 0) return 1;
+  return 0;
+}
+
+/* Writes one field into the record's value `v` (slot: 8 bytes; text: where string text goes). */
+static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln_tensor *v, void *slot, char **text) {
+  kiln_dtype t = s->dtypes[col];
+  if (is_missing(s, f->p, f->len)) return NULL; /* stays KILN_UNDEFINED */
+  int bad = 0;
+  switch (t) {
+  case KILN_STRING:
+    memcpy(*text, f->p, f->len);
+    (*text)[f->len] = '\0';
+    *(char **)slot = *text;
+    *text += f->len + 1;
+    break;
+  case KILN_BOOL: bad = parse_bool(f->p, f->len, slot); break;
+  case KILN_FLOAT:
+  case KILN_DOUBLE:
+  case KILN_FLOAT16: {
+    double d;
+    bad = parse_double(f->p, f->len, &d);
+    if (t == KILN_FLOAT) *(float *)slot = (float)d;
+    else if (t == KILN_DOUBLE) *(double *)slot = d;
+    else *(uint16_t *)slot = kiln_float_to_half((float)d);
+    break;
+  }
+  default: {
+    int64_t i = 0;
+    bad = parse_integer(f->p, f->len, t, &i);
+    switch (kiln_dtype_size(t)) {
+    case 1: *(uint8_t *)slot = (uint8_t)i; break;
+    case 2: *(uint16_t *)slot = (uint16_t)i; break;
+    case 4: *(uint32_t *)slot = (uint32_t)i; break;
+    default: memcpy(slot, &i, 8); break;
+    }
+    break;
+  }
+  }
+  if (bad) {
+    int shown = f->len > 64 ? 64 : (int)f->len;
+    return kiln_error(KILN_INVALID_ARGUMENT, "column '%s': '%.*s%s' is not a valid %s", s->names[col], shown, f->p,
+                      f->len > 64 ? "..." : "", kiln_dtype_name(t));
+  }
+  v->dtype = t; /* a scalar: rank 0, no dims */
+  v->rank = 0;
+  v->data = slot;
+  return NULL;
+}
+
+/* Parses one row into a record. */
+static kiln_status parse_row(const csv_stage *s, const row *rw, field *fields, char *scratch, kiln_record *out) {
+  if (rw->kind == ROW_TOO_LONG)
+    return kiln_error(KILN_INVALID_ARGUMENT, "line of %s%zu bytes is longer than max_line_bytes (%zu)",
+                      rw->p ? "" : "at least ", rw->len, s->sc.max_line);
+  if (rw->kind == ROW_UNTERMINATED)
+    return kiln_error(KILN_INVALID_ARGUMENT, "unterminated quoted field at the end of the file");
+  int n;
+  split_fields(rw->p, rw->len, s->sc.delim, fields, s->ncols, &n, scratch);
+  if (n != s->ncols) return kiln_error(KILN_INVALID_ARGUMENT, "expected %d fields, found %d", s->ncols, n);
+  size_t text = 0;
+  for (int i = 0; i < n; i++)
+    if (s->dtypes[i] == KILN_STRING) text += fields[i].len + 1;
+  void *data;
+  kiln_status st = kiln_record_init(out, (const char *const *)s->names, n, (size_t)n * 8 + text, &data);
+  if (st) return st;
+  char *t = (char *)data + (size_t)n * 8;
+  for (int i = 0; i < n; i++)
+    if ((st = parse_value(s, i, &fields[i], &out->values[i], (char *)data + 8 * (size_t)i, &t))) {
+      kiln_record_release(out);
+      return st;
+    }
+  out->source = s->path;
+  out->index = rw->index;
+  out->offset = rw->offset;
+  return NULL;
+}
+
+typedef struct parse_job {
+  const csv_stage *s;
+  batch *b;
+} parse_job;
+
+static void parse_range(void *arg, int64_t begin, int64_t end) {
+  const parse_job *job = arg;
+  batch *b = job->b;
+  size_t longest = 0;
+  for (int64_t i = begin; i < end; i++)
+    if (b->rows[i].p && b->rows[i].len > longest) longest = b->rows[i].len;
+  field *fields = malloc(sizeof *fields * (size_t)(job->s->ncols ? job->s->ncols : 1));
+  char *scratch = malloc(longest + 1);
+  for (int64_t i = begin; i < end; i++) {
+    const row *rw = &b->rows[i];
+    if (!fields || !scratch) b->errors[i] = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory parsing a CSV row");
+    else b->errors[i] = parse_row(job->s, rw, fields, scratch, &b->records[i]);
+    b->raw[i] = NULL;
+    /* longer raw text is not quarantined anyway (kx_bad_record keeps up to 4 KiB) */
+    if (b->errors[i] && rw->p && rw->len <= 4096 && (b->raw[i] = malloc(rw->len + 1)))
+      memcpy(b->raw[i], rw->p, rw->len); /* not strndup: a row may hold NUL bytes */
+  }
+  free(fields);
+  free(scratch);
+}
+
+static void drop_batch(batch *b) {
+  for (int i = b->next; i < b->n; i++) {
+    if (b->errors[i]) kiln_status_free(b->errors[i]);
+    else kiln_record_release(&b->records[i]);
+    free(b->raw[i]);
+  }
+  if (b->fatal) kiln_status_free(b->fatal);
+  b->n = b->next = b->end = 0;
+  b->fatal = NULL;
+  b->state = SLOT_FREE;
+}
+
+/* The read-ahead thread: fills free slots in turn until the end of the file or an error. */
+static void *read_ahead(void *arg) {
+  csv_stage *s = arg;
+  for (;;) {
+    batch *b = &s->slots[s->produce_at];
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop && b->state != SLOT_FREE) pthread_cond_wait(&s->cv, &s->mu);
+    int stop = s->stop;
+    pthread_mutex_unlock(&s->mu);
+    if (stop) return NULL;
+    int n = 0;
+    kiln_status st = scan_rows(&s->sc, b->rows, BATCH_ROWS, &n, &s->next_index);
+    if (n) {
+      parse_job job = {s, b};
+      /* ~50 operations per byte of a row: worth splitting from a few hundred rows up. One thread
+       * is the consumer's: the parse uses the others (on two cores, this thread alone). */
+      int threads = s->base.ctx->threads > 1 ? s->base.ctx->threads - 1 : 1;
+      kiln_parallel_for(s->base.ctx->pool, threads, n, 50.0 * (double)(b->rows[0].len + 1), parse_range, &job);
+    }
+    pthread_mutex_lock(&s->mu);
+    b->n = n;
+    b->next = 0;
+    b->fatal = st;
+    b->end = st || n == 0;
+    b->state = SLOT_READY;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (b->end) return NULL;
+    s->produce_at ^= 1;
+  }
+}
+
+/* Ends the read-ahead thread and drops what it read; the scanner is then free to move. */
+static void stop_read_ahead(csv_stage *s) {
+  if (s->running) {
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    s->running = 0;
+    s->stop = 0;
+  }
+  drop_batch(&s->slots[0]);
+  drop_batch(&s->slots[1]);
+  s->consume_at = s->produce_at = 0;
+}
+
+static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
+  csv_stage *s = (csv_stage *)base;
+  memset(out, 0, sizeof *out);
+  *done = 0;
+  if (!s->running && s->slots[0].state == SLOT_FREE && s->slots[1].state == SLOT_FREE) {
+    if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
+      return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
+    s->running = 1;
+  }
+  for (;;) {
+    batch *b = &s->slots[s->consume_at];
+    pthread_mutex_lock(&s->mu);
+    while (b->state != SLOT_READY) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    if (b->next == b->n) {
+      if (b->end) {
+        kiln_status fatal = b->fatal;
+        b->fatal = NULL;
+        *done = !fatal;
+        return fatal;
+      }
+      pthread_mutex_lock(&s->mu);
+      b->n = b->next = 0;
+      b->state = SLOT_FREE;
+      pthread_cond_broadcast(&s->cv);
+      pthread_mutex_unlock(&s->mu);
+      s->consume_at ^= 1;
+      continue;
+    }
+    int i = b->next++;
+    atomic_fetch_add(&s->base.ctx->read, 1);
+    if (!b->errors[i]) {
+      *out = b->records[i];
+      return NULL;
+    }
+    const row *rw = &b->rows[i];
+    kiln_status why = b->errors[i];
+    char *raw = b->raw[i];
+    b->errors[i] = NULL;
+    b->raw[i] = NULL;
+    kiln_status st = kx_bad_record(s->base.ctx, s->path, rw->index, rw->offset, raw, raw ? rw->len : 0, why);
+    free(raw);
+    if (st) return st;
+  }
+}
+
+static kiln_status csv_reset(kx_stage *base, int64_t epoch) {
+  csv_stage *s = (csv_stage *)base;
+  stop_read_ahead(s);
+  s->next_index = 0;
+  return scanner_seek(&s->sc, s->data_start);
+}
+
+static void csv_free(kx_stage *base) {
+  csv_stage *s = (csv_stage *)base;
+  stop_read_ahead(s);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+  if (s->sc.f) fclose(s->sc.f);
+  free(s->sc.buf);
+  for (int i = 0; s->names && i < s->ncols; i++) free(s->names[i]);
+  free(s->names);
+  free(s->dtypes);
+  for (int i = 0; i < s->n_na; i++) free(s->na[i]);
+  free(s->na);
+  free(s->na_len);
+  free(s->path);
+  free(s);
+}
+
+static const kx_stage_ops csv_ops = {"csv", csv_next, csv_reset, csv_free};
+
+static kiln_status oom(void) { return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory opening a CSV file"); }
+
+static kiln_status read_na_values(csv_stage *s, const cJSON *spec) {
+  static const char *const defaults[] = {"", "NA", "NaN", "null"};
+  const cJSON *list = cJSON_GetObjectItemCaseSensitive(spec, "na_values");
+  if (list && !cJSON_IsArray(list))
+    return kiln_error(KILN_INVALID_ARGUMENT, "source.na_values: expected a list of strings");
+  int n = list ? cJSON_GetArraySize(list) : 4;
+  if (n > MAX_NA_VALUES)
+    return kiln_error(KILN_INVALID_ARGUMENT, "source.na_values: more than %d values", MAX_NA_VALUES);
+  if (n && (!(s->na = calloc((size_t)n, sizeof *s->na)) || !(s->na_len = calloc((size_t)n, sizeof *s->na_len))))
+    return oom();
+  for (int i = 0; i < n; i++) {
+    const char *v = defaults[i < 4 ? i : 0];
+    if (list) {
+      const cJSON *e = cJSON_GetArrayItem(list, i);
+      if (!cJSON_IsString(e)) return kiln_error(KILN_INVALID_ARGUMENT, "source.na_values[%d]: expected a string", i);
+      v = e->valuestring;
+    }
+    if (!(s->na[i] = strdup(v))) return oom();
+    s->n_na = i + 1;
+    s->na_len[i] = strlen(v);
+    if (s->na_len[i] > s->na_max_len) s->na_max_len = s->na_len[i];
+  }
+  return NULL;
+}
+
+/* Reads the header row (or counts the first row's fields) and names the columns. */
+static kiln_status read_header(csv_stage *s, int header) {
+  row first;
+  int n;
+  int64_t index = 0;
+  kiln_status st = scan_rows(&s->sc, &first, 1, &n, &index);
+  if (st) return st;
+  if (n == 0) {
+    if (header) return kiln_error(KILN_INVALID_ARGUMENT, "%s: the file is empty: expected a header row", s->path);
+    s->ncols = 0;
+    return NULL;
+  }
+  if (first.kind != ROW_OK)
+    return kiln_error(KILN_INVALID_ARGUMENT, "%s: the first row is %s", s->path,
+                      first.kind == ROW_TOO_LONG ? "longer than max_line_bytes" : "an unterminated quoted field");
+  field *fields = malloc(sizeof *fields * MAX_COLUMNS);
+  char *scratch = malloc(first.len + 1);
+  if (!fields || !scratch) {
+    free(fields);
+    free(scratch);
+    return oom();
+  }
+  split_fields(first.p, first.len, s->sc.delim, fields, MAX_COLUMNS, &n, scratch);
+  if (n > MAX_COLUMNS) st = kiln_error(KILN_INVALID_ARGUMENT, "%s: %d columns, at most %d are supported", s->path, n, MAX_COLUMNS);
+  if (!st && (!(s->names = calloc((size_t)n, sizeof *s->names)) || !(s->dtypes = calloc((size_t)n, sizeof *s->dtypes))))
+    st = oom();
+  if (!st) s->ncols = n;
+  for (int i = 0; !st && i < n; i++) {
+    char generated[32];
+    snprintf(generated, sizeof generated, "c%d", i);
+    s->names[i] = header ? strndup(fields[i].p, fields[i].len) : strdup(generated);
+    if (!s->names[i]) st = oom();
+  }
+  if (!st && header) s->data_start = s->sc.base + (int64_t)s->sc.pos;
+  free(fields);
+  free(scratch);
+  return st;
+}
+
+/* What the values seen so far allow a column to be. */
+enum { CAN_INT = 1, CAN_FLOAT = 2, CAN_BOOL = 4 };
+
+/* Infers the dtypes of the columns `columns` did not give from the first `rows` rows. */
+static kiln_status infer_types(csv_stage *s, int64_t rows) {
+  int *can = malloc(sizeof *can * (size_t)(s->ncols ? s->ncols : 1));
+  field *fields = malloc(sizeof *fields * (size_t)(s->ncols ? s->ncols : 1));
+  row *batch = malloc(sizeof *batch * 256);
+  char *scratch = malloc(s->sc.max_line + 1);
+  kiln_status st = NULL;
+  if (!can || !fields || !batch || !scratch) st = oom();
+  for (int i = 0; !st && i < s->ncols; i++) can[i] = CAN_INT | CAN_FLOAT | CAN_BOOL;
+  int64_t seen = 0, index = 0;
+  while (!st && seen < rows) {
+    int n;
+    if ((st = scan_rows(&s->sc, batch, 256, &n, &index)) || n == 0) break;
+    for (int r = 0; r < n && seen < rows; r++) {
+      int nf;
+      if (batch[r].kind != ROW_OK) continue;
+      split_fields(batch[r].p, batch[r].len, s->sc.delim, fields, s->ncols, &nf, scratch);
+      if (nf != s->ncols) continue; /* a bad row: reported when read */
+      seen++;
+      for (int i = 0; i < s->ncols; i++) {
+        const field *f = &fields[i];
+        if (!can[i] || is_missing(s, f->p, f->len)) continue;
+        int64_t iv;
+        double dv;
+        uint8_t bv;
+        if ((can[i] & CAN_INT) && parse_integer(f->p, f->len, KILN_INT64, &iv) != 0) can[i] &= ~CAN_INT;
+        if ((can[i] & CAN_FLOAT) && parse_double(f->p, f->len, &dv) != 0) can[i] &= ~(CAN_FLOAT | CAN_INT);
+        if ((can[i] & CAN_BOOL) && parse_bool(f->p, f->len, &bv) != 0) can[i] &= ~CAN_BOOL;
+      }
+    }
+  }
+  for (int i = 0; !st && i < s->ncols; i++) {
+    if (s->dtypes[i] != KILN_UNDEFINED) continue;
+    /* a column with no value at all reads as float, as pandas reads an all-missing column */
+    if (can[i] == (CAN_INT | CAN_FLOAT | CAN_BOOL)) s->dtypes[i] = KILN_FLOAT;
+    else if (can[i] & CAN_INT) s->dtypes[i] = KILN_INT64;
+    else if (can[i] & CAN_FLOAT) s->dtypes[i] = KILN_FLOAT;
+    else if (can[i] & CAN_BOOL) s->dtypes[i] = KILN_BOOL;
+    else s->dtypes[i] = KILN_STRING;
+  }
+  free(can);
+  free(fields);
+  free(batch);
+  free(scratch);
+  return st;
+}
+
+static kiln_status read_columns(csv_stage *s, const cJSON *spec) {
+  const cJSON *cols = cJSON_GetObjectItemCaseSensitive(spec, "columns");
+  if (!cols) return NULL;
+  if (!cJSON_IsObject(cols))
+    return kiln_error(KILN_INVALID_ARGUMENT, "source.columns: expected an object of column name to dtype name");
+  for (const cJSON *c = cols->child; c; c = c->next) {
+    if (!cJSON_IsString(c))
+      return kiln_error(KILN_INVALID_ARGUMENT, "source.columns.%s: expected a dtype name (a string)", c->string);
+    kiln_dtype t = strcmp(c->valuestring, "string") == 0 ? KILN_STRING : kiln_dtype_from_name(c->valuestring);
+    if (t == KILN_UNDEFINED || t == KILN_BFLOAT16 || t == KILN_COMPLEX64 || t == KILN_COMPLEX128)
+      return kiln_error(KILN_INVALID_ARGUMENT,
+                        "source.columns.%s: '%s' is not a CSV column type (float, double, int8..int64, uint8..uint64, bool, string)",
+                        c->string, c->valuestring);
+    int i = 0;
+    while (i < s->ncols && strcmp(s->names[i], c->string) != 0) i++;
+    if (i == s->ncols)
+      return kiln_error(KILN_INVALID_ARGUMENT, "source.columns.%s: %s has no such column", c->string, s->path);
+    s->dtypes[i] = t;
+  }
+  return NULL;
+}
+
+kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
+  static const char *const keys[] = {"format", "path", "delimiter", "header", "columns", "na_values",
+                                     "max_line_bytes", "infer_rows", NULL};
+  const char *path = NULL, *delimiter = ",";
+  int header = 1;
+  int64_t max_line = 1 << 20, infer_rows = 1000;
+  kiln_status st = kx_spec_keys(spec, "source", keys);
+  if (!st) st = kx_spec_string(spec, "source", "path", 1, &path);
+  if (!st) st = kx_spec_string(spec, "source", "delimiter", 0, &delimiter);
+  if (!st) st = kx_spec_bool(spec, "source", "header", &header);
+  if (!st) st = kx_spec_int(spec, "source", "max_line_bytes", 0, 1, (int64_t)1 << 30, &max_line);
+  if (!st) st = kx_spec_int(spec, "source", "infer_rows", 0, 0, INT64_MAX / 2, &infer_rows);
+  if (st) return st;
+  if (strlen(delimiter) != 1 || *delimiter == '"' || *delimiter == '\n' || *delimiter == '\r')
+    return kiln_error(KILN_INVALID_ARGUMENT, "source.delimiter: expected one character other than a quote or a line end, found '%s'",
+                      delimiter);
+  csv_stage *s = calloc(1, sizeof *s);
+  if (!s) return oom();
+  s->base.ops = &csv_ops;
+  s->base.ctx = ctx;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  s->sc.delim = *delimiter;
+  s->sc.max_line = (size_t)max_line;
+  /* room for a whole block after a row of max_line bytes that was cut at the block's end */
+  s->sc.cap = CSV_BLOCK + (size_t)max_line + 1;
+  if (!(s->path = kx_data_path(ctx, path)) || !(s->sc.buf = malloc(s->sc.cap))) {
+    csv_free(&s->base);
+    return oom();
+  }
+  s->sc.path = s->path;
+  if (!(s->sc.f = fopen(s->path, "rb"))) {
+    st = kiln_error(errno == ENOENT ? KILN_NOT_FOUND : KILN_IO, "%s: %s", s->path, strerror(errno));
+    csv_free(&s->base);
+    return st;
+  }
+  st = read_na_values(s, spec);
+  if (!st) st = refill(&s->sc);
+  if (!st && s->sc.len >= 3 && memcmp(s->sc.buf, "\xEF\xBB\xBF", 3) == 0) s->sc.pos = 3; /* UTF-8 BOM */
+  if (!st) s->data_start = (int64_t)s->sc.pos;
+  if (!st) st = read_header(s, header);
+  if (!st) st = read_columns(s, spec);
+  if (!st) st = scanner_seek(&s->sc, s->data_start);
+  if (!st) st = infer_types(s, infer_rows);
+  if (!st) st = scanner_seek(&s->sc, s->data_start);
+  if (st) {
+    csv_free(&s->base);
+    return st;
+  }
+  *out = &s->base;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- the writer */
+
+typedef struct csv_writer {
+  kx_writer base;
+  char *path, *tmp;
+  FILE *f;
+  int started;
+  int count;        /* features per record */
+  int64_t *widths;  /* columns each feature takes */
+  int64_t records;
+  kx_buf line;
+} csv_writer;
+
+/* Appends a field, quoted (RFC 4180) when it holds a delimiter, a quote, a line end or edge spaces,
+ * or is empty (so that an empty string differs from a missing value). */
+static void put_text(kx_buf *b, const char *s) {
+  size_t n = strlen(s);
+  if (n && !strpbrk(s, ",\"\r\n") && s[0] != ' ' && s[n - 1] != ' ') {
+    kx_buf_append(b, s, n);
+    return;
+  }
+  kx_buf_putc(b, '"');
+  for (const char *p = s; *p; p++) {
+    if (*p == '"') kx_buf_putc(b, '"');
+    kx_buf_putc(b, *p);
+  }
+  kx_buf_putc(b, '"');
+}
+
+static void put_number(kx_buf *b, double v, int is_float) {
+  char text[KX_NUMBER_CHARS];
+  if (isnan(v)) kx_buf_puts(b, "nan");
+  else if (isinf(v)) kx_buf_puts(b, v < 0 ? "-inf" : "inf");
+  else kx_buf_puts(b, kx_format_number(v, is_float, text));
+}
+
+static void put_element(kx_buf *b, const kiln_tensor *t, int64_t i) {
+  switch (t->dtype) {
+  case KILN_STRING: {
+    const char *s = ((char *const *)t->data)[i];
+    put_text(b, s ? s : "");
+    break;
+  }
+  case KILN_BOOL: kx_buf_puts(b, ((const uint8_t *)t->data)[i] ? "true" : "false"); break;
+  case KILN_INT64: kx_buf_printf(b, "%lld", (long long)((const int64_t *)t->data)[i]); break;
+  case KILN_UINT64: kx_buf_printf(b, "%llu", (unsigned long long)((const uint64_t *)t->data)[i]); break;
+  case KILN_DOUBLE: put_number(b, ((const double *)t->data)[i], 0); break;
+  case KILN_FLOAT:
+  case KILN_FLOAT16:
+  case KILN_BFLOAT16: put_number(b, kiln_tensor_get_f64(t, i), 1); break;
+  default: kx_buf_printf(b, "%.0f", kiln_tensor_get_f64(t, i)); break; /* the smaller integers: exact */
+  }
+}
+
+static kiln_status write_header(csv_writer *w, const kiln_record *r) {
+  w->count = r->count;
+  if (!(w->widths = calloc((size_t)(r->count ? r->count : 1), sizeof *w->widths)))
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  kx_buf_free(&w->line);
+  for (int i = 0; i < r->count; i++) {
+    const kiln_tensor *v = &r->values[i];
+    int scalar = v->dtype == KILN_UNDEFINED || v->rank == 0;
+    w->widths[i] = scalar ? 1 : kiln_tensor_numel(v);
+    for (int64_t k = 0; k < w->widths[i]; k++) {
+      if (i || k) kx_buf_putc(&w->line, ',');
+      if (scalar) {
+        put_text(&w->line, r->names[i]);
+      } else {
+        char *name = malloc(strlen(r->names[i]) + 24);
+        if (!name) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+        sprintf(name, "%s_%lld", r->names[i], (long long)k);
+        put_text(&w->line, name);
+        free(name);
+      }
+    }
+  }
+  kx_buf_putc(&w->line, '\n');
+  return NULL;
+}
+
+static kiln_status csv_write(kx_writer *base, const kiln_record *r) {
+  csv_writer *w = (csv_writer *)base;
+  kiln_status s;
+  if (!w->started && (s = write_header(w, r))) return s;
+  w->started = 1;
+  if (r->count != w->count)
+    return kiln_error(KILN_INVALID_ARGUMENT, "%s: record %lld has %d features, the first had %d", w->path,
+                      (long long)w->records, r->count, w->count);
+  for (int i = 0; i < r->count; i++) {
+    const kiln_tensor *v = &r->values[i];
+    int64_t n = v->dtype == KILN_UNDEFINED ? w->widths[i] : kiln_tensor_numel(v);
+    if (n != w->widths[i])
+      return kiln_error(KILN_INVALID_ARGUMENT, "%s: record %lld: feature '%s' has %lld values, the first record's had %lld",
+                        w->path, (long long)w->records, r->names[i], (long long)n, (long long)w->widths[i]);
+    for (int64_t k = 0; k < n; k++) {
+      if (i || k) kx_buf_putc(&w->line, ',');
+      if (v->dtype != KILN_UNDEFINED) put_element(&w->line, v, k);
+    }
+  }
+  kx_buf_putc(&w->line, '\n');
+  if (w->line.failed) return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory writing a row", w->path);
+  if (w->line.len >= (1 << 20)) {
+    if (fwrite(w->line.data, 1, w->line.len, w->f) != w->line.len)
+      return kiln_error(KILN_IO, "%s: write failed: %s", w->tmp, strerror(errno));
+    w->line.len = 0;
+  }
+  w->records++;
+  return NULL;
+}
+
+static kiln_status csv_finish(kx_writer *base) {
+  csv_writer *w = (csv_writer *)base;
+  if (w->line.len && fwrite(w->line.data, 1, w->line.len, w->f) != w->line.len)
+    return kiln_error(KILN_IO, "%s: write failed: %s", w->tmp, strerror(errno));
+  w->line.len = 0;
+  int failed = fflush(w->f) != 0 || fsync(fileno(w->f)) != 0;
+  failed |= fclose(w->f) != 0;
+  w->f = NULL;
+  if (failed) return kiln_error(KILN_IO, "%s: write failed: %s", w->tmp, strerror(errno));
+  if (rename(w->tmp, w->path) != 0)
+    return kiln_error(KILN_IO, "cannot rename %s to %s: %s", w->tmp, w->path, strerror(errno));
+  free(w->tmp);
+  w->tmp = NULL;
+  return NULL;
+}
+
+static void csv_writer_free(kx_writer *base) {
+  csv_writer *w = (csv_writer *)base;
+  if (w->f) fclose(w->f);
+  if (w->tmp) remove(w->tmp); /* unfinished */
+  free(w->tmp);
+  free(w->path);
+  free(w->widths);
+  kx_buf_free(&w->line);
+  free(w);
+}
+
+kiln_status kx_csv_writer_open(const char *path, kx_writer **out) {
+  csv_writer *w = calloc(1, sizeof *w);
+  if (!w) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  w->base.write = csv_write;
+  w->base.finish = csv_finish;
+  w->base.free = csv_writer_free;
+  w->path = strdup(path);
+  w->tmp = malloc(strlen(path) + 5);
+  if (!w->path || !w->tmp) {
+    csv_writer_free(&w->base);
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  sprintf(w->tmp, "%s.tmp", path);
+  if (!(w->f = fopen(w->tmp, "wb"))) {
+    kiln_status s = kiln_error(KILN_IO, "cannot create %s: %s", w->tmp, strerror(errno));
+    free(w->tmp);
+    w->tmp = NULL;
+    csv_writer_free(&w->base);
+    return s;
+  }
+  *out = &w->base;
+  return NULL;
+}
