@@ -104,12 +104,12 @@ static kiln_status open_source(kiln_dataset *d, cJSON *src) {
     s = sources[i].open(&d->ctx, src, &st);
     if (!s) s = push(d, st);
     if (s) return s;
+    /* an image folder yields encoded files; they are decoded in parallel right after it */
+    int channels = strcmp(format, "images") == 0 ? kx_images_decode_channels(st) : -1;
     if (!(guard = calloc(1, sizeof *guard))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
     *guard = (kx_stage){&guard_ops, st, &d->ctx};
     if ((s = push(d, guard))) return s;
     st = guard;
-    /* an image folder yields encoded files; they are decoded in parallel right after it */
-    int channels = strcmp(format, "images") == 0 ? kx_images_decode_channels(st) : -1;
     if (channels < 0) return NULL;
     char decode[160];
     snprintf(decode, sizeof decode, "{\"transforms\": [{\"decode\": {\"feature\": \"image\", \"channels\": %d}}]}", channels);
