@@ -190,7 +190,7 @@ kiln_status kiln_npy_read(const char *path, kiln_tensor *out) {
   return s;
 }
 
-static const char *npy_descr(kiln_dtype t) {
+const char *kx_npy_descr(kiln_dtype t) {
   switch (t) {
   case KILN_FLOAT: return "<f4";
   case KILN_DOUBLE: return "<f8";
@@ -230,7 +230,7 @@ kiln_status kiln_npy_write(const char *path, const kiln_tensor *t) {
   } else if (t->dtype == KILN_BFLOAT16) {
     snprintf(descr, sizeof descr, "<f4"); /* numpy has no bfloat16: widen to float32 */
   } else {
-    const char *d = npy_descr(t->dtype);
+    const char *d = kx_npy_descr(t->dtype);
     if (!d) return kiln_error(KILN_UNIMPLEMENTED, "%s: dtype %s has no .npy form", path, kiln_dtype_name(t->dtype));
     snprintf(descr, sizeof descr, "%s", d);
   }

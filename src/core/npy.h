@@ -29,4 +29,7 @@ kiln_status kx_npy_header_parse(const void *buf, size_t len, const char *name, k
  * out[0..n). On failure nothing is left allocated. */
 kiln_status kx_npy_decode_strings(const kx_npy_header *h, const unsigned char *data, int64_t n, char **out);
 
+/* numpy's descr of a dtype ("<f4", "|u1", ...), NULL for dtypes .npy cannot hold. */
+const char *kx_npy_descr(kiln_dtype t);
+
 #endif

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zip.h>
 
 #include "core/npy.h"
@@ -25,6 +26,7 @@ typedef struct npy_array {
   kx_npy_header h;
   size_t row_bytes;
   int64_t row_elems;
+  int64_t rows_held; /* whole rows the file (member) really holds: no row past them is allocated */
 } npy_array;
 
 typedef struct npy_stage {
@@ -77,10 +79,31 @@ static kiln_status array_start(npy_stage *s, npy_array *a, int parse) {
   if (a->row_elems && a->h.item_bytes > NPY_MAX_ROW_BYTES / (size_t)a->row_elems)
     return kiln_error(KILN_INVALID_ARGUMENT, "%s: rows of more than %zu bytes are not supported", a->where, NPY_MAX_ROW_BYTES);
   a->row_bytes = a->h.item_bytes * (size_t)a->row_elems;
+  /* what the file holds after the header bounds what a header may make us allocate */
+  uint64_t size = 0;
+  struct stat st_file;
+  zip_stat_t zs;
+  if (s->zip) size = zip_stat_index(s->zip, a->member, 0, &zs) == 0 && (zs.valid & ZIP_STAT_SIZE) ? zs.size : 0;
+  else if (fstat(fileno(a->f), &st_file) == 0) size = (uint64_t)st_file.st_size;
+  uint64_t held = size > a->h.data_offset ? size - a->h.data_offset : 0;
+  a->rows_held = a->row_bytes ? (int64_t)(held / a->row_bytes) : INT64_MAX;
   return NULL;
 }
 
 static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* The array ends before record s->next: one bad record says so, and the source stops. */
+static kiln_status truncated(npy_stage *s, const npy_array *a, int *done) {
+  s->stopped = 1;
+  atomic_fetch_add(&s->base.ctx->read, 1); /* the record that is not there counts as read, and bad */
+  kiln_status why = s->zip ? kiln_error(KILN_INVALID_ARGUMENT, "member '%s.npy' ends after %lld of %lld records",
+                                        a->name, (long long)s->next, (long long)s->count)
+                           : kiln_error(KILN_INVALID_ARGUMENT, "file ends after %lld of %lld records",
+                                        (long long)s->next, (long long)s->count);
+  kiln_status st = kx_bad_record(s->base.ctx, s->path, s->next, -1, NULL, 0, why);
+  if (!st) *done = 1;
+  return st;
+}
 
 static kiln_status npy_next(kx_stage *base, kiln_record *out, int *done) {
   npy_stage *s = (npy_stage *)base;
@@ -90,6 +113,8 @@ static kiln_status npy_next(kx_stage *base, kiln_record *out, int *done) {
     *done = 1;
     return NULL;
   }
+  for (int i = 0; i < s->n; i++)
+    if (s->next >= s->arrays[i].rows_held) return truncated(s, &s->arrays[i], done);
   size_t total = 0;
   for (int i = 0; i < s->n; i++)
     if (s->arrays[i].h.dtype != KILN_STRING) total += align64(s->arrays[i].row_bytes);
@@ -108,15 +133,8 @@ static kiln_status npy_next(kx_stage *base, kiln_record *out, int *done) {
     int64_t got = a->row_bytes ? array_read(a, dst, a->row_bytes) : 0;
     if (got < 0 || (size_t)got != a->row_bytes) {
       kiln_record_release(&r);
-      s->stopped = 1;
-      kiln_status why = s->zip ? kiln_error(KILN_INVALID_ARGUMENT, "member '%s.npy' ends after %lld of %lld records",
-                                            a->name, (long long)s->next, (long long)s->count)
-                               : kiln_error(KILN_INVALID_ARGUMENT, "file ends after %lld of %lld records",
-                                            (long long)s->next, (long long)s->count);
-      st = kx_bad_record(s->base.ctx, s->path, s->next, -1, NULL, 0, why);
-      if (st) return st;
-      *done = 1;
-      return NULL;
+      atomic_fetch_sub(&s->base.ctx->read, 1); /* truncated() counts it */
+      return truncated(s, a, done);
     }
     kiln_tensor *v = &r.values[i];
     if (is_string) {
@@ -263,7 +281,8 @@ kiln_status kx_npy_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
                       (long long)s->arrays[i].h.dims[0]);
   size_t scratch = 1;
   for (int i = 0; !st && i < s->n; i++)
-    if (s->arrays[i].h.dtype == KILN_STRING && s->arrays[i].row_bytes > scratch) scratch = s->arrays[i].row_bytes;
+    if (s->arrays[i].h.dtype == KILN_STRING && s->arrays[i].rows_held > 0 && s->arrays[i].row_bytes > scratch)
+      scratch = s->arrays[i].row_bytes;
   if (!st && (!(s->names = calloc((size_t)s->n, sizeof *s->names)) || !(s->scratch = malloc(scratch)))) st = oom();
   if (st) {
     npy_free(&s->base);
@@ -299,24 +318,6 @@ typedef struct npz_writer {
   int finished;
 } npz_writer;
 
-static const char *descr_of(kiln_dtype t) {
-  switch (t) {
-  case KILN_FLOAT: return "<f4";
-  case KILN_DOUBLE: return "<f8";
-  case KILN_FLOAT16: return "<f2";
-  case KILN_INT8: return "|i1";
-  case KILN_UINT8: return "|u1";
-  case KILN_BOOL: return "|b1";
-  case KILN_INT16: return "<i2";
-  case KILN_UINT16: return "<u2";
-  case KILN_INT32: return "<i4";
-  case KILN_UINT32: return "<u4";
-  case KILN_INT64: return "<i8";
-  case KILN_UINT64: return "<u8";
-  default: return NULL;
-  }
-}
-
 static size_t utf8_chars(const char *s) {
   size_t n = 0;
   for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80;
@@ -333,7 +334,7 @@ static kiln_status start_features(npz_writer *w, const kiln_record *r) {
     if (v->dtype == KILN_UNDEFINED)
       return kiln_error(KILN_INVALID_ARGUMENT, "%s: record %lld: feature '%s' is missing", w->path, (long long)w->records,
                         r->names[i]);
-    if (v->dtype != KILN_STRING && !descr_of(v->dtype))
+    if (v->dtype != KILN_STRING && !kx_npy_descr(v->dtype))
       return kiln_error(KILN_UNIMPLEMENTED, "%s: feature '%s': dtype %s has no .npy form", w->path, r->names[i],
                         kiln_dtype_name(v->dtype));
     if (v->rank >= KILN_MAX_RANK)
@@ -456,7 +457,7 @@ static kiln_status npz_finish(kx_writer *base) {
       snprintf(descr, sizeof descr, "<U%zu", width);
       if ((st = widen_strings(w, f, width))) break;
     } else {
-      snprintf(descr, sizeof descr, "%s", descr_of(f->dtype));
+      snprintf(descr, sizeof descr, "%s", kx_npy_descr(f->dtype));
     }
     char header[NPZ_HEADER_BYTES];
     int len = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld,", descr,
