@@ -1,8 +1,9 @@
 #!/bin/sh
 # demo.sh [BUILD_DIR]: kiln's main job on built-in defaults. Exports the seed's classifier
 # (Flatten -> Dense(128, relu) -> Dense(10) on 28x28 images) with PyTorch, then inspects it, runs
-# it on an input and benchmarks it at batch 1 and 64, runs one of ONNX's conformance suites, and
-# finally serves it with `kiln serve` and asks it for a prediction over TF Serving's REST API.
+# it on an input and benchmarks it at batch 1 and 64, runs one of ONNX's conformance suites, streams
+# Fashion-MNIST through a data pipeline and checks its test set against the training set's schema,
+# and finally serves the model with `kiln serve` and asks it for a prediction over TF Serving's REST API.
 set -eu
 build=${1:-build}
 kiln=$build/kiln
@@ -27,6 +28,18 @@ echo "== kiln bench, batch 1 and 64" >&2
 "$kiln" bench "$work/mlp.onnx" --batch 64 --iters 500
 echo "== kiln conformance on ONNX's pytorch-converted suite" >&2
 "$kiln" conformance /usr/include/onnx/backend/test/data/pytorch-converted | tail -n 1
+fmnist=/usr/share/datasets/fashion-mnist
+echo "== kiln data: Fashion-MNIST (Debian dataset-fashion-mnist) through normalize, shuffle, batch, prefetch" >&2
+"$kiln" data cat "$fmnist/t10k-images-idx3-ubyte.gz" --limit 1 | cut -c 1-120
+cat >"$work/pipeline.json" <<EOF
+{"source": {"format": "idx", "path": "$fmnist/train-images-idx3-ubyte.gz"},
+ "stages": [{"map": {"transforms": [{"normalize": {"feature": "image", "mean": 72.94, "std": 90.02}}]}},
+            {"shuffle": {"buffer_size": 10000, "seed": 1}}, {"batch": 32}, {"prefetch": 2}]}
+EOF
+"$kiln" data bench --pipeline "$work/pipeline.json"
+echo "== kiln data: the training set's schema, and the test set validated against it" >&2
+"$kiln" data schema infer "$fmnist/train-images-idx3-ubyte.gz" -o "$work/schema.json"
+"$kiln" data validate "$fmnist/t10k-images-idx3-ubyte.gz" --schema "$work/schema.json"
 echo "== kiln serve: the model as version 1 of a repository, one predict over REST, then SIGTERM" >&2
 mkdir -p "$work/repo/mlp/1"
 cp "$work/mlp.onnx" "$work/repo/mlp/1/model.onnx"
