@@ -167,6 +167,11 @@ typedef struct kiln_pool kiln_pool;
 kiln_status kiln_pool_create(int threads, kiln_pool **out);
 void kiln_pool_free(kiln_pool *p);
 int kiln_pool_threads(const kiln_pool *p);
+/* How many pause instructions idle workers (and a caller waiting on its job) spin before they
+ * sleep. The default keeps back-to-back kernels' wake-ups fast; a pool running sparse, coarse work
+ * (a data pipeline's map stage, fed by a reading thread) sets 0 so that idle workers leave the
+ * cores to the threads that feed them. */
+void kiln_pool_set_spin(kiln_pool *p, int rounds);
 /* CPUs available to this process (sched affinity). */
 int kiln_cpu_count(void);
 /* Threads from $KILN_NUM_THREADS, else the CPU count. */

@@ -41,6 +41,7 @@ struct kiln_pool {
   int sleepers;
   int stop;
   atomic_uint generation; /* bumped on every job push, watched by spinning workers */
+  atomic_int spin;        /* pause rounds before sleeping (kiln_pool_set_spin) */
 };
 
 int kiln_cpu_count(void) {
@@ -97,7 +98,7 @@ static void *worker_main(void *arg) {
     job *j = claimable(p);
     if (!j) {
       pthread_mutex_unlock(&p->mu);
-      for (int i = 0; i < SPIN_ROUNDS && atomic_load(&p->generation) == seen; i++)
+      for (int i = 0, n = atomic_load(&p->spin); i < n && atomic_load(&p->generation) == seen; i++)
         cpu_relax();
       pthread_mutex_lock(&p->mu);
       if (atomic_load(&p->generation) == seen && !p->stop && !claimable(p)) {
@@ -125,6 +126,7 @@ kiln_status kiln_pool_create(int threads, kiln_pool **out) {
   kiln_pool *p = calloc(1, sizeof *p);
   if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory creating the thread pool");
   p->threads = threads;
+  atomic_init(&p->spin, SPIN_ROUNDS);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work_cv, NULL);
   pthread_cond_init(&p->done_cv, NULL);
@@ -163,6 +165,8 @@ void kiln_pool_free(kiln_pool *p) {
 
 int kiln_pool_threads(const kiln_pool *p) { return p ? p->threads : 1; }
 
+void kiln_pool_set_spin(kiln_pool *p, int rounds) { atomic_store(&p->spin, rounds > 0 ? rounds : 0); }
+
 void kiln_parallel_for(kiln_pool *p, int max_threads, int64_t n, double cost, kiln_range_fn fn,
                        void *arg) {
   if (n <= 0) return;
@@ -192,7 +196,7 @@ void kiln_parallel_for(kiln_pool *p, int max_threads, int64_t n, double cost, ki
 
   run_chunks(&j);
 
-  for (int i = 0; i < SPIN_ROUNDS && atomic_load(&j.done) < j.nchunks; i++) cpu_relax();
+  for (int i = 0, n = atomic_load(&p->spin); i < n && atomic_load(&j.done) < j.nchunks; i++) cpu_relax();
   pthread_mutex_lock(&p->mu);
   unlink_job(p, &j);
   while (atomic_load(&j.done) < j.nchunks || j.active > 0) pthread_cond_wait(&p->done_cv, &p->mu);

@@ -6,15 +6,22 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Records per chunk per thread: enough to amortise a pool dispatch over cheap transforms, few
  * enough that a chunk of decoded images stays small. */
-#define CHUNK_PER_THREAD 16
+#define CHUNK_PER_THREAD 64
+/* "autotune": a chunk whose transforms take less than this on one thread is not worth waking
+ * other threads for (they would take cores from the threads reading and consuming the data);
+ * one that takes more is split. */
+#define PARALLEL_ABOVE_S 1e-3
 
 typedef struct map_stage {
   kx_stage base;
   kx_transforms *transforms;
   int threads; /* at most this many threads work on a chunk */
+  int autotune; /* choose between one thread and `threads` from how long chunks take */
+  int parallel; /* autotune's current choice */
   int capacity;
   kiln_record *records;
   kiln_status *errors;
@@ -45,7 +52,15 @@ static kiln_status map_fill(map_stage *m) {
     if (done) m->upstream_done = 1;
     else m->errors[m->filled++] = NULL;
   }
-  if (m->filled) kiln_parallel_for(m->base.ctx->pool, m->threads, m->filled, 1e9, map_range, m);
+  if (!m->filled) return NULL;
+  int threads = m->autotune && !m->parallel ? 1 : m->threads;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  kiln_parallel_for(m->base.ctx->pool, threads, m->filled, 1e9, map_range, m);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  /* per thread-second of work: a full chunk on one thread, or the split one times its threads */
+  double work = ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) * threads;
+  if (m->autotune && m->filled == m->capacity) m->parallel = work > PARALLEL_ABOVE_S;
   return NULL;
 }
 
@@ -92,16 +107,21 @@ static void map_free(kx_stage *s) {
 
 static const kx_stage_ops map_ops = {"map", map_next, map_reset, map_free};
 
-/* num_parallel_calls: a count, or "autotune" / -1 for the dataset's thread count. */
-static kiln_status parallel_calls(kx_data_ctx *ctx, const cJSON *args, const char *where, int *threads) {
+/* num_parallel_calls: a count, or "autotune" / -1 (the default): up to the dataset's thread
+ * count, when the transforms are worth it. */
+static kiln_status parallel_calls(kx_data_ctx *ctx, const cJSON *args, const char *where, int *threads,
+                                  int *autotune) {
   const cJSON *n = cJSON_GetObjectItemCaseSensitive(args, "num_parallel_calls");
   *threads = ctx->threads;
+  *autotune = 1;
   if (!n || (cJSON_IsString(n) && strcmp(n->valuestring, "autotune") == 0)) return NULL;
+  *autotune = 0;
   int64_t v = 0;
   kiln_status s = kx_spec_int(args, where, "num_parallel_calls", 1, -1, 4096, &v);
   if (s) return kiln_status_prefix(s, "(or \"autotune\") ");
   if (v == 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s.num_parallel_calls: must be positive, or -1 / \"autotune\"", where);
   if (v > 0) *threads = (int)v;
+  else *autotune = 1;
   return NULL;
 }
 
@@ -109,11 +129,11 @@ kiln_status kx_map_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const
   static const char *const keys[] = {"transforms", "num_parallel_calls", "deterministic", NULL};
   /* tf.data's deterministic=false lets results out of order; kiln's chunks keep the order at no
    * cost, so the flag is accepted and the order kept either way */
-  int deterministic = 1, threads = 1;
+  int deterministic = 1, threads = 1, autotune = 1;
   char list_where[160];
   kiln_status s = kx_spec_keys(args, where, keys);
   if (!s) s = kx_spec_bool(args, where, "deterministic", &deterministic);
-  if (!s) s = parallel_calls(ctx, args, where, &threads);
+  if (!s) s = parallel_calls(ctx, args, where, &threads, &autotune);
   const cJSON *list = cJSON_GetObjectItemCaseSensitive(args, "transforms");
   if (!s && !cJSON_IsArray(list))
     s = kiln_error(KILN_INVALID_ARGUMENT, "%s.transforms: expected a list of transforms", where);
@@ -122,6 +142,7 @@ kiln_status kx_map_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const
   if (!m) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   m->base = (kx_stage){&map_ops, up, ctx};
   m->threads = threads;
+  m->autotune = autotune;
   m->capacity = CHUNK_PER_THREAD * threads;
   m->records = calloc((size_t)m->capacity, sizeof *m->records);
   m->errors = calloc((size_t)m->capacity, sizeof *m->errors);

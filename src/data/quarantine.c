@@ -116,6 +116,7 @@ kiln_status kx_data_ctx_init(kx_data_ctx *ctx, kiln_on_error on_error, const cha
     s = kiln_pool_create(threads > 0 ? threads : kiln_default_threads(), &ctx->pool);
     if (s) return s;
     ctx->own_pool = 1;
+    kiln_pool_set_spin(ctx->pool, 0); /* map chunks come far apart: spinning would starve the reader */
   }
   ctx->threads = kiln_pool_threads(ctx->pool);
   return NULL;
