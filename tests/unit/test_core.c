@@ -172,10 +172,12 @@ static void *hammer(void *arg) {
   return NULL;
 }
 
-static void test_pool(void) {
+/* Every caller's job covers each index exactly once, with spinning or sleeping workers. */
+static void hammer_pool(int spin) {
   kiln_pool *pool;
   CHECK_OK(kiln_pool_create(3, &pool));
   CHECK(kiln_pool_threads(pool) == 3);
+  if (spin >= 0) kiln_pool_set_spin(pool, spin);
   caller callers[4];
   pthread_t threads[4];
   for (int i = 0; i < 4; i++) {
@@ -187,6 +189,11 @@ static void test_pool(void) {
     CHECK(callers[i].bad == 0);
   }
   kiln_pool_free(pool);
+}
+
+static void test_pool(void) {
+  hammer_pool(-1);
+  hammer_pool(0);
   /* a NULL pool runs inline */
   atomic_int hits[5] = {0};
   cover cv = {hits};
