@@ -16,19 +16,27 @@ typedef struct batch_stage {
 
 /* Why r cannot join a batch that starts with `first`; NULL when it can. */
 static kiln_status mismatch(const kiln_record *first, const kiln_record *r) {
+  if (r == first) { /* the batch's first record: only a missing value can keep it out */
+    for (int i = 0; i < r->count; i++)
+      if (r->values[i].dtype == KILN_UNDEFINED)
+        return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is missing; a batch needs a value in every record",
+                          r->names[i]);
+    return NULL;
+  }
+  int same_names = r->names == first->names; /* sources share one names array across records */
   if (r->count != first->count)
     return kiln_error(KILN_INVALID_ARGUMENT, "has %d features where the batch's first record has %d", r->count,
                       first->count);
   for (int i = 0; i < r->count; i++) {
     const kiln_tensor *a = &first->values[i], *b = &r->values[i];
-    if (strcmp(r->names[i], first->names[i]) != 0)
+    if (!same_names && strcmp(r->names[i], first->names[i]) != 0)
       return kiln_error(KILN_INVALID_ARGUMENT, "feature %d is '%s' where the batch's first record has '%s'", i,
                         r->names[i], first->names[i]);
     if (b->dtype == KILN_UNDEFINED)
       return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is missing; a batch needs a value in every record",
                         r->names[i]);
     int same = a->dtype == b->dtype && a->rank == b->rank;
-    for (int d = 0; same && d < a->rank; d++) same = a->dims[d] == b->dims[d];
+    if (same && a->rank) same = memcmp(a->dims, b->dims, (size_t)a->rank * sizeof a->dims[0]) == 0;
     if (!same) {
       char want[96], got[96];
       return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is %s where the batch's first record has %s", r->names[i],
