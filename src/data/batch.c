@@ -94,6 +94,12 @@ static kiln_status stack(const kiln_record *rs, int64_t n, kiln_record *out) {
 
 static kiln_status batch_next(kx_stage *s, kiln_record *out, int *done) {
   batch_stage *b = (batch_stage *)s;
+  if (s->up->ops->next_batch) { /* the upstream builds the batch itself, without a record per row */
+    int ended = 0;
+    memset(out, 0, sizeof *out);
+    *done = 0;
+    return s->up->ops->next_batch(s->up, b->size, b->drop_remainder, out, done, &ended);
+  }
   int64_t n = 0;
   kiln_status st = NULL;
   while (n < b->size) {
@@ -126,7 +132,7 @@ static void batch_free(kx_stage *s) {
   free(s);
 }
 
-static const kx_stage_ops batch_ops = {"batch", batch_next, batch_reset, batch_free};
+static const kx_stage_ops batch_ops = {"batch", batch_next, batch_reset, batch_free, NULL};
 
 kiln_status kx_batch_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const char *where, kx_stage **out) {
   static const char *const keys[] = {"batch_size", "drop_remainder", NULL};

@@ -40,6 +40,7 @@ typedef struct row {
   size_t len;
   int64_t offset; /* byte offset of its first byte in the file */
   int64_t index;  /* data row number */
+  int64_t next_offset; /* where the scan goes on after it: reading resumes there */
   int kind;
 } row;
 
@@ -152,10 +153,12 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
       if (state == ST_QUOTED) kind = ROW_UNTERMINATED;
     } else if ((size_t)(end - start) > sc->max_line) {
       if (*n) return NULL; /* hand out the rows before it first */
-      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, ROW_TOO_LONG};
+      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, 0, ROW_TOO_LONG};
       *n = 1;
       sc->pos = sc->len;
-      return skip_row(sc, state);
+      kiln_status s = skip_row(sc, state);
+      rows[0].next_offset = sc->base + (int64_t)sc->pos;
+      return s;
     } else {
       if (*n) return NULL;
       kiln_status s = refill(sc);
@@ -167,7 +170,7 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
     if (len && start[len - 1] == '\r' && kind == ROW_OK) len--;
     if (len == 0) continue; /* blank line */
     if (len > sc->max_line) kind = ROW_TOO_LONG;
-    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, kind};
+    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, sc->base + (int64_t)sc->pos, kind};
   }
   return NULL;
 }
@@ -271,8 +274,28 @@ static int parse_integer(const char *p, size_t len, kiln_dtype dtype, int64_t *o
 
 enum { SLOT_FREE, SLOT_READY };
 
+/* A row that cannot join a fused batch, reported when the consumer takes the batch: a bad CSV
+ * row (kx_bad_record with its text) or one with a missing value (kx_bad_parsed_record with its
+ * record, as the batch stage reports it). */
+typedef struct fused_bad {
+  kiln_status why;
+  kiln_record record; /* missing: the row as the record path reads it */
+  int missing;
+  char *raw; /* a bad row's text (NULL when too long to keep) */
+  size_t raw_len;
+  int64_t index, offset, next_offset;
+  int64_t seq; /* rows the batch's scan read before this one */
+} fused_bad;
+
+/* Where a fused batch keeps a string column's value before the batch is complete: text offsets,
+ * since the text buffer grows while the batch fills. */
+typedef struct str_ref {
+  size_t off, len;
+} str_ref;
+
 /* Parsed rows waiting for the consumer. Bad rows keep a copy of their text (the scanner's buffer
- * moves on while the batch waits). */
+ * moves on while the batch waits). In columnar mode (next_batch) a slot holds instead one whole
+ * batch, its columns parsed in place, and the rows that could not join it. */
 typedef struct batch {
   row rows[BATCH_ROWS];
   kiln_record records[BATCH_ROWS];
@@ -282,7 +305,23 @@ typedef struct batch {
   int state;         /* SLOT_FREE or SLOT_READY; guarded by the stage's mu */
   int end;           /* no batch follows this one */
   kiln_status fatal; /* an I/O error after this batch's rows */
+  /* columnar mode */
+  uint8_t kind[BATCH_ROWS]; /* per scanned row: ROW_JOINS, ROW_BAD, ROW_MISSING */
+  size_t text_at[BATCH_ROWS]; /* where each scanned row's string text goes in `text` */
+  kiln_record out;            /* the batch: count 0 when no row joined */
+  char **cols;                /* each numeric column's values in out's block */
+  str_ref *refs;              /* [string column][size] */
+  size_t refs_cap;
+  char *text;
+  size_t text_len, text_cap;
+  fused_bad *bad;
+  int64_t n_bad, bad_cap;
+  int64_t good, scanned; /* rows in the batch; rows read for it */
+  int64_t end_offset, end_index; /* where the scan stood after the batch */
+  int consumed;                  /* the last batch was taken: later calls end */
 } batch;
+
+enum { ROW_JOINS, ROW_BAD, ROW_MISSING };
 
 typedef struct csv_stage {
   kx_stage base;
@@ -297,6 +336,13 @@ typedef struct csv_stage {
   int n_na;
   size_t na_max_len;
   int64_t next_index; /* the scanner's next data row number (read-ahead thread only) */
+  /* What the read-ahead thread makes: records (next) or whole batches of fused_size (next_batch).
+   * A consumer that changes its mind restarts the scan after the last row it took. */
+  int columnar;
+  int64_t fused_size;
+  int nstr; /* string columns */
+  int *str_at; /* per column: its index among the string columns, -1 for others */
+  int64_t resume_offset, resume_index;
   /* Two batches: the read-ahead thread scans and parses one while the consumer takes the
    * records of the other, so on two cores parsing overlaps whatever the consumer does. */
   batch slots[2];
@@ -315,18 +361,11 @@ static int is_missing(const csv_stage *s, const char *p, size_t len) {
   return 0;
 }
 
-/* Writes one field into the record's value `v` (slot: 8 bytes; text: where string text goes). */
-static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln_tensor *v, void *slot, char **text) {
-  kiln_dtype t = s->dtypes[col];
-  if (is_missing(s, f->p, f->len)) return NULL; /* stays KILN_UNDEFINED */
+/* Parses a present, non-string field of dtype t into slot (the dtype's size); non-zero when it is
+ * not a valid t. */
+static int parse_number(kiln_dtype t, const field *f, void *slot) {
   int bad = 0;
   switch (t) {
-  case KILN_STRING:
-    memcpy(*text, f->p, f->len);
-    (*text)[f->len] = '\0';
-    *(char **)slot = *text;
-    *text += f->len + 1;
-    break;
   case KILN_BOOL: bad = parse_bool(f->p, f->len, slot); break;
   case KILN_FLOAT:
   case KILN_DOUBLE:
@@ -349,6 +388,22 @@ static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln
     }
     break;
   }
+  }
+  return bad;
+}
+
+/* Writes one field into the record's value `v` (slot: 8 bytes; text: where string text goes). */
+static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln_tensor *v, void *slot, char **text) {
+  kiln_dtype t = s->dtypes[col];
+  if (is_missing(s, f->p, f->len)) return NULL; /* stays KILN_UNDEFINED */
+  int bad = 0;
+  if (t == KILN_STRING) {
+    memcpy(*text, f->p, f->len);
+    (*text)[f->len] = '\0';
+    *(char **)slot = *text;
+    *text += f->len + 1;
+  } else {
+    bad = parse_number(t, f, slot);
   }
   if (bad) {
     int shown = f->len > 64 ? 64 : (int)f->len;
@@ -415,12 +470,281 @@ static void parse_range(void *arg, int64_t begin, int64_t end) {
   free(scratch);
 }
 
+
+/* ---------------------------------------------------------------- batches built in place */
+
+typedef struct fused_job {
+  const csv_stage *s;
+  batch *b;
+  int64_t at; /* the batch position of the chunk's first row */
+} fused_job;
+
+/* Puts a string field at batch position pos. */
+static void put_string(const csv_stage *s, batch *b, int col, int64_t pos, const char *p, size_t len, char **text) {
+  memcpy(*text, p, len);
+  (*text)[len] = '\0';
+  b->refs[(size_t)s->str_at[col] * (size_t)s->fused_size + (size_t)pos] = (str_ref){(size_t)(*text - b->text), len};
+  *text += len + 1;
+}
+
+/* Parses a row straight into the batch's columns at position pos; non-zero when the row cannot
+ * join (a bad row or a missing value: the record path then says which). */
+static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields, char *scratch, int64_t pos) {
+  int n;
+  split_fields(rw->p, rw->len, s->sc.delim, fields, s->ncols, &n, scratch);
+  if (n != s->ncols) return -1;
+  char *text = b->text + b->text_at[rw - b->rows];
+  for (int c = 0; c < n; c++) {
+    const field *f = &fields[c];
+    if (is_missing(s, f->p, f->len)) return -1;
+    kiln_dtype t = s->dtypes[c];
+    if (t == KILN_STRING) put_string(s, b, c, pos, f->p, f->len, &text);
+    else if (parse_number(t, f, b->cols[c] + (size_t)pos * kiln_dtype_size(t))) return -1;
+  }
+  return 0;
+}
+
+static void fused_range(void *arg, int64_t begin, int64_t end) {
+  const fused_job *job = arg;
+  const csv_stage *s = job->s;
+  batch *b = job->b;
+  size_t longest = 0;
+  for (int64_t i = begin; i < end; i++)
+    if (b->rows[i].p && b->rows[i].len > longest) longest = b->rows[i].len;
+  field *fields = malloc(sizeof *fields * (size_t)(s->ncols ? s->ncols : 1));
+  char *scratch = malloc(longest + 1);
+  for (int64_t i = begin; i < end; i++) {
+    const row *rw = &b->rows[i];
+    int64_t pos = job->at + i;
+    b->kind[i] = ROW_JOINS;
+    b->errors[i] = NULL;
+    b->raw[i] = NULL;
+    if (fields && scratch && rw->kind == ROW_OK && fused_row(s, b, rw, fields, scratch, pos) == 0) continue;
+    /* The slow path reads the row exactly as the record path does, so messages and the
+     * quarantined record are the same. */
+    kiln_record r;
+    kiln_status st = !fields || !scratch ? kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory parsing a CSV row")
+                                         : parse_row(s, rw, fields, scratch, &r);
+    if (st) {
+      b->kind[i] = ROW_BAD;
+      b->errors[i] = st;
+      if (rw->p && rw->len <= 4096 && (b->raw[i] = malloc(rw->len + 1))) memcpy(b->raw[i], rw->p, rw->len);
+      continue;
+    }
+    int missing = 0;
+    while (missing < r.count && r.values[missing].dtype != KILN_UNDEFINED) missing++;
+    if (missing < r.count) {
+      b->kind[i] = ROW_MISSING;
+      b->records[i] = r;
+      b->errors[i] = kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is missing; a batch needs a value in every record",
+                                r.names[missing]);
+      continue;
+    }
+    /* the fast path refused a row the record path reads: take its values */
+    char *text = b->text + b->text_at[i];
+    for (int c = 0; c < r.count; c++) {
+      kiln_dtype t = s->dtypes[c];
+      if (t == KILN_STRING) {
+        const char *v = *(char *const *)r.values[c].data;
+        put_string(s, b, c, pos, v, strlen(v), &text);
+      } else {
+        memcpy(b->cols[c] + (size_t)pos * kiln_dtype_size(t), r.values[c].data, kiln_dtype_size(t));
+      }
+    }
+    kiln_record_release(&r);
+  }
+  free(fields);
+  free(scratch);
+}
+
+static kiln_status fused_oom(const csv_stage *s) {
+  return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory building a batch", s->path);
+}
+
+/* Moves the rows of a chunk that cannot join out of the batch (into b->bad, in order) and closes
+ * the gaps they leave; returns the rows that joined. */
+static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t *joined) {
+  int64_t w = b->good;
+  for (int i = 0; i < m; i++) {
+    int64_t pos = b->good + i;
+    if (b->kind[i] == ROW_JOINS) {
+      if (w != pos) {
+        for (int c = 0; c < s->ncols; c++) {
+          if (s->dtypes[c] == KILN_STRING) {
+            str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_size;
+            col[w] = col[pos];
+          } else {
+            size_t each = kiln_dtype_size(s->dtypes[c]);
+            memcpy(b->cols[c] + (size_t)w * each, b->cols[c] + (size_t)pos * each, each);
+          }
+        }
+      }
+      if (w == 0) {
+        b->out.index = b->rows[i].index;
+        b->out.offset = b->rows[i].offset;
+      }
+      w++;
+      continue;
+    }
+    if (b->n_bad == b->bad_cap) {
+      int64_t cap = b->bad_cap ? 2 * b->bad_cap : 16;
+      fused_bad *more = realloc(b->bad, (size_t)cap * sizeof *more);
+      if (!more) {
+        for (int j = i; j < m; j++) { /* the rows not yet handed over */
+          kiln_status_free(b->errors[j]);
+          if (b->kind[j] == ROW_MISSING) kiln_record_release(&b->records[j]);
+          free(b->raw[j]);
+          b->errors[j] = NULL;
+          b->raw[j] = NULL;
+        }
+        return fused_oom(s);
+      }
+      b->bad = more;
+      b->bad_cap = cap;
+    }
+    const row *rw = &b->rows[i];
+    fused_bad *f = &b->bad[b->n_bad++];
+    memset(f, 0, sizeof *f);
+    f->why = b->errors[i];
+    f->missing = b->kind[i] == ROW_MISSING;
+    if (f->missing) f->record = b->records[i];
+    f->raw = b->raw[i];
+    f->raw_len = rw->len;
+    f->index = rw->index;
+    f->offset = rw->offset;
+    f->next_offset = rw->next_offset;
+    f->seq = b->scanned + i;
+    b->errors[i] = NULL;
+    b->raw[i] = NULL;
+  }
+  *joined = w - b->good;
+  return NULL;
+}
+
+/* Lays the string columns out in blocks of their own, [pointers][text], and sets the shapes. */
+static kiln_status fused_finish(const csv_stage *s, batch *b) {
+  int64_t n = b->good;
+  for (int c = 0; c < s->ncols; c++) {
+    kiln_tensor *t = &b->out.values[c];
+    kiln_status st = kiln_tensor_set_shape(t, s->dtypes[c], 1, &n);
+    if (st) return st;
+    if (s->dtypes[c] != KILN_STRING) {
+      t->data = b->cols[c];
+      continue;
+    }
+    const str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_size;
+    size_t text = 0;
+    for (int64_t r = 0; r < n; r++) text += col[r].len + 1;
+    /* data != owner: the strings live in the owner's block and are freed with it */
+    char *block = malloc(64 + (size_t)n * sizeof(char *) + text);
+    if (!block) return fused_oom(s);
+    char **ptrs = (char **)(void *)(block + 64);
+    char *at = block + 64 + (size_t)n * sizeof(char *);
+    for (int64_t r = 0; r < n; r++) {
+      memcpy(at, b->text + col[r].off, col[r].len + 1);
+      ptrs[r] = at;
+      at += col[r].len + 1;
+    }
+    t->data = ptrs;
+    t->owner = block;
+  }
+  return NULL;
+}
+
+/* Reads the next batch of fused_size rows into slot b (the read-ahead thread). *end: the file
+ * ended before the batch filled. */
+static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
+  int64_t size = s->fused_size;
+  *end = 0;
+  b->good = b->scanned = b->n_bad = 0;
+  b->text_len = 0;
+  b->end_offset = s->sc.base + (int64_t)s->sc.pos;
+  b->end_index = s->next_index;
+  if (!b->cols && !(b->cols = calloc((size_t)(s->ncols ? s->ncols : 1), sizeof *b->cols))) return fused_oom(s);
+  size_t need = (size_t)s->nstr * (size_t)size;
+  if (need > b->refs_cap) {
+    free(b->refs);
+    if (!(b->refs = malloc(need * sizeof *b->refs))) {
+      b->refs_cap = 0;
+      return fused_oom(s);
+    }
+    b->refs_cap = need;
+  }
+  size_t bytes = 0;
+  for (int c = 0; c < s->ncols; c++)
+    if (s->dtypes[c] != KILN_STRING) bytes += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
+  char *data;
+  kiln_status st = kiln_record_init(&b->out, (const char *const *)s->names, s->ncols, bytes, (void **)&data);
+  if (st) return st;
+  b->out.source = s->path;
+  for (int c = 0; c < s->ncols; c++) {
+    b->cols[c] = NULL;
+    if (s->dtypes[c] == KILN_STRING) continue;
+    b->cols[c] = data;
+    data += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
+  }
+  /* Everything a parse thread touches is sized before the parse: the join is the barrier. */
+  int threads = s->base.ctx->threads > 0 ? s->base.ctx->threads : 1;
+  while (!st && b->good < size) {
+    int m = 0;
+    int64_t want = size - b->good < BATCH_ROWS ? size - b->good : BATCH_ROWS;
+    kiln_status scan = scan_rows(&s->sc, b->rows, (int)want, &m, &s->next_index);
+    if (m == 0) {
+      st = scan;
+      *end = 1;
+      break;
+    }
+    size_t text = b->text_len;
+    for (int i = 0; i < m; i++) {
+      b->text_at[i] = text;
+      if (s->nstr) text += (b->rows[i].p ? b->rows[i].len : 0) + (size_t)s->nstr;
+    }
+    if (text > b->text_cap) {
+      size_t cap = b->text_cap ? b->text_cap : 1 << 16;
+      while (cap < text) cap *= 2;
+      char *more = realloc(b->text, cap);
+      if (!more) {
+        kiln_status_free(scan);
+        st = fused_oom(s);
+        break;
+      }
+      b->text = more;
+      b->text_cap = cap;
+    }
+    fused_job job = {s, b, b->good};
+    kiln_parallel_for(s->base.ctx->pool, threads, m, 50.0 * (double)(b->rows[0].len + 1), fused_range, &job);
+    b->text_len = text;
+    int64_t joined = 0;
+    st = fused_sort_chunk(s, b, m, &joined);
+    b->good += joined;
+    b->scanned += m;
+    b->end_offset = b->rows[m - 1].next_offset;
+    b->end_index = b->rows[m - 1].index + 1;
+    if (scan) {
+      if (st) kiln_status_free(st);
+      st = scan;
+      *end = 1;
+    }
+  }
+  if (!st && b->good) st = fused_finish(s, b);
+  if (st || !b->good) kiln_record_release(&b->out);
+  return st;
+}
+
 static void drop_batch(batch *b) {
   for (int i = b->next; i < b->n; i++) {
     if (b->errors[i]) kiln_status_free(b->errors[i]);
     else kiln_record_release(&b->records[i]);
     free(b->raw[i]);
   }
+  for (int64_t i = 0; i < b->n_bad; i++) {
+    kiln_status_free(b->bad[i].why);
+    if (b->bad[i].missing) kiln_record_release(&b->bad[i].record);
+    free(b->bad[i].raw);
+  }
+  b->n_bad = 0;
+  kiln_record_release(&b->out);
+  b->consumed = 0;
   if (b->fatal) kiln_status_free(b->fatal);
   b->n = b->next = b->end = 0;
   b->fatal = NULL;
@@ -437,8 +761,13 @@ static void *read_ahead(void *arg) {
     int stop = s->stop;
     pthread_mutex_unlock(&s->mu);
     if (stop) return NULL;
-    int n = 0;
-    kiln_status st = scan_rows(&s->sc, b->rows, BATCH_ROWS, &n, &s->next_index);
+    int n = 0, end = 0;
+    kiln_status st;
+    if (s->columnar) {
+      st = fused_fill(s, b, &end);
+    } else if (!(st = scan_rows(&s->sc, b->rows, BATCH_ROWS, &n, &s->next_index)) && n == 0) {
+      end = 1;
+    }
     if (n) {
       parse_job job = {s, b};
       /* ~50 operations per byte of a row: worth splitting from a few hundred rows up. One thread
@@ -450,7 +779,7 @@ static void *read_ahead(void *arg) {
     b->n = n;
     b->next = 0;
     b->fatal = st;
-    b->end = st || n == 0;
+    b->end = st || end;
     b->state = SLOT_READY;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -475,15 +804,33 @@ static void stop_read_ahead(csv_stage *s) {
   s->consume_at = s->produce_at = 0;
 }
 
+/* Starts the read-ahead thread making records (columnar 0) or batches of `size` rows, unless it
+ * already does; a thread making the other kind is stopped and the scan restarts after the last
+ * row the consumer took. */
+static kiln_status start_read_ahead(csv_stage *s, int columnar, int64_t size) {
+  int started = s->running || s->slots[0].state != SLOT_FREE || s->slots[1].state != SLOT_FREE;
+  if (started && (s->columnar != columnar || (columnar && s->fused_size != size))) {
+    stop_read_ahead(s);
+    s->next_index = s->resume_index;
+    kiln_status st = scanner_seek(&s->sc, s->resume_offset);
+    if (st) return st;
+    started = 0;
+  }
+  if (started) return NULL;
+  s->columnar = columnar;
+  s->fused_size = size;
+  if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
+  s->running = 1;
+  return NULL;
+}
+
 static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
   csv_stage *s = (csv_stage *)base;
   memset(out, 0, sizeof *out);
   *done = 0;
-  if (!s->running && s->slots[0].state == SLOT_FREE && s->slots[1].state == SLOT_FREE) {
-    if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
-      return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
-    s->running = 1;
-  }
+  kiln_status started = start_read_ahead(s, 0, 0);
+  if (started) return started;
   for (;;) {
     batch *b = &s->slots[s->consume_at];
     pthread_mutex_lock(&s->mu);
@@ -506,6 +853,8 @@ static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
     }
     int i = b->next++;
     atomic_fetch_add(&s->base.ctx->read, 1);
+    s->resume_offset = b->rows[i].next_offset;
+    s->resume_index = b->rows[i].index + 1;
     if (!b->errors[i]) {
       *out = b->records[i];
       return NULL;
@@ -521,10 +870,81 @@ static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
   }
 }
 
+/* Takes the batch the read-ahead thread built: reports the rows that could not join it in order,
+ * counts every row read, then hands it out as the batch stage would. */
+static kiln_status csv_next_batch(kx_stage *base, int64_t size, int drop_remainder, kiln_record *out, int *done,
+                                  int *ended) {
+  csv_stage *s = (csv_stage *)base;
+  kx_data_ctx *ctx = s->base.ctx;
+  memset(out, 0, sizeof *out);
+  *done = *ended = 0;
+  kiln_status st = start_read_ahead(s, 1, size);
+  if (st) return st;
+  batch *b = &s->slots[s->consume_at];
+  pthread_mutex_lock(&s->mu);
+  while (b->state != SLOT_READY) pthread_cond_wait(&s->cv, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+  if (b->consumed) { /* after the end */
+    *done = *ended = 1;
+    return NULL;
+  }
+  int64_t counted = 0;
+  for (int64_t k = 0; k < b->n_bad; k++) {
+    fused_bad *f = &b->bad[k];
+    atomic_fetch_add(&ctx->read, f->seq + 1 - counted);
+    counted = f->seq + 1;
+    kiln_status why = f->why;
+    f->why = NULL;
+    if (f->missing) {
+      st = kx_bad_parsed_record(ctx, &f->record, why);
+    } else {
+      st = kx_bad_record(ctx, s->path, f->index, f->offset, f->raw, f->raw ? f->raw_len : 0, why);
+    }
+    if (st) {
+      /* as after the batch stage's error: the next call starts after this row */
+      s->resume_offset = f->next_offset;
+      s->resume_index = f->index + 1;
+      stop_read_ahead(s);
+      s->next_index = s->resume_index;
+      kiln_status seek = scanner_seek(&s->sc, s->resume_offset);
+      if (seek) kiln_status_free(seek); /* the next call reports it again */
+      return st;
+    }
+  }
+  atomic_fetch_add(&ctx->read, b->scanned - counted);
+  for (int64_t k = 0; k < b->n_bad; k++) {
+    if (b->bad[k].missing) kiln_record_release(&b->bad[k].record);
+    free(b->bad[k].raw);
+  }
+  b->n_bad = 0;
+  s->resume_offset = b->end_offset;
+  s->resume_index = b->end_index;
+  kiln_status fatal = b->fatal;
+  b->fatal = NULL;
+  int have = !fatal && b->good && (b->good == size || !drop_remainder);
+  if (have) *out = b->out;
+  else kiln_record_release(&b->out);
+  memset(&b->out, 0, sizeof b->out);
+  if (b->end) {
+    b->consumed = 1; /* the slot stays ready: later calls end at once */
+    *ended = !fatal;
+    *done = !fatal && !have;
+    return fatal;
+  }
+  pthread_mutex_lock(&s->mu);
+  b->state = SLOT_FREE;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  s->consume_at ^= 1;
+  return NULL;
+}
+
 static kiln_status csv_reset(kx_stage *base, int64_t epoch) {
   csv_stage *s = (csv_stage *)base;
   stop_read_ahead(s);
   s->next_index = 0;
+  s->resume_offset = s->data_start;
+  s->resume_index = 0;
   return scanner_seek(&s->sc, s->data_start);
 }
 
@@ -535,6 +955,13 @@ static void csv_free(kx_stage *base) {
   pthread_cond_destroy(&s->cv);
   if (s->sc.f) fclose(s->sc.f);
   free(s->sc.buf);
+  for (int k = 0; k < 2; k++) {
+    free(s->slots[k].cols);
+    free(s->slots[k].refs);
+    free(s->slots[k].text);
+    free(s->slots[k].bad);
+  }
+  free(s->str_at);
   for (int i = 0; s->names && i < s->ncols; i++) free(s->names[i]);
   free(s->names);
   free(s->dtypes);
@@ -545,7 +972,7 @@ static void csv_free(kx_stage *base) {
   free(s);
 }
 
-static const kx_stage_ops csv_ops = {"csv", csv_next, csv_reset, csv_free};
+static const kx_stage_ops csv_ops = {"csv", csv_next, csv_reset, csv_free, csv_next_batch};
 
 static kiln_status oom(void) { return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory opening a CSV file"); }
 
@@ -730,6 +1157,9 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   if (!st) st = scanner_seek(&s->sc, s->data_start);
   if (!st) st = infer_types(s, infer_rows);
   if (!st) st = scanner_seek(&s->sc, s->data_start);
+  if (!st && !(s->str_at = malloc(sizeof *s->str_at * (size_t)(s->ncols ? s->ncols : 1)))) st = oom();
+  for (int c = 0; !st && c < s->ncols; c++) s->str_at[c] = s->dtypes[c] == KILN_STRING ? s->nstr++ : -1;
+  s->resume_offset = s->data_start;
   if (st) {
     csv_free(&s->base);
     return st;
