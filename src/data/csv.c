@@ -42,6 +42,7 @@ typedef struct row {
   int64_t index;  /* data row number */
   int64_t next_offset; /* where the scan goes on after it: reading resumes there */
   int kind;
+  int quoted; /* it holds a quote */
 } row;
 
 /* Field-aware quote state: a quote opens a quoted field only at a field's start, as Python's csv
@@ -57,6 +58,11 @@ typedef struct scanner {
   size_t cap, pos, len; /* valid bytes buf[pos, len) */
   int64_t base;         /* file offset of buf[0] */
   int eof;
+  /* The first quote at or after buf[quote_from], or NULL when none before buf[len]: one search
+   * for quotes serves many rows of a file that has few. Reset when the buffer moves. */
+  const char *quote;
+  size_t quote_from;
+  int quote_known;
 } scanner;
 
 /* Advances the state machine over p..end; returns the newline that ends the row or NULL. */
@@ -92,19 +98,27 @@ found:
   return p;
 }
 
-/* The newline ending the row that starts at p, or NULL; *state says where an unfinished row is. */
-static const char *row_end(const char *p, const char *end, char delim, int *state) {
+/* The newline ending the row that starts at p (sc's buffer), or NULL; *state says where an
+ * unfinished row is, *quoted whether the row holds a quote. */
+static const char *row_end(scanner *sc, const char *p, const char *end, int *state, int *quoted) {
   const char *nl = memchr(p, '\n', (size_t)(end - p));
-  if (!memchr(p, '"', (size_t)((nl ? nl : end) - p))) {
+  if (!sc->quote_known || (size_t)(p - sc->buf) < sc->quote_from || (sc->quote && sc->quote < p)) {
+    sc->quote = memchr(p, '"', (size_t)(end - p));
+    sc->quote_from = (size_t)(p - sc->buf);
+    sc->quote_known = 1;
+  }
+  *quoted = sc->quote && sc->quote < (nl ? nl : end);
+  if (!*quoted) {
     *state = ST_UNQUOTED;
     return nl;
   }
   *state = ST_FIELD_START;
-  return scan_state(p, end, delim, state);
+  return scan_state(p, end, sc->delim, state);
 }
 
 /* Moves the unread bytes to the front and reads more. */
 static kiln_status refill(scanner *sc) {
+  sc->quote_known = 0;
   if (sc->pos) {
     memmove(sc->buf, sc->buf + sc->pos, sc->len - sc->pos);
     sc->base += (int64_t)sc->pos;
@@ -141,8 +155,8 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
   *n = 0;
   while (*n < max) {
     const char *start = sc->buf + sc->pos, *end = sc->buf + sc->len;
-    int state;
-    const char *nl = start < end ? row_end(start, end, sc->delim, &state) : NULL;
+    int state, quoted = 0;
+    const char *nl = start < end ? row_end(sc, start, end, &state, &quoted) : NULL;
     size_t len;
     int kind = ROW_OK;
     if (nl) {
@@ -153,7 +167,7 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
       if (state == ST_QUOTED) kind = ROW_UNTERMINATED;
     } else if ((size_t)(end - start) > sc->max_line) {
       if (*n) return NULL; /* hand out the rows before it first */
-      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, 0, ROW_TOO_LONG};
+      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, 0, ROW_TOO_LONG, 1};
       *n = 1;
       sc->pos = sc->len;
       kiln_status s = skip_row(sc, state);
@@ -170,7 +184,7 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
     if (len && start[len - 1] == '\r' && kind == ROW_OK) len--;
     if (len == 0) continue; /* blank line */
     if (len > sc->max_line) kind = ROW_TOO_LONG;
-    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, sc->base + (int64_t)sc->pos, kind};
+    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, sc->base + (int64_t)sc->pos, kind, quoted};
   }
   return NULL;
 }
@@ -179,6 +193,7 @@ static kiln_status scanner_seek(scanner *sc, int64_t offset) {
   if (fseeko(sc->f, (off_t)offset, SEEK_SET) != 0)
     return kiln_error(KILN_IO, "%s: cannot seek: %s", sc->path, strerror(errno));
   sc->pos = sc->len = 0;
+  sc->quote_known = 0;
   sc->base = offset;
   sc->eof = 0;
   return NULL;
@@ -335,6 +350,8 @@ typedef struct csv_stage {
   size_t *na_len;
   int n_na;
   size_t na_max_len;
+  uint8_t na_first[256]; /* whether a non-empty missing-value spelling starts with this byte */
+  size_t *sizes;         /* per column: its dtype's size */
   int64_t next_index; /* the scanner's next data row number (read-ahead thread only) */
   /* What the read-ahead thread makes: records (next) or whole batches of fused_size (next_batch).
    * A consumer that changes its mind restarts the scan after the last row it took. */
@@ -499,9 +516,88 @@ static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields,
     if (is_missing(s, f->p, f->len)) return -1;
     kiln_dtype t = s->dtypes[c];
     if (t == KILN_STRING) put_string(s, b, c, pos, f->p, f->len, &text);
-    else if (parse_number(t, f, b->cols[c] + (size_t)pos * kiln_dtype_size(t))) return -1;
+    else if (parse_number(t, f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
   }
   return 0;
+}
+
+/* 10^0 .. 10^22: exact as doubles. */
+static const double exact_tens[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Fast paths for the common spellings of numbers: [-]digits (up to 18) for integers,
+ * [-]digits[.digits] (up to 19 digits, a mantissa up to 2^53) for floats. They give the values the
+ * general parsers give (the float one kx_parse_double's exact path: mantissa / 10^fraction
+ * digits, rounded once); anything else (signs, spaces, exponents, long numbers, words) goes to
+ * those. Each returns where the number ends, or NULL. */
+static const char *fast_int64(const char *p, const char *end, int64_t *out) {
+  int negative = p < end && *p == '-';
+  const char *q = p + negative, *digits = q;
+  uint64_t v = 0;
+  while (q < end && (unsigned)(*q - '0') < 10 && q - digits < 18) v = v * 10 + (uint64_t)(*q++ - '0');
+  if (q == digits) return NULL;
+  *out = negative ? -(int64_t)v : (int64_t)v;
+  return q;
+}
+
+static const char *fast_double(const char *p, const char *end, double *out) {
+  int negative = p < end && *p == '-';
+  const char *q = p + negative, *digits = q;
+  uint64_t mantissa = 0;
+  while (q < end && (unsigned)(*q - '0') < 10) mantissa = mantissa * 10 + (uint64_t)(*q++ - '0');
+  size_t n_int = (size_t)(q - digits), n_frac = 0;
+  if (q < end && *q == '.') {
+    const char *frac = ++q;
+    while (q < end && (unsigned)(*q - '0') < 10) mantissa = mantissa * 10 + (uint64_t)(*q++ - '0');
+    n_frac = (size_t)(q - frac);
+  }
+  if (n_int + n_frac == 0 || n_int + n_frac > 19 || n_frac > 22 || mantissa > (1ull << 53)) return NULL;
+  double v = (double)mantissa;
+  v = n_frac ? v / exact_tens[n_frac] : v;
+  *out = negative ? -v : v;
+  return q;
+}
+
+/* fused_row for a row without quotes: numbers are parsed where they stand, fields split as they
+ * are read. */
+static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t pos) {
+  const char *p = rw->p, *end = p + rw->len;
+  const char delim = s->sc.delim;
+  char *text = b->text + b->text_at[rw - b->rows];
+  for (int c = 0; c < s->ncols; c++) {
+    kiln_dtype t = s->dtypes[c];
+    const char *q = NULL;
+    if (t == KILN_FLOAT || t == KILN_DOUBLE) {
+      double d;
+      if ((q = fast_double(p, end, &d)) && (q == end || *q == delim)) {
+        if (t == KILN_FLOAT) ((float *)(void *)b->cols[c])[pos] = (float)d;
+        else ((double *)(void *)b->cols[c])[pos] = d;
+      } else {
+        q = NULL;
+      }
+    } else if (t == KILN_INT64) {
+      int64_t v;
+      if ((q = fast_int64(p, end, &v)) && (q == end || *q == delim)) ((int64_t *)(void *)b->cols[c])[pos] = v;
+      else q = NULL;
+    }
+    if (q) { /* a number: it is missing only if a missing-value spelling looks like it */
+      if ((size_t)(q - p) <= s->na_max_len && s->na_first[(uint8_t)*p] && is_missing(s, p, (size_t)(q - p)))
+        return -1;
+    } else {
+      q = memchr(p, delim, (size_t)(end - p));
+      if (!q) q = end;
+      field f = {p, (size_t)(q - p)};
+      if (is_missing(s, f.p, f.len)) return -1;
+      if (t == KILN_STRING) put_string(s, b, c, pos, f.p, f.len, &text);
+      else if (parse_number(t, &f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
+    }
+    if (q == end) {
+      if (c != s->ncols - 1) return -1; /* too few fields */
+      return 0;
+    }
+    p = q + 1;
+  }
+  return -1; /* too many fields */
 }
 
 static void fused_range(void *arg, int64_t begin, int64_t end) {
@@ -519,7 +615,8 @@ static void fused_range(void *arg, int64_t begin, int64_t end) {
     b->kind[i] = ROW_JOINS;
     b->errors[i] = NULL;
     b->raw[i] = NULL;
-    if (fields && scratch && rw->kind == ROW_OK && fused_row(s, b, rw, fields, scratch, pos) == 0) continue;
+    if (rw->kind == ROW_OK && !rw->quoted && fused_plain_row(s, b, rw, pos) == 0) continue;
+    if (fields && scratch && rw->kind == ROW_OK && rw->quoted && fused_row(s, b, rw, fields, scratch, pos) == 0) continue;
     /* The slow path reads the row exactly as the record path does, so messages and the
      * quarantined record are the same. */
     kiln_record r;
@@ -962,6 +1059,7 @@ static void csv_free(kx_stage *base) {
     free(s->slots[k].bad);
   }
   free(s->str_at);
+  free(s->sizes);
   for (int i = 0; s->names && i < s->ncols; i++) free(s->names[i]);
   free(s->names);
   free(s->dtypes);
@@ -996,6 +1094,7 @@ static kiln_status read_na_values(csv_stage *s, const cJSON *spec) {
     if (!(s->na[i] = strdup(v))) return oom();
     s->n_na = i + 1;
     s->na_len[i] = strlen(v);
+    if (s->na_len[i]) s->na_first[(uint8_t)v[0]] = 1;
     if (s->na_len[i] > s->na_max_len) s->na_max_len = s->na_len[i];
   }
   return NULL;
@@ -1158,7 +1257,11 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   if (!st) st = infer_types(s, infer_rows);
   if (!st) st = scanner_seek(&s->sc, s->data_start);
   if (!st && !(s->str_at = malloc(sizeof *s->str_at * (size_t)(s->ncols ? s->ncols : 1)))) st = oom();
-  for (int c = 0; !st && c < s->ncols; c++) s->str_at[c] = s->dtypes[c] == KILN_STRING ? s->nstr++ : -1;
+  if (!st && !(s->sizes = malloc(sizeof *s->sizes * (size_t)(s->ncols ? s->ncols : 1)))) st = oom();
+  for (int c = 0; !st && c < s->ncols; c++) {
+    s->str_at[c] = s->dtypes[c] == KILN_STRING ? s->nstr++ : -1;
+    s->sizes[c] = kiln_dtype_size(s->dtypes[c]);
+  }
   s->resume_offset = s->data_start;
   if (st) {
     csv_free(&s->base);
