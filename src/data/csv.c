@@ -29,6 +29,9 @@
  * 1 KB each with 6 columns) are still in cache when the consumer takes and frees them. */
 #define BATCH_ROWS 2048
 #define MAX_COLUMNS 65536
+/* Batches of rows (or built batches) parsed ahead of the consumer: a few, so that a consumer
+ * woken late (on two cores both busy parsing) does not stall the parse. */
+#define SLOTS 4
 #define MAX_NA_VALUES 64
 
 /* ---------------------------------------------------------------- scanning rows */
@@ -54,7 +57,7 @@ typedef struct scanner {
   const char *path;
   char delim;
   size_t max_line;
-  char *buf;
+  char *buf, *spare;    /* both of cap bytes */
   size_t cap, pos, len; /* valid bytes buf[pos, len) */
   int64_t base;         /* file offset of buf[0] */
   int eof;
@@ -63,6 +66,8 @@ typedef struct scanner {
   const char *quote;
   size_t quote_from;
   int quote_known;
+  /* scan_rows stops at an over-long row, whose skipping would read more than once */
+  int ahead;
 } scanner;
 
 /* Advances the state machine over p..end; returns the newline that ends the row or NULL. */
@@ -116,11 +121,16 @@ static const char *row_end(scanner *sc, const char *p, const char *end, int *sta
   return scan_state(p, end, sc->delim, state);
 }
 
-/* Moves the unread bytes to the front and reads more. */
+/* Moves the unread bytes to the front of the spare buffer, which becomes the buffer, and reads
+ * more: rows scanned before a refill stay where they are until the next one, so one chunk can be
+ * parsed while the next is scanned (and read). */
 static kiln_status refill(scanner *sc) {
   sc->quote_known = 0;
   if (sc->pos) {
-    memmove(sc->buf, sc->buf + sc->pos, sc->len - sc->pos);
+    memcpy(sc->spare, sc->buf + sc->pos, sc->len - sc->pos);
+    char *old = sc->buf;
+    sc->buf = sc->spare;
+    sc->spare = old;
     sc->base += (int64_t)sc->pos;
     sc->len -= sc->pos;
     sc->pos = 0;
@@ -153,6 +163,7 @@ static kiln_status skip_row(scanner *sc, int state) {
  * buffer, so the buffer moves only while the batch is empty. *n stays 0 only at the end. */
 static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *index) {
   *n = 0;
+  int refilled = 0;
   while (*n < max) {
     const char *start = sc->buf + sc->pos, *end = sc->buf + sc->len;
     int state, quoted = 0;
@@ -166,7 +177,7 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
       len = (size_t)(end - start);
       if (state == ST_QUOTED) kind = ROW_UNTERMINATED;
     } else if ((size_t)(end - start) > sc->max_line) {
-      if (*n) return NULL; /* hand out the rows before it first */
+      if (*n || sc->ahead) return NULL; /* hand out the rows before it first */
       rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, 0, ROW_TOO_LONG, 1};
       *n = 1;
       sc->pos = sc->len;
@@ -174,7 +185,10 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
       rows[0].next_offset = sc->base + (int64_t)sc->pos;
       return s;
     } else {
-      if (*n) return NULL;
+      /* the rows of one call lie in one buffer; scanning ahead, a second refill would reuse the
+       * buffer of the rows being parsed */
+      if (*n || (sc->ahead && refilled)) return NULL;
+      refilled = 1;
       kiln_status s = refill(sc);
       if (s) return s;
       continue;
@@ -334,6 +348,7 @@ typedef struct batch {
   int64_t good, scanned; /* rows in the batch; rows read for it */
   int64_t end_offset, end_index; /* where the scan stood after the batch */
   int consumed;                  /* the last batch was taken: later calls end */
+  const row *crow;               /* the chunk being parsed: rows[] or one of the stage's ahead[] */
 } batch;
 
 enum { ROW_JOINS, ROW_BAD, ROW_MISSING };
@@ -360,9 +375,13 @@ typedef struct csv_stage {
   int nstr; /* string columns */
   int *str_at; /* per column: its index among the string columns, -1 for others */
   int64_t resume_offset, resume_index;
+  /* Rows scanned ahead (columnar mode) while the previous ones were parsed: the next chunk's. */
+  row ahead[2][BATCH_ROWS];
+  int n_ahead, ahead_at, ahead_in; /* unparsed rows: ahead[ahead_in][ahead_at...] */
+  kiln_status ahead_error;         /* where scanning ahead stopped, after those rows */
   /* Two batches: the read-ahead thread scans and parses one while the consumer takes the
    * records of the other, so on two cores parsing overlaps whatever the consumer does. */
-  batch slots[2];
+  batch slots[SLOTS];
   int consume_at, produce_at;
   pthread_t thread;
   int running; /* the thread was started and not yet joined */
@@ -491,9 +510,10 @@ static void parse_range(void *arg, int64_t begin, int64_t end) {
 /* ---------------------------------------------------------------- batches built in place */
 
 typedef struct fused_job {
-  const csv_stage *s;
+  csv_stage *s;
   batch *b;
-  int64_t at; /* the batch position of the chunk's first row */
+  int64_t at;     /* the batch position of the chunk's first row */
+  int scan_ahead; /* item 0 scans the next chunk's rows (without reading) */
 } fused_job;
 
 /* Puts a string field at batch position pos. */
@@ -510,7 +530,7 @@ static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields,
   int n;
   split_fields(rw->p, rw->len, s->sc.delim, fields, s->ncols, &n, scratch);
   if (n != s->ncols) return -1;
-  char *text = b->text + b->text_at[rw - b->rows];
+  char *text = b->text + b->text_at[rw - b->crow];
   for (int c = 0; c < n; c++) {
     const field *f = &fields[c];
     if (is_missing(s, f->p, f->len)) return -1;
@@ -563,7 +583,7 @@ static const char *fast_double(const char *p, const char *end, double *out) {
 static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t pos) {
   const char *p = rw->p, *end = p + rw->len;
   const char delim = s->sc.delim;
-  char *text = b->text + b->text_at[rw - b->rows];
+  char *text = b->text + b->text_at[rw - b->crow];
   for (int c = 0; c < s->ncols; c++) {
     kiln_dtype t = s->dtypes[c];
     const char *q = NULL;
@@ -602,15 +622,30 @@ static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t 
 
 static void fused_range(void *arg, int64_t begin, int64_t end) {
   const fused_job *job = arg;
-  const csv_stage *s = job->s;
   batch *b = job->b;
+  if (job->scan_ahead) {
+    if (begin == 0) { /* the scan overlaps the parse instead of leaving the other threads idle */
+      csv_stage *w = job->s;
+      /* The chunk may be ahead[ahead_in]'s rows: scan into the other. A refill here keeps the
+       * chunk's buffer (the scan reads into the spare one): the chunk's rows are all in one. */
+      w->sc.ahead = 1;
+      w->ahead_in ^= 1;
+      w->ahead_error = scan_rows(&w->sc, w->ahead[w->ahead_in], BATCH_ROWS, &w->n_ahead, &w->next_index);
+      w->sc.ahead = 0;
+      w->ahead_at = 0;
+      begin++;
+    }
+    begin--;
+    end--;
+  }
+  const csv_stage *s = job->s;
   size_t longest = 0;
   for (int64_t i = begin; i < end; i++)
-    if (b->rows[i].p && b->rows[i].len > longest) longest = b->rows[i].len;
+    if (b->crow[i].p && b->crow[i].len > longest) longest = b->crow[i].len;
   field *fields = malloc(sizeof *fields * (size_t)(s->ncols ? s->ncols : 1));
   char *scratch = malloc(longest + 1);
   for (int64_t i = begin; i < end; i++) {
-    const row *rw = &b->rows[i];
+    const row *rw = &b->crow[i];
     int64_t pos = job->at + i;
     b->kind[i] = ROW_JOINS;
     b->errors[i] = NULL;
@@ -677,8 +712,8 @@ static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t
         }
       }
       if (w == 0) {
-        b->out.index = b->rows[i].index;
-        b->out.offset = b->rows[i].offset;
+        b->out.index = b->crow[i].index;
+        b->out.offset = b->crow[i].offset;
       }
       w++;
       continue;
@@ -699,7 +734,7 @@ static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t
       b->bad = more;
       b->bad_cap = cap;
     }
-    const row *rw = &b->rows[i];
+    const row *rw = &b->crow[i];
     fused_bad *f = &b->bad[b->n_bad++];
     memset(f, 0, sizeof *f);
     f->why = b->errors[i];
@@ -785,7 +820,19 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
   while (!st && b->good < size) {
     int m = 0;
     int64_t want = size - b->good < BATCH_ROWS ? size - b->good : BATCH_ROWS;
-    kiln_status scan = scan_rows(&s->sc, b->rows, (int)want, &m, &s->next_index);
+    kiln_status scan = NULL;
+    if (s->n_ahead) {
+      m = s->n_ahead < want ? s->n_ahead : (int)want;
+      b->crow = s->ahead[s->ahead_in] + s->ahead_at;
+      s->ahead_at += m;
+      s->n_ahead -= m;
+    } else if (s->ahead_error) {
+      scan = s->ahead_error;
+      s->ahead_error = NULL;
+    } else { /* the buffer may move: no row points into it now */
+      scan = scan_rows(&s->sc, b->rows, (int)want, &m, &s->next_index);
+      b->crow = b->rows;
+    }
     if (m == 0) {
       st = scan;
       *end = 1;
@@ -794,7 +841,7 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
     size_t text = b->text_len;
     for (int i = 0; i < m; i++) {
       b->text_at[i] = text;
-      if (s->nstr) text += (b->rows[i].p ? b->rows[i].len : 0) + (size_t)s->nstr;
+      if (s->nstr) text += (b->crow[i].p ? b->crow[i].len : 0) + (size_t)s->nstr;
     }
     if (text > b->text_cap) {
       size_t cap = b->text_cap ? b->text_cap : 1 << 16;
@@ -808,15 +855,18 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
       b->text = more;
       b->text_cap = cap;
     }
-    fused_job job = {s, b, b->good};
-    kiln_parallel_for(s->base.ctx->pool, threads, m, 50.0 * (double)(b->rows[0].len + 1), fused_range, &job);
+    /* scanning ahead needs a free ahead[] and a chunk worth sharing: a single row is a blank
+     * row's or a long one's, and the file's end has nothing ahead */
+    fused_job job = {s, b, b->good, !s->n_ahead && !scan && m > 1 && threads > 1};
+    kiln_parallel_for(s->base.ctx->pool, threads, m + job.scan_ahead, 50.0 * (double)(b->crow[0].len + 1),
+                      fused_range, &job);
     b->text_len = text;
     int64_t joined = 0;
     st = fused_sort_chunk(s, b, m, &joined);
     b->good += joined;
     b->scanned += m;
-    b->end_offset = b->rows[m - 1].next_offset;
-    b->end_index = b->rows[m - 1].index + 1;
+    b->end_offset = b->crow[m - 1].next_offset;
+    b->end_index = b->crow[m - 1].index + 1;
     if (scan) {
       if (st) kiln_status_free(st);
       st = scan;
@@ -881,7 +931,7 @@ static void *read_ahead(void *arg) {
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     if (b->end) return NULL;
-    s->produce_at ^= 1;
+    s->produce_at = (s->produce_at + 1) % SLOTS;
   }
 }
 
@@ -896,8 +946,10 @@ static void stop_read_ahead(csv_stage *s) {
     s->running = 0;
     s->stop = 0;
   }
-  drop_batch(&s->slots[0]);
-  drop_batch(&s->slots[1]);
+  for (int k = 0; k < SLOTS; k++) drop_batch(&s->slots[k]);
+  s->n_ahead = s->ahead_at = 0; /* the scan is restarted from a known row */
+  kiln_status_free(s->ahead_error);
+  s->ahead_error = NULL;
   s->consume_at = s->produce_at = 0;
 }
 
@@ -905,7 +957,8 @@ static void stop_read_ahead(csv_stage *s) {
  * already does; a thread making the other kind is stopped and the scan restarts after the last
  * row the consumer took. */
 static kiln_status start_read_ahead(csv_stage *s, int columnar, int64_t size) {
-  int started = s->running || s->slots[0].state != SLOT_FREE || s->slots[1].state != SLOT_FREE;
+  int started = s->running;
+  for (int k = 0; k < SLOTS; k++) started |= s->slots[k].state != SLOT_FREE;
   if (started && (s->columnar != columnar || (columnar && s->fused_size != size))) {
     stop_read_ahead(s);
     s->next_index = s->resume_index;
@@ -945,7 +998,7 @@ static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
       b->state = SLOT_FREE;
       pthread_cond_broadcast(&s->cv);
       pthread_mutex_unlock(&s->mu);
-      s->consume_at ^= 1;
+      s->consume_at = (s->consume_at + 1) % SLOTS;
       continue;
     }
     int i = b->next++;
@@ -1032,7 +1085,7 @@ static kiln_status csv_next_batch(kx_stage *base, int64_t size, int drop_remaind
   b->state = SLOT_FREE;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
-  s->consume_at ^= 1;
+  s->consume_at = (s->consume_at + 1) % SLOTS;
   return NULL;
 }
 
@@ -1052,7 +1105,8 @@ static void csv_free(kx_stage *base) {
   pthread_cond_destroy(&s->cv);
   if (s->sc.f) fclose(s->sc.f);
   free(s->sc.buf);
-  for (int k = 0; k < 2; k++) {
+  free(s->sc.spare);
+  for (int k = 0; k < SLOTS; k++) {
     free(s->slots[k].cols);
     free(s->slots[k].refs);
     free(s->slots[k].text);
@@ -1237,7 +1291,8 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   s->sc.max_line = (size_t)max_line;
   /* room for a whole block after a row of max_line bytes that was cut at the block's end */
   s->sc.cap = CSV_BLOCK + (size_t)max_line + 1;
-  if (!(s->path = kx_data_path(ctx, path)) || !(s->sc.buf = malloc(s->sc.cap))) {
+  if (!(s->path = kx_data_path(ctx, path)) || !(s->sc.buf = malloc(s->sc.cap)) ||
+      !(s->sc.spare = malloc(s->sc.cap))) {
     csv_free(&s->base);
     return oom();
   }
