@@ -29,9 +29,14 @@
  * 1 KB each with 6 columns) are still in cache when the consumer takes and frees them. */
 #define BATCH_ROWS 2048
 #define MAX_COLUMNS 65536
-/* Batches of rows (or built batches) parsed ahead of the consumer: a few, so that a consumer
- * woken late (on two cores both busy parsing) does not stall the parse. */
-#define SLOTS 4
+/* Batches of rows (or built batches) parsed ahead of the consumer: one parsed while the consumer
+ * takes the other. */
+#define SLOTS 2
+/* Built batches smaller than this are built several at a time (a group) so that each parallel
+ * parse has enough rows to be worth waking the pool for: the consumer copies each batch out. */
+#define GROUP_ROWS 8192
+/* ... and at most this many bytes of values per group (a wide file makes smaller groups). */
+#define GROUP_BYTES ((size_t)4 << 20)
 #define MAX_NA_VALUES 64
 
 /* ---------------------------------------------------------------- scanning rows */
@@ -313,7 +318,8 @@ typedef struct fused_bad {
   char *raw; /* a bad row's text (NULL when too long to keep) */
   size_t raw_len;
   int64_t index, offset, next_offset;
-  int64_t seq; /* rows the batch's scan read before this one */
+  int64_t seq;          /* rows the group's scan read before this one */
+  int64_t goods_before; /* rows of the group that joined before it */
 } fused_bad;
 
 /* Where a fused batch keeps a string column's value before the batch is complete: text offsets,
@@ -348,6 +354,14 @@ typedef struct batch {
   int64_t good, scanned; /* rows in the batch; rows read for it */
   int64_t end_offset, end_index; /* where the scan stood after the batch */
   int consumed;                  /* the last batch was taken: later calls end */
+  int fused_whole;               /* the group is one batch, built in `out` */
+  /* a group of batches: each one's first row and the scan count at its last row */
+  int64_t *first_index, *first_offset, *last_seq;
+  int64_t *after_offset, *after_index; /* where reading resumes after each batch */
+  int64_t group_cap;
+  char *stage; /* a group's numeric columns (the batch's own block when the group is one batch) */
+  size_t stage_cap;
+  int64_t taken, counted, report_at; /* batches handed out, rows counted, reports made */
   const row *crow;               /* the chunk being parsed: rows[] or one of the stage's ahead[] */
 } batch;
 
@@ -372,6 +386,7 @@ typedef struct csv_stage {
    * A consumer that changes its mind restarts the scan after the last row it took. */
   int columnar;
   int64_t fused_size;
+  int64_t fused_rows; /* rows per group: a multiple of fused_size */
   int nstr; /* string columns */
   int *str_at; /* per column: its index among the string columns, -1 for others */
   int64_t resume_offset, resume_index;
@@ -520,17 +535,18 @@ typedef struct fused_job {
 static void put_string(const csv_stage *s, batch *b, int col, int64_t pos, const char *p, size_t len, char **text) {
   memcpy(*text, p, len);
   (*text)[len] = '\0';
-  b->refs[(size_t)s->str_at[col] * (size_t)s->fused_size + (size_t)pos] = (str_ref){(size_t)(*text - b->text), len};
+  b->refs[(size_t)s->str_at[col] * (size_t)s->fused_rows + (size_t)pos] = (str_ref){(size_t)(*text - b->text), len};
   *text += len + 1;
 }
 
 /* Parses a row straight into the batch's columns at position pos; non-zero when the row cannot
  * join (a bad row or a missing value: the record path then says which). */
-static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields, char *scratch, int64_t pos) {
+static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields, char *scratch, int64_t pos,
+                     char **text_at) {
   int n;
   split_fields(rw->p, rw->len, s->sc.delim, fields, s->ncols, &n, scratch);
   if (n != s->ncols) return -1;
-  char *text = b->text + b->text_at[rw - b->crow];
+  char *text = *text_at;
   for (int c = 0; c < n; c++) {
     const field *f = &fields[c];
     if (is_missing(s, f->p, f->len)) return -1;
@@ -538,6 +554,7 @@ static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields,
     if (t == KILN_STRING) put_string(s, b, c, pos, f->p, f->len, &text);
     else if (parse_number(t, f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
   }
+  *text_at = text;
   return 0;
 }
 
@@ -580,10 +597,10 @@ static const char *fast_double(const char *p, const char *end, double *out) {
 
 /* fused_row for a row without quotes: numbers are parsed where they stand, fields split as they
  * are read. */
-static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t pos) {
+static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t pos, char **text_at) {
   const char *p = rw->p, *end = p + rw->len;
   const char delim = s->sc.delim;
-  char *text = b->text + b->text_at[rw - b->crow];
+  char *text = *text_at;
   for (int c = 0; c < s->ncols; c++) {
     kiln_dtype t = s->dtypes[c];
     const char *q = NULL;
@@ -613,6 +630,7 @@ static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t 
     }
     if (q == end) {
       if (c != s->ncols - 1) return -1; /* too few fields */
+      *text_at = text;
       return 0;
     }
     p = q + 1;
@@ -644,14 +662,18 @@ static void fused_range(void *arg, int64_t begin, int64_t end) {
     if (b->crow[i].p && b->crow[i].len > longest) longest = b->crow[i].len;
   field *fields = malloc(sizeof *fields * (size_t)(s->ncols ? s->ncols : 1));
   char *scratch = malloc(longest + 1);
+  /* The range's string text goes one after the other from its first row's place (each row has
+   * room for its length: text is never longer than the row). */
+  char *text = s->nstr && begin < end ? b->text + b->text_at[begin] : NULL;
   for (int64_t i = begin; i < end; i++) {
     const row *rw = &b->crow[i];
     int64_t pos = job->at + i;
     b->kind[i] = ROW_JOINS;
     b->errors[i] = NULL;
     b->raw[i] = NULL;
-    if (rw->kind == ROW_OK && !rw->quoted && fused_plain_row(s, b, rw, pos) == 0) continue;
-    if (fields && scratch && rw->kind == ROW_OK && rw->quoted && fused_row(s, b, rw, fields, scratch, pos) == 0) continue;
+    if (rw->kind == ROW_OK && !rw->quoted && fused_plain_row(s, b, rw, pos, &text) == 0) continue;
+    if (fields && scratch && rw->kind == ROW_OK && rw->quoted && fused_row(s, b, rw, fields, scratch, pos, &text) == 0)
+      continue;
     /* The slow path reads the row exactly as the record path does, so messages and the
      * quarantined record are the same. */
     kiln_record r;
@@ -673,7 +695,6 @@ static void fused_range(void *arg, int64_t begin, int64_t end) {
       continue;
     }
     /* the fast path refused a row the record path reads: take its values */
-    char *text = b->text + b->text_at[i];
     for (int c = 0; c < r.count; c++) {
       kiln_dtype t = s->dtypes[c];
       if (t == KILN_STRING) {
@@ -703,7 +724,7 @@ static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t
       if (w != pos) {
         for (int c = 0; c < s->ncols; c++) {
           if (s->dtypes[c] == KILN_STRING) {
-            str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_size;
+            str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_rows;
             col[w] = col[pos];
           } else {
             size_t each = kiln_dtype_size(s->dtypes[c]);
@@ -711,10 +732,14 @@ static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t
           }
         }
       }
-      if (w == 0) {
-        b->out.index = b->crow[i].index;
-        b->out.offset = b->crow[i].offset;
+      int64_t k = w / s->fused_size;
+      if (w % s->fused_size == 0) {
+        b->first_index[k] = b->crow[i].index;
+        b->first_offset[k] = b->crow[i].offset;
       }
+      b->last_seq[k] = b->scanned + i;
+      b->after_offset[k] = b->crow[i].next_offset;
+      b->after_index[k] = b->crow[i].index + 1;
       w++;
       continue;
     }
@@ -746,6 +771,7 @@ static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t
     f->offset = rw->offset;
     f->next_offset = rw->next_offset;
     f->seq = b->scanned + i;
+    f->goods_before = w;
     b->errors[i] = NULL;
     b->raw[i] = NULL;
   }
@@ -753,18 +779,21 @@ static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t
   return NULL;
 }
 
-/* Lays the string columns out in blocks of their own, [pointers][text], and sets the shapes. */
-static kiln_status fused_finish(const csv_stage *s, batch *b) {
-  int64_t n = b->good;
+/* Makes out (initialized, numeric values set) batch k of the group, rows [first, first + n): shapes,
+ * provenance, and the string columns in blocks of their own, [pointers][text]. */
+static kiln_status fused_finish(const csv_stage *s, const batch *b, int64_t k, int64_t first, int64_t n,
+                                kiln_record *out) {
+  out->source = s->path;
+  out->index = b->first_index[k];
+  out->offset = b->first_offset[k];
   for (int c = 0; c < s->ncols; c++) {
-    kiln_tensor *t = &b->out.values[c];
+    kiln_tensor *t = &out->values[c];
+    void *data = t->data;
     kiln_status st = kiln_tensor_set_shape(t, s->dtypes[c], 1, &n);
+    t->data = data;
     if (st) return st;
-    if (s->dtypes[c] != KILN_STRING) {
-      t->data = b->cols[c];
-      continue;
-    }
-    const str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_size;
+    if (s->dtypes[c] != KILN_STRING) continue;
+    const str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_rows + first;
     size_t text = 0;
     for (int64_t r = 0; r < n; r++) text += col[r].len + 1;
     /* data != owner: the strings live in the owner's block and are freed with it */
@@ -783,12 +812,48 @@ static kiln_status fused_finish(const csv_stage *s, batch *b) {
   return NULL;
 }
 
-/* Reads the next batch of fused_size rows into slot b (the read-ahead thread). *end: the file
- * ended before the batch filled. */
+/* Batch k of a group of several: its values copied out of the group's columns. */
+static kiln_status fused_copy_out(const csv_stage *s, const batch *b, int64_t k, int64_t n, kiln_record *out) {
+  int64_t first = k * s->fused_size;
+  size_t bytes = 0;
+  for (int c = 0; c < s->ncols; c++)
+    if (s->dtypes[c] != KILN_STRING) bytes += (s->sizes[c] * (size_t)n + 63) / 64 * 64;
+  char *data;
+  kiln_status st = kiln_record_init(out, (const char *const *)s->names, s->ncols, bytes, (void **)&data);
+  if (st) return st;
+  for (int c = 0; c < s->ncols; c++) {
+    if (s->dtypes[c] == KILN_STRING) continue;
+    memcpy(data, b->cols[c] + (size_t)first * s->sizes[c], (size_t)n * s->sizes[c]);
+    out->values[c].data = data;
+    data += (s->sizes[c] * (size_t)n + 63) / 64 * 64;
+  }
+  if ((st = fused_finish(s, b, k, first, n, out))) kiln_record_release(out);
+  return st;
+}
+
+/* Reads the next group of fused_rows rows into slot b (the read-ahead thread). *end: the file
+ * ended before the group filled. */
 static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
-  int64_t size = s->fused_size;
+  int64_t size = s->fused_rows;
+  int64_t group = s->fused_rows / s->fused_size;
   *end = 0;
+  b->fused_whole = group == 1;
   b->good = b->scanned = b->n_bad = 0;
+  b->taken = b->counted = b->report_at = 0;
+  if (group > b->group_cap) {
+    free(b->first_index);
+    free(b->first_offset);
+    free(b->last_seq);
+    free(b->after_offset);
+    free(b->after_index);
+    b->first_index = malloc(sizeof(int64_t) * (size_t)group);
+    b->first_offset = malloc(sizeof(int64_t) * (size_t)group);
+    b->last_seq = malloc(sizeof(int64_t) * (size_t)group);
+    b->after_offset = malloc(sizeof(int64_t) * (size_t)group);
+    b->after_index = malloc(sizeof(int64_t) * (size_t)group);
+    b->group_cap = b->first_index && b->first_offset && b->last_seq && b->after_offset && b->after_index ? group : 0;
+    if (!b->group_cap) return fused_oom(s);
+  }
   b->text_len = 0;
   b->end_offset = s->sc.base + (int64_t)s->sc.pos;
   b->end_index = s->next_index;
@@ -806,9 +871,18 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
   for (int c = 0; c < s->ncols; c++)
     if (s->dtypes[c] != KILN_STRING) bytes += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
   char *data;
-  kiln_status st = kiln_record_init(&b->out, (const char *const *)s->names, s->ncols, bytes, (void **)&data);
-  if (st) return st;
-  b->out.source = s->path;
+  kiln_status st = NULL;
+  if (group == 1) { /* the group is the batch: parse into its own block */
+    if ((st = kiln_record_init(&b->out, (const char *const *)s->names, s->ncols, bytes, (void **)&data))) return st;
+  } else {
+    if (bytes > b->stage_cap) {
+      free(b->stage);
+      b->stage_cap = 0;
+      if (!(b->stage = aligned_alloc(64, bytes))) return fused_oom(s);
+      b->stage_cap = bytes;
+    }
+    data = b->stage;
+  }
   for (int c = 0; c < s->ncols; c++) {
     b->cols[c] = NULL;
     if (s->dtypes[c] == KILN_STRING) continue;
@@ -873,8 +947,13 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
       *end = 1;
     }
   }
-  if (!st && b->good) st = fused_finish(s, b);
-  if (st || !b->good) kiln_record_release(&b->out);
+  if (group == 1) {
+    if (!st && b->good) {
+      for (int c = 0; c < s->ncols; c++) b->out.values[c].data = b->cols[c];
+      st = fused_finish(s, b, 0, 0, b->good, &b->out);
+    }
+    if (st || !b->good) kiln_record_release(&b->out);
+  }
   return st;
 }
 
@@ -969,6 +1048,14 @@ static kiln_status start_read_ahead(csv_stage *s, int columnar, int64_t size) {
   if (started) return NULL;
   s->columnar = columnar;
   s->fused_size = size;
+  s->fused_rows = size; /* size 0: records */
+  if (size > 0 && size < GROUP_ROWS) {
+    size_t row_bytes = 1;
+    for (int c = 0; c < s->ncols; c++) row_bytes += s->dtypes[c] == KILN_STRING ? sizeof(str_ref) : s->sizes[c];
+    int64_t group = GROUP_ROWS / size;
+    if ((size_t)group * (size_t)size * row_bytes > GROUP_BYTES) group = (int64_t)(GROUP_BYTES / row_bytes) / size;
+    s->fused_rows = (group > 1 ? group : 1) * size;
+  }
   if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
     return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
   s->running = 1;
@@ -1020,8 +1107,18 @@ static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
   }
 }
 
-/* Takes the batch the read-ahead thread built: reports the rows that could not join it in order,
- * counts every row read, then hands it out as the batch stage would. */
+/* Hands the slot back to the read-ahead thread. */
+static void fused_release_slot(csv_stage *s, batch *b) {
+  pthread_mutex_lock(&s->mu);
+  b->state = SLOT_FREE;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  s->consume_at = (s->consume_at + 1) % SLOTS;
+}
+
+/* Takes the next batch of the group the read-ahead thread built: first reports, in order, the rows
+ * before its last one that could not join, counting every row read up to there, then hands it out
+ * as the batch stage would have made it. */
 static kiln_status csv_next_batch(kx_stage *base, int64_t size, int drop_remainder, kiln_record *out, int *done,
                                   int *ended) {
   csv_stage *s = (csv_stage *)base;
@@ -1038,18 +1135,20 @@ static kiln_status csv_next_batch(kx_stage *base, int64_t size, int drop_remaind
     *done = *ended = 1;
     return NULL;
   }
-  int64_t counted = 0;
-  for (int64_t k = 0; k < b->n_bad; k++) {
-    fused_bad *f = &b->bad[k];
-    atomic_fetch_add(&ctx->read, f->seq + 1 - counted);
-    counted = f->seq + 1;
+  int64_t batches = (b->good + size - 1) / size, k = b->taken;
+  /* the rows before batch k's last one; at the end (k == batches, or k partial) all the rest */
+  while (b->report_at < b->n_bad && b->bad[b->report_at].goods_before < (k + 1) * size) {
+    fused_bad *f = &b->bad[b->report_at++];
+    atomic_fetch_add(&ctx->read, f->seq + 1 - b->counted);
+    b->counted = f->seq + 1;
     kiln_status why = f->why;
     f->why = NULL;
-    if (f->missing) {
-      st = kx_bad_parsed_record(ctx, &f->record, why);
-    } else {
-      st = kx_bad_record(ctx, s->path, f->index, f->offset, f->raw, f->raw ? f->raw_len : 0, why);
-    }
+    if (f->missing) st = kx_bad_parsed_record(ctx, &f->record, why);
+    else st = kx_bad_record(ctx, s->path, f->index, f->offset, f->raw, f->raw ? f->raw_len : 0, why);
+    kiln_record_release(&f->record);
+    f->missing = 0;
+    free(f->raw);
+    f->raw = NULL;
     if (st) {
       /* as after the batch stage's error: the next call starts after this row */
       s->resume_offset = f->next_offset;
@@ -1061,32 +1160,42 @@ static kiln_status csv_next_batch(kx_stage *base, int64_t size, int drop_remaind
       return st;
     }
   }
-  atomic_fetch_add(&ctx->read, b->scanned - counted);
-  for (int64_t k = 0; k < b->n_bad; k++) {
-    if (b->bad[k].missing) kiln_record_release(&b->bad[k].record);
-    free(b->bad[k].raw);
+  int64_t n = k < batches ? (b->good - k * size < size ? b->good - k * size : size) : 0;
+  if (n == size) { /* a full batch: the rows after it are the next call's */
+    atomic_fetch_add(&ctx->read, b->last_seq[k] + 1 - b->counted);
+    b->counted = b->last_seq[k] + 1;
+    if (b->fused_whole) {
+      *out = b->out;
+      memset(&b->out, 0, sizeof b->out);
+    } else if ((st = fused_copy_out(s, b, k, n, out))) {
+      return st;
+    }
+    b->taken++;
+    s->resume_offset = b->after_offset[k];
+    s->resume_index = b->after_index[k];
+    if (k == batches - 1 && !b->end) fused_release_slot(s, b);
+    return NULL;
   }
-  b->n_bad = 0;
+  /* the end: a last, partial batch or none */
+  atomic_fetch_add(&ctx->read, b->scanned - b->counted);
+  b->counted = b->scanned;
   s->resume_offset = b->end_offset;
   s->resume_index = b->end_index;
   kiln_status fatal = b->fatal;
   b->fatal = NULL;
-  int have = !fatal && b->good && (b->good == size || !drop_remainder);
-  if (have) *out = b->out;
-  else kiln_record_release(&b->out);
-  memset(&b->out, 0, sizeof b->out);
-  if (b->end) {
-    b->consumed = 1; /* the slot stays ready: later calls end at once */
-    *ended = !fatal;
-    *done = !fatal && !have;
-    return fatal;
+  if (!fatal && n && !drop_remainder) {
+    if (b->fused_whole) {
+      *out = b->out;
+      memset(&b->out, 0, sizeof b->out);
+    } else if ((st = fused_copy_out(s, b, k, n, out))) {
+      return st;
+    }
   }
-  pthread_mutex_lock(&s->mu);
-  b->state = SLOT_FREE;
-  pthread_cond_broadcast(&s->cv);
-  pthread_mutex_unlock(&s->mu);
-  s->consume_at = (s->consume_at + 1) % SLOTS;
-  return NULL;
+  b->taken = batches;
+  b->consumed = 1; /* the slot stays ready: later calls end at once */
+  *ended = !fatal;
+  *done = !fatal && !out->block;
+  return fatal;
 }
 
 static kiln_status csv_reset(kx_stage *base, int64_t epoch) {
@@ -1111,6 +1220,12 @@ static void csv_free(kx_stage *base) {
     free(s->slots[k].refs);
     free(s->slots[k].text);
     free(s->slots[k].bad);
+    free(s->slots[k].first_index);
+    free(s->slots[k].first_offset);
+    free(s->slots[k].last_seq);
+    free(s->slots[k].after_offset);
+    free(s->slots[k].after_index);
+    free(s->slots[k].stage);
   }
   free(s->str_at);
   free(s->sizes);
