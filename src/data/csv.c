@@ -6,6 +6,13 @@
  * into one record each (one allocation per row: tensors, values and string text) while the
  * consumer takes the previous batch's records, in file order, bad ones reported where they fall.
  *
+ * Batches (next_batch, when a batch stage follows): the read-ahead thread parses rows straight
+ * into the columns of the batch (or of a group of small batches, copied out by the consumer),
+ * plain rows in one pass with fast paths for common numbers, scanning the next chunk while the
+ * pool parses this one. A row that cannot join (bad, or with a missing value) is set aside and
+ * reported when the consumer takes the batch it falls before, exactly as the batch stage would
+ * report it, so batches, errors, counts and quarantine equal the record path's.
+ *
  * Types: a column's dtype comes from `columns`, else from the first infer_rows rows (read in a
  * pass of their own, then read again as records): int64 when every present value is an integer
  * in range, float (float32) when every one is a number, bool when every one is true/false (any
@@ -62,7 +69,7 @@ typedef struct scanner {
   const char *path;
   char delim;
   size_t max_line;
-  char *buf, *spare;    /* both of cap bytes */
+  char *buf, *spare;    /* both of cap bytes (spare made when first needed) */
   size_t cap, pos, len; /* valid bytes buf[pos, len) */
   int64_t base;         /* file offset of buf[0] */
   int eof;
@@ -132,6 +139,9 @@ static const char *row_end(scanner *sc, const char *p, const char *end, int *sta
 static kiln_status refill(scanner *sc) {
   sc->quote_known = 0;
   if (sc->pos) {
+    /* made on the first refill: a file that fits one block never needs it */
+    if (!sc->spare && !(sc->spare = malloc(sc->cap)))
+      return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory for the read buffer", sc->path);
     memcpy(sc->spare, sc->buf + sc->pos, sc->len - sc->pos);
     char *old = sc->buf;
     sc->buf = sc->spare;
@@ -1406,8 +1416,7 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   s->sc.max_line = (size_t)max_line;
   /* room for a whole block after a row of max_line bytes that was cut at the block's end */
   s->sc.cap = CSV_BLOCK + (size_t)max_line + 1;
-  if (!(s->path = kx_data_path(ctx, path)) || !(s->sc.buf = malloc(s->sc.cap)) ||
-      !(s->sc.spare = malloc(s->sc.cap))) {
+  if (!(s->path = kx_data_path(ctx, path)) || !(s->sc.buf = malloc(s->sc.cap))) {
     csv_free(&s->base);
     return oom();
   }
