@@ -16,19 +16,27 @@ typedef struct batch_stage {
 
 /* Why r cannot join a batch that starts with `first`; NULL when it can. */
 static kiln_status mismatch(const kiln_record *first, const kiln_record *r) {
+  if (r == first) { /* the batch's first record: only a missing value can keep it out */
+    for (int i = 0; i < r->count; i++)
+      if (r->values[i].dtype == KILN_UNDEFINED)
+        return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is missing; a batch needs a value in every record",
+                          r->names[i]);
+    return NULL;
+  }
+  int same_names = r->names == first->names; /* sources share one names array across records */
   if (r->count != first->count)
     return kiln_error(KILN_INVALID_ARGUMENT, "has %d features where the batch's first record has %d", r->count,
                       first->count);
   for (int i = 0; i < r->count; i++) {
     const kiln_tensor *a = &first->values[i], *b = &r->values[i];
-    if (strcmp(r->names[i], first->names[i]) != 0)
+    if (!same_names && strcmp(r->names[i], first->names[i]) != 0)
       return kiln_error(KILN_INVALID_ARGUMENT, "feature %d is '%s' where the batch's first record has '%s'", i,
                         r->names[i], first->names[i]);
     if (b->dtype == KILN_UNDEFINED)
       return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is missing; a batch needs a value in every record",
                         r->names[i]);
     int same = a->dtype == b->dtype && a->rank == b->rank;
-    for (int d = 0; same && d < a->rank; d++) same = a->dims[d] == b->dims[d];
+    if (same && a->rank) same = memcmp(a->dims, b->dims, (size_t)a->rank * sizeof a->dims[0]) == 0;
     if (!same) {
       char want[96], got[96];
       return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is %s where the batch's first record has %s", r->names[i],
@@ -86,6 +94,12 @@ static kiln_status stack(const kiln_record *rs, int64_t n, kiln_record *out) {
 
 static kiln_status batch_next(kx_stage *s, kiln_record *out, int *done) {
   batch_stage *b = (batch_stage *)s;
+  if (s->up->ops->next_batch) { /* the upstream builds the batch itself, without a record per row */
+    int ended = 0;
+    memset(out, 0, sizeof *out);
+    *done = 0;
+    return s->up->ops->next_batch(s->up, b->size, b->drop_remainder, out, done, &ended);
+  }
   int64_t n = 0;
   kiln_status st = NULL;
   while (n < b->size) {
@@ -118,7 +132,7 @@ static void batch_free(kx_stage *s) {
   free(s);
 }
 
-static const kx_stage_ops batch_ops = {"batch", batch_next, batch_reset, batch_free};
+static const kx_stage_ops batch_ops = {"batch", batch_next, batch_reset, batch_free, NULL};
 
 kiln_status kx_batch_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const char *where, kx_stage **out) {
   static const char *const keys[] = {"batch_size", "drop_remainder", NULL};

@@ -199,7 +199,7 @@ static void cache_free(kx_stage *s) {
   free(c);
 }
 
-static const kx_stage_ops cache_ops = {"cache", cache_next, cache_reset, cache_free};
+static const kx_stage_ops cache_ops = {"cache", cache_next, cache_reset, cache_free, NULL};
 
 kiln_status kx_cache_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const char *where, kx_stage **out) {
   static const char *const keys[] = {"filename", NULL};

@@ -6,6 +6,13 @@
  * into one record each (one allocation per row: tensors, values and string text) while the
  * consumer takes the previous batch's records, in file order, bad ones reported where they fall.
  *
+ * Batches (next_batch, when a batch stage follows): the read-ahead thread parses rows straight
+ * into the columns of the batch (or of a group of small batches, copied out by the consumer),
+ * plain rows in one pass with fast paths for common numbers, scanning the next chunk while the
+ * pool parses this one. A row that cannot join (bad, or with a missing value) is set aside and
+ * reported when the consumer takes the batch it falls before, exactly as the batch stage would
+ * report it, so batches, errors, counts and quarantine equal the record path's.
+ *
  * Types: a column's dtype comes from `columns`, else from the first infer_rows rows (read in a
  * pass of their own, then read again as records): int64 when every present value is an integer
  * in range, float (float32) when every one is a number, bool when every one is true/false (any
@@ -29,6 +36,14 @@
  * 1 KB each with 6 columns) are still in cache when the consumer takes and frees them. */
 #define BATCH_ROWS 2048
 #define MAX_COLUMNS 65536
+/* Batches of rows (or built batches) parsed ahead of the consumer: one parsed while the consumer
+ * takes the other. */
+#define SLOTS 2
+/* Built batches smaller than this are built several at a time (a group) so that each parallel
+ * parse has enough rows to be worth waking the pool for: the consumer copies each batch out. */
+#define GROUP_ROWS 8192
+/* ... and at most this many bytes of values per group (a wide file makes smaller groups). */
+#define GROUP_BYTES ((size_t)4 << 20)
 #define MAX_NA_VALUES 64
 
 /* ---------------------------------------------------------------- scanning rows */
@@ -40,7 +55,9 @@ typedef struct row {
   size_t len;
   int64_t offset; /* byte offset of its first byte in the file */
   int64_t index;  /* data row number */
+  int64_t next_offset; /* where the scan goes on after it: reading resumes there */
   int kind;
+  int quoted; /* it holds a quote */
 } row;
 
 /* Field-aware quote state: a quote opens a quoted field only at a field's start, as Python's csv
@@ -52,10 +69,17 @@ typedef struct scanner {
   const char *path;
   char delim;
   size_t max_line;
-  char *buf;
+  char *buf, *spare;    /* both of cap bytes (spare made when first needed) */
   size_t cap, pos, len; /* valid bytes buf[pos, len) */
   int64_t base;         /* file offset of buf[0] */
   int eof;
+  /* The first quote at or after buf[quote_from], or NULL when none before buf[len]: one search
+   * for quotes serves many rows of a file that has few. Reset when the buffer moves. */
+  const char *quote;
+  size_t quote_from;
+  int quote_known;
+  /* scan_rows stops at an over-long row, whose skipping would read more than once */
+  int ahead;
 } scanner;
 
 /* Advances the state machine over p..end; returns the newline that ends the row or NULL. */
@@ -91,21 +115,37 @@ found:
   return p;
 }
 
-/* The newline ending the row that starts at p, or NULL; *state says where an unfinished row is. */
-static const char *row_end(const char *p, const char *end, char delim, int *state) {
+/* The newline ending the row that starts at p (sc's buffer), or NULL; *state says where an
+ * unfinished row is, *quoted whether the row holds a quote. */
+static const char *row_end(scanner *sc, const char *p, const char *end, int *state, int *quoted) {
   const char *nl = memchr(p, '\n', (size_t)(end - p));
-  if (!memchr(p, '"', (size_t)((nl ? nl : end) - p))) {
+  if (!sc->quote_known || (size_t)(p - sc->buf) < sc->quote_from || (sc->quote && sc->quote < p)) {
+    sc->quote = memchr(p, '"', (size_t)(end - p));
+    sc->quote_from = (size_t)(p - sc->buf);
+    sc->quote_known = 1;
+  }
+  *quoted = sc->quote && sc->quote < (nl ? nl : end);
+  if (!*quoted) {
     *state = ST_UNQUOTED;
     return nl;
   }
   *state = ST_FIELD_START;
-  return scan_state(p, end, delim, state);
+  return scan_state(p, end, sc->delim, state);
 }
 
-/* Moves the unread bytes to the front and reads more. */
+/* Moves the unread bytes to the front of the spare buffer, which becomes the buffer, and reads
+ * more: rows scanned before a refill stay where they are until the next one, so one chunk can be
+ * parsed while the next is scanned (and read). */
 static kiln_status refill(scanner *sc) {
+  sc->quote_known = 0;
   if (sc->pos) {
-    memmove(sc->buf, sc->buf + sc->pos, sc->len - sc->pos);
+    /* made on the first refill: a file that fits one block never needs it */
+    if (!sc->spare && !(sc->spare = malloc(sc->cap)))
+      return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory for the read buffer", sc->path);
+    memcpy(sc->spare, sc->buf + sc->pos, sc->len - sc->pos);
+    char *old = sc->buf;
+    sc->buf = sc->spare;
+    sc->spare = old;
     sc->base += (int64_t)sc->pos;
     sc->len -= sc->pos;
     sc->pos = 0;
@@ -138,10 +178,11 @@ static kiln_status skip_row(scanner *sc, int state) {
  * buffer, so the buffer moves only while the batch is empty. *n stays 0 only at the end. */
 static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *index) {
   *n = 0;
+  int refilled = 0;
   while (*n < max) {
     const char *start = sc->buf + sc->pos, *end = sc->buf + sc->len;
-    int state;
-    const char *nl = start < end ? row_end(start, end, sc->delim, &state) : NULL;
+    int state, quoted = 0;
+    const char *nl = start < end ? row_end(sc, start, end, &state, &quoted) : NULL;
     size_t len;
     int kind = ROW_OK;
     if (nl) {
@@ -151,13 +192,18 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
       len = (size_t)(end - start);
       if (state == ST_QUOTED) kind = ROW_UNTERMINATED;
     } else if ((size_t)(end - start) > sc->max_line) {
-      if (*n) return NULL; /* hand out the rows before it first */
-      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, ROW_TOO_LONG};
+      if (*n || sc->ahead) return NULL; /* hand out the rows before it first */
+      rows[0] = (row){NULL, (size_t)(end - start), sc->base + (int64_t)sc->pos, (*index)++, 0, ROW_TOO_LONG, 1};
       *n = 1;
       sc->pos = sc->len;
-      return skip_row(sc, state);
+      kiln_status s = skip_row(sc, state);
+      rows[0].next_offset = sc->base + (int64_t)sc->pos;
+      return s;
     } else {
-      if (*n) return NULL;
+      /* the rows of one call lie in one buffer; scanning ahead, a second refill would reuse the
+       * buffer of the rows being parsed */
+      if (*n || (sc->ahead && refilled)) return NULL;
+      refilled = 1;
       kiln_status s = refill(sc);
       if (s) return s;
       continue;
@@ -167,7 +213,7 @@ static kiln_status scan_rows(scanner *sc, row *rows, int max, int *n, int64_t *i
     if (len && start[len - 1] == '\r' && kind == ROW_OK) len--;
     if (len == 0) continue; /* blank line */
     if (len > sc->max_line) kind = ROW_TOO_LONG;
-    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, kind};
+    rows[(*n)++] = (row){kind == ROW_TOO_LONG ? NULL : start, len, offset, (*index)++, sc->base + (int64_t)sc->pos, kind, quoted};
   }
   return NULL;
 }
@@ -176,6 +222,7 @@ static kiln_status scanner_seek(scanner *sc, int64_t offset) {
   if (fseeko(sc->f, (off_t)offset, SEEK_SET) != 0)
     return kiln_error(KILN_IO, "%s: cannot seek: %s", sc->path, strerror(errno));
   sc->pos = sc->len = 0;
+  sc->quote_known = 0;
   sc->base = offset;
   sc->eof = 0;
   return NULL;
@@ -271,8 +318,29 @@ static int parse_integer(const char *p, size_t len, kiln_dtype dtype, int64_t *o
 
 enum { SLOT_FREE, SLOT_READY };
 
+/* A row that cannot join a fused batch, reported when the consumer takes the batch: a bad CSV
+ * row (kx_bad_record with its text) or one with a missing value (kx_bad_parsed_record with its
+ * record, as the batch stage reports it). */
+typedef struct fused_bad {
+  kiln_status why;
+  kiln_record record; /* missing: the row as the record path reads it */
+  int missing;
+  char *raw; /* a bad row's text (NULL when too long to keep) */
+  size_t raw_len;
+  int64_t index, offset, next_offset;
+  int64_t seq;          /* rows the group's scan read before this one */
+  int64_t goods_before; /* rows of the group that joined before it */
+} fused_bad;
+
+/* Where a fused batch keeps a string column's value before the batch is complete: text offsets,
+ * since the text buffer grows while the batch fills. */
+typedef struct str_ref {
+  size_t off, len;
+} str_ref;
+
 /* Parsed rows waiting for the consumer. Bad rows keep a copy of their text (the scanner's buffer
- * moves on while the batch waits). */
+ * moves on while the batch waits). In columnar mode (next_batch) a slot holds instead one whole
+ * batch, its columns parsed in place, and the rows that could not join it. */
 typedef struct batch {
   row rows[BATCH_ROWS];
   kiln_record records[BATCH_ROWS];
@@ -282,7 +350,32 @@ typedef struct batch {
   int state;         /* SLOT_FREE or SLOT_READY; guarded by the stage's mu */
   int end;           /* no batch follows this one */
   kiln_status fatal; /* an I/O error after this batch's rows */
+  /* columnar mode */
+  uint8_t kind[BATCH_ROWS]; /* per scanned row: ROW_JOINS, ROW_BAD, ROW_MISSING */
+  size_t text_at[BATCH_ROWS]; /* where each scanned row's string text goes in `text` */
+  kiln_record out;            /* the batch: count 0 when no row joined */
+  char **cols;                /* each numeric column's values in out's block */
+  str_ref *refs;              /* [string column][size] */
+  size_t refs_cap;
+  char *text;
+  size_t text_len, text_cap;
+  fused_bad *bad;
+  int64_t n_bad, bad_cap;
+  int64_t good, scanned; /* rows in the batch; rows read for it */
+  int64_t end_offset, end_index; /* where the scan stood after the batch */
+  int consumed;                  /* the last batch was taken: later calls end */
+  int fused_whole;               /* the group is one batch, built in `out` */
+  /* a group of batches: each one's first row and the scan count at its last row */
+  int64_t *first_index, *first_offset, *last_seq;
+  int64_t *after_offset, *after_index; /* where reading resumes after each batch */
+  int64_t group_cap;
+  char *stage; /* a group's numeric columns (the batch's own block when the group is one batch) */
+  size_t stage_cap;
+  int64_t taken, counted, report_at; /* batches handed out, rows counted, reports made */
+  const row *crow;               /* the chunk being parsed: rows[] or one of the stage's ahead[] */
 } batch;
+
+enum { ROW_JOINS, ROW_BAD, ROW_MISSING };
 
 typedef struct csv_stage {
   kx_stage base;
@@ -296,10 +389,24 @@ typedef struct csv_stage {
   size_t *na_len;
   int n_na;
   size_t na_max_len;
+  uint8_t na_first[256]; /* whether a non-empty missing-value spelling starts with this byte */
+  size_t *sizes;         /* per column: its dtype's size */
   int64_t next_index; /* the scanner's next data row number (read-ahead thread only) */
+  /* What the read-ahead thread makes: records (next) or whole batches of fused_size (next_batch).
+   * A consumer that changes its mind restarts the scan after the last row it took. */
+  int columnar;
+  int64_t fused_size;
+  int64_t fused_rows; /* rows per group: a multiple of fused_size */
+  int nstr; /* string columns */
+  int *str_at; /* per column: its index among the string columns, -1 for others */
+  int64_t resume_offset, resume_index;
+  /* Rows scanned ahead (columnar mode) while the previous ones were parsed: the next chunk's. */
+  row ahead[2][BATCH_ROWS];
+  int n_ahead, ahead_at, ahead_in; /* unparsed rows: ahead[ahead_in][ahead_at...] */
+  kiln_status ahead_error;         /* where scanning ahead stopped, after those rows */
   /* Two batches: the read-ahead thread scans and parses one while the consumer takes the
    * records of the other, so on two cores parsing overlaps whatever the consumer does. */
-  batch slots[2];
+  batch slots[SLOTS];
   int consume_at, produce_at;
   pthread_t thread;
   int running; /* the thread was started and not yet joined */
@@ -315,18 +422,11 @@ static int is_missing(const csv_stage *s, const char *p, size_t len) {
   return 0;
 }
 
-/* Writes one field into the record's value `v` (slot: 8 bytes; text: where string text goes). */
-static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln_tensor *v, void *slot, char **text) {
-  kiln_dtype t = s->dtypes[col];
-  if (is_missing(s, f->p, f->len)) return NULL; /* stays KILN_UNDEFINED */
+/* Parses a present, non-string field of dtype t into slot (the dtype's size); non-zero when it is
+ * not a valid t. */
+static int parse_number(kiln_dtype t, const field *f, void *slot) {
   int bad = 0;
   switch (t) {
-  case KILN_STRING:
-    memcpy(*text, f->p, f->len);
-    (*text)[f->len] = '\0';
-    *(char **)slot = *text;
-    *text += f->len + 1;
-    break;
   case KILN_BOOL: bad = parse_bool(f->p, f->len, slot); break;
   case KILN_FLOAT:
   case KILN_DOUBLE:
@@ -349,6 +449,22 @@ static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln
     }
     break;
   }
+  }
+  return bad;
+}
+
+/* Writes one field into the record's value `v` (slot: 8 bytes; text: where string text goes). */
+static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln_tensor *v, void *slot, char **text) {
+  kiln_dtype t = s->dtypes[col];
+  if (is_missing(s, f->p, f->len)) return NULL; /* stays KILN_UNDEFINED */
+  int bad = 0;
+  if (t == KILN_STRING) {
+    memcpy(*text, f->p, f->len);
+    (*text)[f->len] = '\0';
+    *(char **)slot = *text;
+    *text += f->len + 1;
+  } else {
+    bad = parse_number(t, f, slot);
   }
   if (bad) {
     int shown = f->len > 64 ? 64 : (int)f->len;
@@ -415,12 +531,456 @@ static void parse_range(void *arg, int64_t begin, int64_t end) {
   free(scratch);
 }
 
+
+/* ---------------------------------------------------------------- batches built in place */
+
+typedef struct fused_job {
+  csv_stage *s;
+  batch *b;
+  int64_t at;     /* the batch position of the chunk's first row */
+  int scan_ahead; /* item 0 scans the next chunk's rows (without reading) */
+} fused_job;
+
+/* Puts a string field at batch position pos. */
+static void put_string(const csv_stage *s, batch *b, int col, int64_t pos, const char *p, size_t len, char **text) {
+  memcpy(*text, p, len);
+  (*text)[len] = '\0';
+  b->refs[(size_t)s->str_at[col] * (size_t)s->fused_rows + (size_t)pos] = (str_ref){(size_t)(*text - b->text), len};
+  *text += len + 1;
+}
+
+/* Parses a row straight into the batch's columns at position pos; non-zero when the row cannot
+ * join (a bad row or a missing value: the record path then says which). */
+static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields, char *scratch, int64_t pos,
+                     char **text_at) {
+  int n;
+  split_fields(rw->p, rw->len, s->sc.delim, fields, s->ncols, &n, scratch);
+  if (n != s->ncols) return -1;
+  char *text = *text_at;
+  for (int c = 0; c < n; c++) {
+    const field *f = &fields[c];
+    if (is_missing(s, f->p, f->len)) return -1;
+    kiln_dtype t = s->dtypes[c];
+    if (t == KILN_STRING) put_string(s, b, c, pos, f->p, f->len, &text);
+    else if (parse_number(t, f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
+  }
+  *text_at = text;
+  return 0;
+}
+
+/* 10^0 .. 10^22: exact as doubles. */
+static const double exact_tens[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* Fast paths for the common spellings of numbers: [-]digits (up to 18) for integers,
+ * [-]digits[.digits] (up to 19 digits, a mantissa up to 2^53) for floats. They give the values the
+ * general parsers give (the float one kx_parse_double's exact path: mantissa / 10^fraction
+ * digits, rounded once); anything else (signs, spaces, exponents, long numbers, words) goes to
+ * those. Each returns where the number ends, or NULL. */
+static const char *fast_int64(const char *p, const char *end, int64_t *out) {
+  int negative = p < end && *p == '-';
+  const char *q = p + negative, *digits = q;
+  uint64_t v = 0;
+  while (q < end && (unsigned)(*q - '0') < 10 && q - digits < 18) v = v * 10 + (uint64_t)(*q++ - '0');
+  if (q == digits) return NULL;
+  *out = negative ? -(int64_t)v : (int64_t)v;
+  return q;
+}
+
+static const char *fast_double(const char *p, const char *end, double *out) {
+  int negative = p < end && *p == '-';
+  const char *q = p + negative, *digits = q;
+  uint64_t mantissa = 0;
+  while (q < end && (unsigned)(*q - '0') < 10) mantissa = mantissa * 10 + (uint64_t)(*q++ - '0');
+  size_t n_int = (size_t)(q - digits), n_frac = 0;
+  if (q < end && *q == '.') {
+    const char *frac = ++q;
+    while (q < end && (unsigned)(*q - '0') < 10) mantissa = mantissa * 10 + (uint64_t)(*q++ - '0');
+    n_frac = (size_t)(q - frac);
+  }
+  if (n_int + n_frac == 0 || n_int + n_frac > 19 || n_frac > 22 || mantissa > (1ull << 53)) return NULL;
+  double v = (double)mantissa;
+  v = n_frac ? v / exact_tens[n_frac] : v;
+  *out = negative ? -v : v;
+  return q;
+}
+
+/* fused_row for a row without quotes: numbers are parsed where they stand, fields split as they
+ * are read. */
+static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t pos, char **text_at) {
+  const char *p = rw->p, *end = p + rw->len;
+  const char delim = s->sc.delim;
+  char *text = *text_at;
+  for (int c = 0; c < s->ncols; c++) {
+    kiln_dtype t = s->dtypes[c];
+    const char *q = NULL;
+    if (t == KILN_FLOAT || t == KILN_DOUBLE) {
+      double d;
+      if ((q = fast_double(p, end, &d)) && (q == end || *q == delim)) {
+        if (t == KILN_FLOAT) ((float *)(void *)b->cols[c])[pos] = (float)d;
+        else ((double *)(void *)b->cols[c])[pos] = d;
+      } else {
+        q = NULL;
+      }
+    } else if (t == KILN_INT64) {
+      int64_t v;
+      if ((q = fast_int64(p, end, &v)) && (q == end || *q == delim)) ((int64_t *)(void *)b->cols[c])[pos] = v;
+      else q = NULL;
+    }
+    if (q) { /* a number: it is missing only if a missing-value spelling looks like it */
+      if ((size_t)(q - p) <= s->na_max_len && s->na_first[(uint8_t)*p] && is_missing(s, p, (size_t)(q - p)))
+        return -1;
+    } else {
+      q = memchr(p, delim, (size_t)(end - p));
+      if (!q) q = end;
+      field f = {p, (size_t)(q - p)};
+      if (is_missing(s, f.p, f.len)) return -1;
+      if (t == KILN_STRING) put_string(s, b, c, pos, f.p, f.len, &text);
+      else if (parse_number(t, &f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
+    }
+    if (q == end) {
+      if (c != s->ncols - 1) return -1; /* too few fields */
+      *text_at = text;
+      return 0;
+    }
+    p = q + 1;
+  }
+  return -1; /* too many fields */
+}
+
+static void fused_range(void *arg, int64_t begin, int64_t end) {
+  const fused_job *job = arg;
+  batch *b = job->b;
+  if (job->scan_ahead) {
+    if (begin == 0) { /* the scan overlaps the parse instead of leaving the other threads idle */
+      csv_stage *w = job->s;
+      /* The chunk may be ahead[ahead_in]'s rows: scan into the other. A refill here keeps the
+       * chunk's buffer (the scan reads into the spare one): the chunk's rows are all in one. */
+      w->sc.ahead = 1;
+      w->ahead_in ^= 1;
+      w->ahead_error = scan_rows(&w->sc, w->ahead[w->ahead_in], BATCH_ROWS, &w->n_ahead, &w->next_index);
+      w->sc.ahead = 0;
+      w->ahead_at = 0;
+      begin++;
+    }
+    begin--;
+    end--;
+  }
+  const csv_stage *s = job->s;
+  size_t longest = 0;
+  for (int64_t i = begin; i < end; i++)
+    if (b->crow[i].p && b->crow[i].len > longest) longest = b->crow[i].len;
+  field *fields = malloc(sizeof *fields * (size_t)(s->ncols ? s->ncols : 1));
+  char *scratch = malloc(longest + 1);
+  /* The range's string text goes one after the other from its first row's place (each row has
+   * room for its length: text is never longer than the row). */
+  char *text = s->nstr && begin < end ? b->text + b->text_at[begin] : NULL;
+  for (int64_t i = begin; i < end; i++) {
+    const row *rw = &b->crow[i];
+    int64_t pos = job->at + i;
+    b->kind[i] = ROW_JOINS;
+    b->errors[i] = NULL;
+    b->raw[i] = NULL;
+    if (rw->kind == ROW_OK && !rw->quoted && fused_plain_row(s, b, rw, pos, &text) == 0) continue;
+    if (fields && scratch && rw->kind == ROW_OK && rw->quoted && fused_row(s, b, rw, fields, scratch, pos, &text) == 0)
+      continue;
+    /* The slow path reads the row exactly as the record path does, so messages and the
+     * quarantined record are the same. */
+    kiln_record r;
+    kiln_status st = !fields || !scratch ? kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory parsing a CSV row")
+                                         : parse_row(s, rw, fields, scratch, &r);
+    if (st) {
+      b->kind[i] = ROW_BAD;
+      b->errors[i] = st;
+      if (rw->p && rw->len <= 4096 && (b->raw[i] = malloc(rw->len + 1))) memcpy(b->raw[i], rw->p, rw->len);
+      continue;
+    }
+    int missing = 0;
+    while (missing < r.count && r.values[missing].dtype != KILN_UNDEFINED) missing++;
+    if (missing < r.count) {
+      b->kind[i] = ROW_MISSING;
+      b->records[i] = r;
+      b->errors[i] = kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' is missing; a batch needs a value in every record",
+                                r.names[missing]);
+      continue;
+    }
+    /* the fast path refused a row the record path reads: take its values */
+    for (int c = 0; c < r.count; c++) {
+      kiln_dtype t = s->dtypes[c];
+      if (t == KILN_STRING) {
+        const char *v = *(char *const *)r.values[c].data;
+        put_string(s, b, c, pos, v, strlen(v), &text);
+      } else {
+        memcpy(b->cols[c] + (size_t)pos * kiln_dtype_size(t), r.values[c].data, kiln_dtype_size(t));
+      }
+    }
+    kiln_record_release(&r);
+  }
+  free(fields);
+  free(scratch);
+}
+
+static kiln_status fused_oom(const csv_stage *s) {
+  return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory building a batch", s->path);
+}
+
+/* Moves the rows of a chunk that cannot join out of the batch (into b->bad, in order) and closes
+ * the gaps they leave; returns the rows that joined. */
+static kiln_status fused_sort_chunk(const csv_stage *s, batch *b, int m, int64_t *joined) {
+  int64_t w = b->good;
+  for (int i = 0; i < m; i++) {
+    int64_t pos = b->good + i;
+    if (b->kind[i] == ROW_JOINS) {
+      if (w != pos) {
+        for (int c = 0; c < s->ncols; c++) {
+          if (s->dtypes[c] == KILN_STRING) {
+            str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_rows;
+            col[w] = col[pos];
+          } else {
+            size_t each = kiln_dtype_size(s->dtypes[c]);
+            memcpy(b->cols[c] + (size_t)w * each, b->cols[c] + (size_t)pos * each, each);
+          }
+        }
+      }
+      int64_t k = w / s->fused_size;
+      if (w % s->fused_size == 0) {
+        b->first_index[k] = b->crow[i].index;
+        b->first_offset[k] = b->crow[i].offset;
+      }
+      b->last_seq[k] = b->scanned + i;
+      b->after_offset[k] = b->crow[i].next_offset;
+      b->after_index[k] = b->crow[i].index + 1;
+      w++;
+      continue;
+    }
+    if (b->n_bad == b->bad_cap) {
+      int64_t cap = b->bad_cap ? 2 * b->bad_cap : 16;
+      fused_bad *more = realloc(b->bad, (size_t)cap * sizeof *more);
+      if (!more) {
+        for (int j = i; j < m; j++) { /* the rows not yet handed over */
+          kiln_status_free(b->errors[j]);
+          if (b->kind[j] == ROW_MISSING) kiln_record_release(&b->records[j]);
+          free(b->raw[j]);
+          b->errors[j] = NULL;
+          b->raw[j] = NULL;
+        }
+        return fused_oom(s);
+      }
+      b->bad = more;
+      b->bad_cap = cap;
+    }
+    const row *rw = &b->crow[i];
+    fused_bad *f = &b->bad[b->n_bad++];
+    memset(f, 0, sizeof *f);
+    f->why = b->errors[i];
+    f->missing = b->kind[i] == ROW_MISSING;
+    if (f->missing) f->record = b->records[i];
+    f->raw = b->raw[i];
+    f->raw_len = rw->len;
+    f->index = rw->index;
+    f->offset = rw->offset;
+    f->next_offset = rw->next_offset;
+    f->seq = b->scanned + i;
+    f->goods_before = w;
+    b->errors[i] = NULL;
+    b->raw[i] = NULL;
+  }
+  *joined = w - b->good;
+  return NULL;
+}
+
+/* Makes out (initialized, numeric values set) batch k of the group, rows [first, first + n): shapes,
+ * provenance, and the string columns in blocks of their own, [pointers][text]. */
+static kiln_status fused_finish(const csv_stage *s, const batch *b, int64_t k, int64_t first, int64_t n,
+                                kiln_record *out) {
+  out->source = s->path;
+  out->index = b->first_index[k];
+  out->offset = b->first_offset[k];
+  for (int c = 0; c < s->ncols; c++) {
+    kiln_tensor *t = &out->values[c];
+    void *data = t->data;
+    kiln_status st = kiln_tensor_set_shape(t, s->dtypes[c], 1, &n);
+    t->data = data;
+    if (st) return st;
+    if (s->dtypes[c] != KILN_STRING) continue;
+    const str_ref *col = b->refs + (size_t)s->str_at[c] * (size_t)s->fused_rows + first;
+    size_t text = 0;
+    for (int64_t r = 0; r < n; r++) text += col[r].len + 1;
+    /* data != owner: the strings live in the owner's block and are freed with it */
+    char *block = malloc(64 + (size_t)n * sizeof(char *) + text);
+    if (!block) return fused_oom(s);
+    char **ptrs = (char **)(void *)(block + 64);
+    char *at = block + 64 + (size_t)n * sizeof(char *);
+    for (int64_t r = 0; r < n; r++) {
+      memcpy(at, b->text + col[r].off, col[r].len + 1);
+      ptrs[r] = at;
+      at += col[r].len + 1;
+    }
+    t->data = ptrs;
+    t->owner = block;
+  }
+  return NULL;
+}
+
+/* Batch k of a group of several: its values copied out of the group's columns. */
+static kiln_status fused_copy_out(const csv_stage *s, const batch *b, int64_t k, int64_t n, kiln_record *out) {
+  int64_t first = k * s->fused_size;
+  size_t bytes = 0;
+  for (int c = 0; c < s->ncols; c++)
+    if (s->dtypes[c] != KILN_STRING) bytes += (s->sizes[c] * (size_t)n + 63) / 64 * 64;
+  char *data;
+  kiln_status st = kiln_record_init(out, (const char *const *)s->names, s->ncols, bytes, (void **)&data);
+  if (st) return st;
+  for (int c = 0; c < s->ncols; c++) {
+    if (s->dtypes[c] == KILN_STRING) continue;
+    memcpy(data, b->cols[c] + (size_t)first * s->sizes[c], (size_t)n * s->sizes[c]);
+    out->values[c].data = data;
+    data += (s->sizes[c] * (size_t)n + 63) / 64 * 64;
+  }
+  if ((st = fused_finish(s, b, k, first, n, out))) kiln_record_release(out);
+  return st;
+}
+
+/* Reads the next group of fused_rows rows into slot b (the read-ahead thread). *end: the file
+ * ended before the group filled. */
+static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
+  int64_t size = s->fused_rows;
+  int64_t group = s->fused_rows / s->fused_size;
+  *end = 0;
+  b->fused_whole = group == 1;
+  b->good = b->scanned = b->n_bad = 0;
+  b->taken = b->counted = b->report_at = 0;
+  if (group > b->group_cap) {
+    free(b->first_index);
+    free(b->first_offset);
+    free(b->last_seq);
+    free(b->after_offset);
+    free(b->after_index);
+    b->first_index = malloc(sizeof(int64_t) * (size_t)group);
+    b->first_offset = malloc(sizeof(int64_t) * (size_t)group);
+    b->last_seq = malloc(sizeof(int64_t) * (size_t)group);
+    b->after_offset = malloc(sizeof(int64_t) * (size_t)group);
+    b->after_index = malloc(sizeof(int64_t) * (size_t)group);
+    b->group_cap = b->first_index && b->first_offset && b->last_seq && b->after_offset && b->after_index ? group : 0;
+    if (!b->group_cap) return fused_oom(s);
+  }
+  b->text_len = 0;
+  b->end_offset = s->sc.base + (int64_t)s->sc.pos;
+  b->end_index = s->next_index;
+  if (!b->cols && !(b->cols = calloc((size_t)(s->ncols ? s->ncols : 1), sizeof *b->cols))) return fused_oom(s);
+  size_t need = (size_t)s->nstr * (size_t)size;
+  if (need > b->refs_cap) {
+    free(b->refs);
+    if (!(b->refs = malloc(need * sizeof *b->refs))) {
+      b->refs_cap = 0;
+      return fused_oom(s);
+    }
+    b->refs_cap = need;
+  }
+  size_t bytes = 0;
+  for (int c = 0; c < s->ncols; c++)
+    if (s->dtypes[c] != KILN_STRING) bytes += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
+  char *data;
+  kiln_status st = NULL;
+  if (group == 1) { /* the group is the batch: parse into its own block */
+    if ((st = kiln_record_init(&b->out, (const char *const *)s->names, s->ncols, bytes, (void **)&data))) return st;
+  } else {
+    if (bytes > b->stage_cap) {
+      free(b->stage);
+      b->stage_cap = 0;
+      if (!(b->stage = aligned_alloc(64, bytes))) return fused_oom(s);
+      b->stage_cap = bytes;
+    }
+    data = b->stage;
+  }
+  for (int c = 0; c < s->ncols; c++) {
+    b->cols[c] = NULL;
+    if (s->dtypes[c] == KILN_STRING) continue;
+    b->cols[c] = data;
+    data += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
+  }
+  /* Everything a parse thread touches is sized before the parse: the join is the barrier. */
+  int threads = s->base.ctx->threads > 0 ? s->base.ctx->threads : 1;
+  while (!st && b->good < size) {
+    int m = 0;
+    int64_t want = size - b->good < BATCH_ROWS ? size - b->good : BATCH_ROWS;
+    kiln_status scan = NULL;
+    if (s->n_ahead) {
+      m = s->n_ahead < want ? s->n_ahead : (int)want;
+      b->crow = s->ahead[s->ahead_in] + s->ahead_at;
+      s->ahead_at += m;
+      s->n_ahead -= m;
+    } else if (s->ahead_error) {
+      scan = s->ahead_error;
+      s->ahead_error = NULL;
+    } else { /* the buffer may move: no row points into it now */
+      scan = scan_rows(&s->sc, b->rows, (int)want, &m, &s->next_index);
+      b->crow = b->rows;
+    }
+    if (m == 0) {
+      st = scan;
+      *end = 1;
+      break;
+    }
+    size_t text = b->text_len;
+    for (int i = 0; i < m; i++) {
+      b->text_at[i] = text;
+      if (s->nstr) text += (b->crow[i].p ? b->crow[i].len : 0) + (size_t)s->nstr;
+    }
+    if (text > b->text_cap) {
+      size_t cap = b->text_cap ? b->text_cap : 1 << 16;
+      while (cap < text) cap *= 2;
+      char *more = realloc(b->text, cap);
+      if (!more) {
+        kiln_status_free(scan);
+        st = fused_oom(s);
+        break;
+      }
+      b->text = more;
+      b->text_cap = cap;
+    }
+    /* scanning ahead needs a free ahead[] and a chunk worth sharing: a single row is a blank
+     * row's or a long one's, and the file's end has nothing ahead */
+    fused_job job = {s, b, b->good, !s->n_ahead && !scan && m > 1 && threads > 1};
+    kiln_parallel_for(s->base.ctx->pool, threads, m + job.scan_ahead, 50.0 * (double)(b->crow[0].len + 1),
+                      fused_range, &job);
+    b->text_len = text;
+    int64_t joined = 0;
+    st = fused_sort_chunk(s, b, m, &joined);
+    b->good += joined;
+    b->scanned += m;
+    b->end_offset = b->crow[m - 1].next_offset;
+    b->end_index = b->crow[m - 1].index + 1;
+    if (scan) {
+      if (st) kiln_status_free(st);
+      st = scan;
+      *end = 1;
+    }
+  }
+  if (group == 1) {
+    if (!st && b->good) {
+      for (int c = 0; c < s->ncols; c++) b->out.values[c].data = b->cols[c];
+      st = fused_finish(s, b, 0, 0, b->good, &b->out);
+    }
+    if (st || !b->good) kiln_record_release(&b->out);
+  }
+  return st;
+}
+
 static void drop_batch(batch *b) {
   for (int i = b->next; i < b->n; i++) {
     if (b->errors[i]) kiln_status_free(b->errors[i]);
     else kiln_record_release(&b->records[i]);
     free(b->raw[i]);
   }
+  for (int64_t i = 0; i < b->n_bad; i++) {
+    kiln_status_free(b->bad[i].why);
+    if (b->bad[i].missing) kiln_record_release(&b->bad[i].record);
+    free(b->bad[i].raw);
+  }
+  b->n_bad = 0;
+  kiln_record_release(&b->out);
+  b->consumed = 0;
   if (b->fatal) kiln_status_free(b->fatal);
   b->n = b->next = b->end = 0;
   b->fatal = NULL;
@@ -437,8 +997,13 @@ static void *read_ahead(void *arg) {
     int stop = s->stop;
     pthread_mutex_unlock(&s->mu);
     if (stop) return NULL;
-    int n = 0;
-    kiln_status st = scan_rows(&s->sc, b->rows, BATCH_ROWS, &n, &s->next_index);
+    int n = 0, end = 0;
+    kiln_status st;
+    if (s->columnar) {
+      st = fused_fill(s, b, &end);
+    } else if (!(st = scan_rows(&s->sc, b->rows, BATCH_ROWS, &n, &s->next_index)) && n == 0) {
+      end = 1;
+    }
     if (n) {
       parse_job job = {s, b};
       /* ~50 operations per byte of a row: worth splitting from a few hundred rows up. One thread
@@ -450,12 +1015,12 @@ static void *read_ahead(void *arg) {
     b->n = n;
     b->next = 0;
     b->fatal = st;
-    b->end = st || n == 0;
+    b->end = st || end;
     b->state = SLOT_READY;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     if (b->end) return NULL;
-    s->produce_at ^= 1;
+    s->produce_at = (s->produce_at + 1) % SLOTS;
   }
 }
 
@@ -470,20 +1035,49 @@ static void stop_read_ahead(csv_stage *s) {
     s->running = 0;
     s->stop = 0;
   }
-  drop_batch(&s->slots[0]);
-  drop_batch(&s->slots[1]);
+  for (int k = 0; k < SLOTS; k++) drop_batch(&s->slots[k]);
+  s->n_ahead = s->ahead_at = 0; /* the scan is restarted from a known row */
+  kiln_status_free(s->ahead_error);
+  s->ahead_error = NULL;
   s->consume_at = s->produce_at = 0;
+}
+
+/* Starts the read-ahead thread making records (columnar 0) or batches of `size` rows, unless it
+ * already does; a thread making the other kind is stopped and the scan restarts after the last
+ * row the consumer took. */
+static kiln_status start_read_ahead(csv_stage *s, int columnar, int64_t size) {
+  int started = s->running;
+  for (int k = 0; k < SLOTS; k++) started |= s->slots[k].state != SLOT_FREE;
+  if (started && (s->columnar != columnar || (columnar && s->fused_size != size))) {
+    stop_read_ahead(s);
+    s->next_index = s->resume_index;
+    kiln_status st = scanner_seek(&s->sc, s->resume_offset);
+    if (st) return st;
+    started = 0;
+  }
+  if (started) return NULL;
+  s->columnar = columnar;
+  s->fused_size = size;
+  s->fused_rows = size; /* size 0: records */
+  if (size > 0 && size < GROUP_ROWS) {
+    size_t row_bytes = 1;
+    for (int c = 0; c < s->ncols; c++) row_bytes += s->dtypes[c] == KILN_STRING ? sizeof(str_ref) : s->sizes[c];
+    int64_t group = GROUP_ROWS / size;
+    if ((size_t)group * (size_t)size * row_bytes > GROUP_BYTES) group = (int64_t)(GROUP_BYTES / row_bytes) / size;
+    s->fused_rows = (group > 1 ? group : 1) * size;
+  }
+  if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
+  s->running = 1;
+  return NULL;
 }
 
 static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
   csv_stage *s = (csv_stage *)base;
   memset(out, 0, sizeof *out);
   *done = 0;
-  if (!s->running && s->slots[0].state == SLOT_FREE && s->slots[1].state == SLOT_FREE) {
-    if (pthread_create(&s->thread, NULL, read_ahead, s) != 0)
-      return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: cannot start the CSV read-ahead thread", s->path);
-    s->running = 1;
-  }
+  kiln_status started = start_read_ahead(s, 0, 0);
+  if (started) return started;
   for (;;) {
     batch *b = &s->slots[s->consume_at];
     pthread_mutex_lock(&s->mu);
@@ -501,11 +1095,13 @@ static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
       b->state = SLOT_FREE;
       pthread_cond_broadcast(&s->cv);
       pthread_mutex_unlock(&s->mu);
-      s->consume_at ^= 1;
+      s->consume_at = (s->consume_at + 1) % SLOTS;
       continue;
     }
     int i = b->next++;
     atomic_fetch_add(&s->base.ctx->read, 1);
+    s->resume_offset = b->rows[i].next_offset;
+    s->resume_index = b->rows[i].index + 1;
     if (!b->errors[i]) {
       *out = b->records[i];
       return NULL;
@@ -521,10 +1117,103 @@ static kiln_status csv_next(kx_stage *base, kiln_record *out, int *done) {
   }
 }
 
+/* Hands the slot back to the read-ahead thread. */
+static void fused_release_slot(csv_stage *s, batch *b) {
+  pthread_mutex_lock(&s->mu);
+  b->state = SLOT_FREE;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  s->consume_at = (s->consume_at + 1) % SLOTS;
+}
+
+/* Takes the next batch of the group the read-ahead thread built: first reports, in order, the rows
+ * before its last one that could not join, counting every row read up to there, then hands it out
+ * as the batch stage would have made it. */
+static kiln_status csv_next_batch(kx_stage *base, int64_t size, int drop_remainder, kiln_record *out, int *done,
+                                  int *ended) {
+  csv_stage *s = (csv_stage *)base;
+  kx_data_ctx *ctx = s->base.ctx;
+  memset(out, 0, sizeof *out);
+  *done = *ended = 0;
+  kiln_status st = start_read_ahead(s, 1, size);
+  if (st) return st;
+  batch *b = &s->slots[s->consume_at];
+  pthread_mutex_lock(&s->mu);
+  while (b->state != SLOT_READY) pthread_cond_wait(&s->cv, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+  if (b->consumed) { /* after the end */
+    *done = *ended = 1;
+    return NULL;
+  }
+  int64_t batches = (b->good + size - 1) / size, k = b->taken;
+  /* the rows before batch k's last one; at the end (k == batches, or k partial) all the rest */
+  while (b->report_at < b->n_bad && b->bad[b->report_at].goods_before < (k + 1) * size) {
+    fused_bad *f = &b->bad[b->report_at++];
+    atomic_fetch_add(&ctx->read, f->seq + 1 - b->counted);
+    b->counted = f->seq + 1;
+    kiln_status why = f->why;
+    f->why = NULL;
+    if (f->missing) st = kx_bad_parsed_record(ctx, &f->record, why);
+    else st = kx_bad_record(ctx, s->path, f->index, f->offset, f->raw, f->raw ? f->raw_len : 0, why);
+    kiln_record_release(&f->record);
+    f->missing = 0;
+    free(f->raw);
+    f->raw = NULL;
+    if (st) {
+      /* as after the batch stage's error: the next call starts after this row */
+      s->resume_offset = f->next_offset;
+      s->resume_index = f->index + 1;
+      stop_read_ahead(s);
+      s->next_index = s->resume_index;
+      kiln_status seek = scanner_seek(&s->sc, s->resume_offset);
+      if (seek) kiln_status_free(seek); /* the next call reports it again */
+      return st;
+    }
+  }
+  int64_t n = k < batches ? (b->good - k * size < size ? b->good - k * size : size) : 0;
+  if (n == size) { /* a full batch: the rows after it are the next call's */
+    atomic_fetch_add(&ctx->read, b->last_seq[k] + 1 - b->counted);
+    b->counted = b->last_seq[k] + 1;
+    if (b->fused_whole) {
+      *out = b->out;
+      memset(&b->out, 0, sizeof b->out);
+    } else if ((st = fused_copy_out(s, b, k, n, out))) {
+      return st;
+    }
+    b->taken++;
+    s->resume_offset = b->after_offset[k];
+    s->resume_index = b->after_index[k];
+    if (k == batches - 1 && !b->end) fused_release_slot(s, b);
+    return NULL;
+  }
+  /* the end: a last, partial batch or none */
+  atomic_fetch_add(&ctx->read, b->scanned - b->counted);
+  b->counted = b->scanned;
+  s->resume_offset = b->end_offset;
+  s->resume_index = b->end_index;
+  kiln_status fatal = b->fatal;
+  b->fatal = NULL;
+  if (!fatal && n && !drop_remainder) {
+    if (b->fused_whole) {
+      *out = b->out;
+      memset(&b->out, 0, sizeof b->out);
+    } else if ((st = fused_copy_out(s, b, k, n, out))) {
+      return st;
+    }
+  }
+  b->taken = batches;
+  b->consumed = 1; /* the slot stays ready: later calls end at once */
+  *ended = !fatal;
+  *done = !fatal && !out->block;
+  return fatal;
+}
+
 static kiln_status csv_reset(kx_stage *base, int64_t epoch) {
   csv_stage *s = (csv_stage *)base;
   stop_read_ahead(s);
   s->next_index = 0;
+  s->resume_offset = s->data_start;
+  s->resume_index = 0;
   return scanner_seek(&s->sc, s->data_start);
 }
 
@@ -535,6 +1224,21 @@ static void csv_free(kx_stage *base) {
   pthread_cond_destroy(&s->cv);
   if (s->sc.f) fclose(s->sc.f);
   free(s->sc.buf);
+  free(s->sc.spare);
+  for (int k = 0; k < SLOTS; k++) {
+    free(s->slots[k].cols);
+    free(s->slots[k].refs);
+    free(s->slots[k].text);
+    free(s->slots[k].bad);
+    free(s->slots[k].first_index);
+    free(s->slots[k].first_offset);
+    free(s->slots[k].last_seq);
+    free(s->slots[k].after_offset);
+    free(s->slots[k].after_index);
+    free(s->slots[k].stage);
+  }
+  free(s->str_at);
+  free(s->sizes);
   for (int i = 0; s->names && i < s->ncols; i++) free(s->names[i]);
   free(s->names);
   free(s->dtypes);
@@ -545,7 +1249,7 @@ static void csv_free(kx_stage *base) {
   free(s);
 }
 
-static const kx_stage_ops csv_ops = {"csv", csv_next, csv_reset, csv_free};
+static const kx_stage_ops csv_ops = {"csv", csv_next, csv_reset, csv_free, csv_next_batch};
 
 static kiln_status oom(void) { return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory opening a CSV file"); }
 
@@ -569,6 +1273,7 @@ static kiln_status read_na_values(csv_stage *s, const cJSON *spec) {
     if (!(s->na[i] = strdup(v))) return oom();
     s->n_na = i + 1;
     s->na_len[i] = strlen(v);
+    if (s->na_len[i]) s->na_first[(uint8_t)v[0]] = 1;
     if (s->na_len[i] > s->na_max_len) s->na_max_len = s->na_len[i];
   }
   return NULL;
@@ -730,6 +1435,13 @@ kiln_status kx_csv_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   if (!st) st = scanner_seek(&s->sc, s->data_start);
   if (!st) st = infer_types(s, infer_rows);
   if (!st) st = scanner_seek(&s->sc, s->data_start);
+  if (!st && !(s->str_at = malloc(sizeof *s->str_at * (size_t)(s->ncols ? s->ncols : 1)))) st = oom();
+  if (!st && !(s->sizes = malloc(sizeof *s->sizes * (size_t)(s->ncols ? s->ncols : 1)))) st = oom();
+  for (int c = 0; !st && c < s->ncols; c++) {
+    s->str_at[c] = s->dtypes[c] == KILN_STRING ? s->nstr++ : -1;
+    s->sizes[c] = kiln_dtype_size(s->dtypes[c]);
+  }
+  s->resume_offset = s->data_start;
   if (st) {
     csv_free(&s->base);
     return st;

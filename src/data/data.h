@@ -67,6 +67,11 @@ typedef struct kx_stage_ops {
   kiln_status (*reset)(kx_stage *s, int64_t epoch);
   /* Frees the stage (not its upstream). */
   void (*free)(kx_stage *s);
+  /* Optional (NULL when absent): builds directly the record a batch stage of `size` records
+   * (drop_remainder as its option) would stack from the next records of this stage, with the
+   * same bad records reported in the same order and counted the same, and *done = 1 where it
+   * would end. *ended = 1 when the stage reached its end during this call, batch or not. */
+  kiln_status (*next_batch)(kx_stage *s, int64_t size, int drop_remainder, kiln_record *out, int *done, int *ended);
 } kx_stage_ops;
 
 /* Every stage embeds this first. */

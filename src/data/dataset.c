@@ -45,9 +45,23 @@ static kiln_status guard_next(kx_stage *s, kiln_record *out, int *done) {
   return st;
 }
 
+static kiln_status guard_next_batch(kx_stage *s, int64_t size, int drop_remainder, kiln_record *out, int *done,
+                                    int *ended) {
+  int end = 0;
+  kiln_status st = s->up->ops->next_batch(s->up, size, drop_remainder, out, done, &end);
+  if (!st && (end || *done) && !atomic_load(&s->ctx->first_pass_done)) {
+    s->ctx->read_in_first_pass = atomic_load(&s->ctx->read);
+    atomic_store(&s->ctx->first_pass_done, 1);
+  }
+  *ended = end;
+  return st;
+}
+
 static kiln_status guard_reset(kx_stage *s, int64_t epoch) { return s->up->ops->reset(s->up, epoch); }
 static void guard_free(kx_stage *s) { free(s); }
-static const kx_stage_ops guard_ops = {"source", guard_next, guard_reset, guard_free};
+static const kx_stage_ops guard_ops = {"source", guard_next, guard_reset, guard_free, NULL};
+/* For a source that builds batches itself. */
+static const kx_stage_ops guard_batch_ops = {"source", guard_next, guard_reset, guard_free, guard_next_batch};
 
 static int ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);
@@ -107,7 +121,7 @@ static kiln_status open_source(kiln_dataset *d, cJSON *src) {
     /* an image folder yields encoded files; they are decoded in parallel right after it */
     int channels = strcmp(format, "images") == 0 ? kx_images_decode_channels(st) : -1;
     if (!(guard = calloc(1, sizeof *guard))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-    *guard = (kx_stage){&guard_ops, st, &d->ctx};
+    *guard = (kx_stage){st->ops->next_batch ? &guard_batch_ops : &guard_ops, st, &d->ctx};
     if ((s = push(d, guard))) return s;
     st = guard;
     if (channels < 0) return NULL;

@@ -240,7 +240,7 @@ static void idx_free(kx_stage *base) {
   free(s);
 }
 
-static const kx_stage_ops idx_ops = {"idx", idx_next, idx_reset, idx_free};
+static const kx_stage_ops idx_ops = {"idx", idx_next, idx_reset, idx_free, NULL};
 
 kiln_status kx_idx_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   static const char *const keys[] = {"format", "path", "labels", "name", NULL};

@@ -252,7 +252,7 @@ static void images_free(kx_stage *stage) {
   free(s);
 }
 
-static const kx_stage_ops images_ops = {"images", images_next, images_reset, images_free};
+static const kx_stage_ops images_ops = {"images", images_next, images_reset, images_free, NULL};
 
 int kx_images_decode_channels(const kx_stage *s) {
   if (!s || s->ops != &images_ops) return -1;

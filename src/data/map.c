@@ -105,7 +105,7 @@ static void map_free(kx_stage *s) {
   free(m);
 }
 
-static const kx_stage_ops map_ops = {"map", map_next, map_reset, map_free};
+static const kx_stage_ops map_ops = {"map", map_next, map_reset, map_free, NULL};
 
 /* num_parallel_calls: a count, or "autotune" / -1 (the default): up to the dataset's thread
  * count, when the transforms are worth it. */
@@ -187,7 +187,7 @@ static void filter_free(kx_stage *s) {
   free(s);
 }
 
-static const kx_stage_ops filter_ops = {"filter", filter_next, filter_reset, filter_free};
+static const kx_stage_ops filter_ops = {"filter", filter_next, filter_reset, filter_free, NULL};
 
 kiln_status kx_filter_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const char *where, kx_stage **out) {
   filter_stage *f = calloc(1, sizeof *f);

@@ -189,7 +189,7 @@ static void npy_free(kx_stage *base) {
   free(s);
 }
 
-static const kx_stage_ops npy_ops = {"npy", npy_next, npy_reset, npy_free};
+static const kx_stage_ops npy_ops = {"npy", npy_next, npy_reset, npy_free, NULL};
 
 static kiln_status oom(void) { return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory opening a NumPy file"); }
 

@@ -108,7 +108,7 @@ static void prefetch_free(kx_stage *s) {
   free(p);
 }
 
-static const kx_stage_ops prefetch_ops = {"prefetch", prefetch_next, prefetch_reset, prefetch_free};
+static const kx_stage_ops prefetch_ops = {"prefetch", prefetch_next, prefetch_reset, prefetch_free, NULL};
 
 kiln_status kx_prefetch_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const char *where, kx_stage **out) {
   static const char *const keys[] = {"buffer_size", NULL};

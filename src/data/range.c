@@ -39,7 +39,7 @@ static kiln_status range_reset(kx_stage *s, int64_t epoch) {
 
 static void range_free(kx_stage *s) { free(s); }
 
-static const kx_stage_ops range_ops = {"range", range_next, range_reset, range_free};
+static const kx_stage_ops range_ops = {"range", range_next, range_reset, range_free, NULL};
 
 kiln_status kx_range_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
   static const char *const keys[] = {"format", "start", "stop", "step", NULL};

@@ -94,7 +94,7 @@ static void shuffle_free(kx_stage *s) {
   free(sh);
 }
 
-static const kx_stage_ops shuffle_ops = {"shuffle", shuffle_next, shuffle_reset, shuffle_free};
+static const kx_stage_ops shuffle_ops = {"shuffle", shuffle_next, shuffle_reset, shuffle_free, NULL};
 
 kiln_status kx_shuffle_open(kx_data_ctx *ctx, kx_stage *up, const cJSON *args, const char *where, kx_stage **out) {
   static const char *const keys[] = {"buffer_size", "seed", "reshuffle_each_iteration", NULL};

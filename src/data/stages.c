@@ -96,10 +96,10 @@ static kiln_status repeat_next(kx_stage *s, kiln_record *out, int *done) {
   }
 }
 
-static const kx_stage_ops take_ops = {"take", take_next, count_reset, count_free};
-static const kx_stage_ops skip_ops = {"skip", skip_next, count_reset, count_free};
-static const kx_stage_ops shard_ops = {"shard", shard_next, count_reset, count_free};
-static const kx_stage_ops repeat_ops = {"repeat", repeat_next, repeat_reset, count_free};
+static const kx_stage_ops take_ops = {"take", take_next, count_reset, count_free, NULL};
+static const kx_stage_ops skip_ops = {"skip", skip_next, count_reset, count_free, NULL};
+static const kx_stage_ops shard_ops = {"shard", shard_next, count_reset, count_free, NULL};
+static const kx_stage_ops repeat_ops = {"repeat", repeat_next, repeat_reset, count_free, NULL};
 
 static kiln_status make(kx_data_ctx *ctx, kx_stage *up, const kx_stage_ops *ops, int64_t count, int64_t index,
                         kx_stage **out) {

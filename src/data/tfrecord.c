@@ -648,7 +648,7 @@ static void tfr_free(kx_stage *stage) {
   free(s);
 }
 
-static const kx_stage_ops tfr_ops = {"tfrecord", tfr_next, tfr_reset, tfr_free};
+static const kx_stage_ops tfr_ops = {"tfrecord", tfr_next, tfr_reset, tfr_free, NULL};
 
 /* ---------------------------------------------------------------- opening */
 
