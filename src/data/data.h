@@ -21,11 +21,14 @@ typedef struct kx_data_ctx {
   pthread_mutex_t lock;  /* guards the quarantine file */
   atomic_llong read;     /* records read from sources, good and bad */
   atomic_llong quarantined;
-  /* Set when the source first reaches its end. Later passes read the same records again: their
-   * bad records are already in the quarantine and counted, so they are dropped without a second
-   * line, and the counts stay those of one pass. */
+  /* Set when the source first reaches its end: later passes read the same records again, and
+   * the counts stay those of one pass. */
   atomic_int first_pass_done;
   int64_t read_in_first_pass;
+  /* The bad records quarantined so far (source, index, offset), so that a later pass drops its
+   * copies of them without a second line or count; guarded by `lock`. */
+  struct kx_seen *seen;
+  size_t n_seen, seen_capacity;
   kiln_pool *pool; /* runs parallel maps and parsers */
   int own_pool;    /* whether kx_data_ctx_free frees it */
   int threads;     /* the pool's size */

@@ -2,6 +2,7 @@
 #include "data/data.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,48 @@ static void put_position(kx_buf *b, const char *key, int64_t v) {
   else kx_buf_printf(b, ",\"%s\":%lld", key, (long long)v);
 }
 
+/* A quarantined record's identity; source pointers are stage-owned, so equal records have equal
+ * pointers. */
+struct kx_seen {
+  const char *source;
+  int64_t index, offset;
+};
+
+static size_t seen_slot(const kx_data_ctx *ctx, const char *source, int64_t index, int64_t offset) {
+  uint64_t h = (uint64_t)(uintptr_t)source * 0x9E3779B97F4A7C15ull ^ (uint64_t)index * 0xBF58476D1CE4E5B9ull ^
+               (uint64_t)offset * 0x94D049BB133111EBull;
+  size_t mask = ctx->seen_capacity - 1, i = (size_t)(h ^ (h >> 29)) & mask;
+  while (ctx->seen[i].source || ctx->seen[i].index || ctx->seen[i].offset) {
+    const struct kx_seen *e = &ctx->seen[i];
+    if (e->source == source && e->index == index && e->offset == offset) break;
+    i = (i + 1) & mask;
+  }
+  return i;
+}
+
+/* Records (source, index, offset) as quarantined; 1 when it already was, -1 when out of memory.
+ * Records without a position (index < 0) are never taken for one another. Call under ctx->lock. */
+static int seen_before(kx_data_ctx *ctx, const char *source, int64_t index, int64_t offset) {
+  if (index < 0) return 0;
+  index++; /* an all-zero slot is empty */
+  if (2 * (ctx->n_seen + 1) > ctx->seen_capacity) {
+    size_t cap = ctx->seen_capacity ? ctx->seen_capacity * 2 : 64;
+    struct kx_seen *old = ctx->seen, *grown = calloc(cap, sizeof *grown);
+    if (!grown) return -1;
+    size_t old_cap = ctx->seen_capacity;
+    ctx->seen = grown;
+    ctx->seen_capacity = cap;
+    for (size_t k = 0; k < old_cap; k++)
+      if (old[k].source || old[k].index || old[k].offset) ctx->seen[seen_slot(ctx, old[k].source, old[k].index, old[k].offset)] = old[k];
+    free(old);
+  }
+  size_t i = seen_slot(ctx, source, index, offset);
+  if (ctx->seen[i].source == source && ctx->seen[i].index == index && ctx->seen[i].offset == offset) return 1;
+  ctx->seen[i] = (struct kx_seen){source, index, offset};
+  ctx->n_seen++;
+  return 0;
+}
+
 /* Writes one quarantine line; `raw_json` (already JSON) wins over raw bytes. */
 static kiln_status quarantine(kx_data_ctx *ctx, const char *source, int64_t index, int64_t offset, const void *raw,
                               size_t raw_len, const char *raw_json, kiln_status why) {
@@ -40,10 +83,6 @@ static kiln_status quarantine(kx_data_ctx *ctx, const char *source, int64_t inde
                                 (long long)offset);
     if (index >= 0) return kiln_status_prefix(why, "%s: record %lld: ", source ? source : "?", (long long)index);
     return kiln_status_prefix(why, "%s: ", source ? source : "?");
-  }
-  if (atomic_load(&ctx->first_pass_done)) {
-    kiln_status_free(why);
-    return NULL;
   }
   kx_buf b = {0};
   kx_buf_puts(&b, "{\"source\":");
@@ -73,12 +112,16 @@ static kiln_status quarantine(kx_data_ctx *ctx, const char *source, int64_t inde
   kiln_status_free(why);
   if (b.failed) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing to the quarantine");
   pthread_mutex_lock(&ctx->lock);
-  kiln_status s = open_quarantine(ctx);
-  if (!s && (fwrite(b.data, 1, b.len, ctx->quarantine) != b.len || fflush(ctx->quarantine) != 0))
+  /* a later pass's copy of a record already quarantined: dropped, already accounted for */
+  int seen = seen_before(ctx, source, index, offset);
+  kiln_status s = seen < 0 ? kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing to the quarantine")
+                  : seen  ? NULL
+                          : open_quarantine(ctx);
+  if (!s && !seen && (fwrite(b.data, 1, b.len, ctx->quarantine) != b.len || fflush(ctx->quarantine) != 0))
     s = kiln_error(KILN_IO, "cannot write to the quarantine file %s: %s", ctx->quarantine_path, strerror(errno));
   pthread_mutex_unlock(&ctx->lock);
   kx_buf_free(&b);
-  if (!s) atomic_fetch_add(&ctx->quarantined, 1);
+  if (!s && !seen) atomic_fetch_add(&ctx->quarantined, 1);
   return s;
 }
 
@@ -125,6 +168,7 @@ kiln_status kx_data_ctx_init(kx_data_ctx *ctx, kiln_on_error on_error, const cha
 void kx_data_ctx_free(kx_data_ctx *ctx) {
   if (ctx->quarantine) fclose(ctx->quarantine);
   if (ctx->own_pool) kiln_pool_free(ctx->pool);
+  free(ctx->seen);
   free(ctx->quarantine_path);
   free(ctx->base_dir);
   pthread_mutex_destroy(&ctx->lock);

@@ -137,6 +137,27 @@ class Data(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("record 10", r.stderr)
 
+    def test_records_a_batch_refuses_are_quarantined_once(self):
+        """Missing values reach the batch stage after a map has read the whole file ahead: each
+        such row is quarantined exactly once, however many epochs run."""
+        p = self.path("holes.csv")
+        holes = [5, 50, 99]
+        with open(p, "w") as f:
+            f.write("id,value\n")
+            for i in range(100):
+                f.write("%d,%s\n" % (i, "" if i in holes else "%d.5" % i))
+        spec = self.pipeline("holes.json", {"source": p, "on_error": "skip", "stages": [
+            {"map": {"transforms": [{"cast": {"feature": "value", "dtype": "double"}}]}}, {"batch": 8}]})
+        for extra in ((), ("--epochs", 3)):
+            q = self.path("holes_q.jsonl")
+            r = self.ok("data", "bench", "--pipeline", spec, "--quarantine", q, "--json", *extra)
+            epochs = extra[1] if extra else 1
+            self.assertEqual(json.loads(r.stdout)["records"], 100 * epochs)
+            self.assertEqual(json.loads(r.stdout)["quarantined"], 3)
+            self.assertEqual([json.loads(line)["index"] for line in open(q)], holes)
+        got = records(self.ok("data", "cat", "--pipeline", spec, "--quarantine", self.path("holes_q2.jsonl")))
+        self.assertEqual(sum(len(g["id"]) for g in got), 97)
+
     def test_same_seed_same_order_across_thread_counts(self):
         src = {"format": "idx", "path": FMNIST + "/t10k-images-idx3-ubyte.gz",
                "labels": FMNIST + "/t10k-labels-idx1-ubyte.gz"}

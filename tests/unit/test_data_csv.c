@@ -238,7 +238,8 @@ static void test_csv_many_blocks(void) {
       CHECK(n == rows - 1 && wrong == 0);
       CHECK_OK(s->ops->reset(s, epoch + 1));
     }
-    CHECK(atomic_load(&skip.quarantined) == 2);
+    /* the over-long line, quarantined in the first pass; the second pass's copy is not counted again */
+    CHECK(atomic_load(&skip.quarantined) == 1);
     s->ops->free(s);
   }
   kx_data_ctx_free(&skip);
