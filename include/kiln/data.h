@@ -39,9 +39,9 @@ typedef struct kiln_record {
 } kiln_record;
 
 /* Makes an empty record of `count` features named `names` (not copied): values[] all missing,
- * index/offset -1. When data_bytes > 0, *data points to that many zeroed bytes (64-byte aligned)
- * allocated together with the record, for the values to view (owner NULL); one allocation for a
- * whole record keeps sources fast. */
+ * index/offset -1. When data_bytes > 0, *data points to that many bytes (64-byte aligned, not
+ * zeroed: the caller fills what its values view) allocated together with the record, for the
+ * values to view (owner NULL); one allocation for a whole record keeps sources fast. */
 kiln_status kiln_record_init(kiln_record *r, const char *const *names, int count, size_t data_bytes,
                              void **data);
 /* Frees every owned value buffer and the block; leaves the record empty. */

@@ -19,7 +19,7 @@ kiln_status kiln_record_init(kiln_record *r, const char *const *names, int count
   if (total == 0) total = DATA_ALIGN;
   void *block = aligned_alloc(DATA_ALIGN, total);
   if (!block) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory allocating a record of %zu bytes", total);
-  memset(block, 0, total);
+  memset(block, 0, head); /* the values; the data area is the caller's to fill */
   r->count = count;
   r->names = names;
   r->values = block;

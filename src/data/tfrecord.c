@@ -437,6 +437,13 @@ static kiln_status intern_names(tfr_source *s, size_t count, const char *const *
   return NULL;
 }
 
+/* Whether a plan's value is one binary bytes value, which the tensor takes over from the parsed
+ * Example instead of copying (protobuf-c allocates each bytes value with malloc on its own). */
+static int takes_bytes(const feature_plan *p) {
+  return p->dtype == KILN_UINT8 && p->feature && p->feature->kind_case == TENSORFLOW__FEATURE__KIND_BYTES_LIST &&
+         p->feature->bytes_list->n_value == 1 && p->feature->bytes_list->value[0].len > 0;
+}
+
 /* Copies a planned feature's values into `at` and points the tensor at them. */
 static void fill_value(const feature_plan *p, uint8_t *at, kiln_tensor *t) {
   kiln_status e = kiln_tensor_set_shape(t, p->dtype, p->rank, p->dims);
@@ -449,7 +456,16 @@ static void fill_value(const feature_plan *p, uint8_t *at, kiln_tensor *t) {
   switch (p->dtype) {
   case KILN_FLOAT: memcpy(at, f->float_list->value, (size_t)n * sizeof(float)); break;
   case KILN_INT64: memcpy(at, f->int64_list->value, (size_t)n * sizeof(int64_t)); break;
-  case KILN_UINT8: memcpy(at, f->bytes_list->value[0].data, (size_t)n); break;
+  case KILN_UINT8:
+    if (takes_bytes(p)) { /* the tensor owns the value from now on; the Example forgets it */
+      ProtobufCBinaryData *v = &f->bytes_list->value[0];
+      t->data = t->owner = v->data;
+      v->data = NULL;
+      v->len = 0;
+    } else {
+      memcpy(at, f->bytes_list->value[0].data, (size_t)n);
+    }
+    break;
   default: { /* STRING: the pointers, then the NUL-terminated texts */
     char **strings = (char **)(void *)at;
     char *text = (char *)at + align_up((size_t)n * sizeof(char *));
@@ -494,14 +510,16 @@ static kiln_status build_record(tfr_source *s, size_t n_entries, kiln_record *ou
     if ((e = intern_names(s, count, &names))) return e;
   }
   size_t total = 0;
-  for (size_t i = 0; i < count; i++) total += s->plans[i].bytes; /* each at most ~9x the record: no overflow */
+  for (size_t i = 0; i < count; i++) /* each at most ~9x the record: no overflow */
+    if (!takes_bytes(&s->plans[i])) total += s->plans[i].bytes;
   void *data;
   if ((e = kiln_record_init(out, names, (int)count, total, &data))) return e;
   uint8_t *at = data;
   for (size_t i = 0; i < count; i++) {
     if (!s->plans[i].feature) continue;
+    int taken = takes_bytes(&s->plans[i]);
     fill_value(&s->plans[i], at, &out->values[i]);
-    at += s->plans[i].bytes;
+    if (!taken) at += s->plans[i].bytes;
   }
   return NULL;
 }
