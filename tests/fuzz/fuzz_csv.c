@@ -11,36 +11,7 @@
 #include <unistd.h>
 
 #include "data/data.h"
-
-static void read_all(kx_data_ctx *ctx, const char *spec_text) {
-  cJSON *spec = cJSON_Parse(spec_text);
-  kx_stage *s = NULL;
-  kiln_status st = spec ? kx_csv_open(ctx, spec, &s) : NULL;
-  cJSON_Delete(spec);
-  if (st) {
-    kiln_status_free(st);
-    return;
-  }
-  if (!s) return;
-  for (int epoch = 0; epoch < 2; epoch++) {
-    for (;;) {
-      kiln_record r;
-      int done = 0;
-      st = s->ops->next(s, &r, &done);
-      if (st || done) break;
-      char *json = kiln_record_to_json(&r);
-      free(json);
-      kiln_record_release(&r);
-    }
-    kiln_status_free(st);
-    st = s->ops->reset(s, epoch + 1);
-    if (st) {
-      kiln_status_free(st);
-      break;
-    }
-  }
-  s->ops->free(s);
-}
+#include "fuzz_source.h"
 
 static kx_stage *open_csv(kx_data_ctx *ctx, const char *spec_text) {
   cJSON *spec = cJSON_Parse(spec_text);
@@ -129,18 +100,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
            "\"max_line_bytes\":%d,\"infer_rows\":%d%s}",
            fd, opts & 1 ? ";" : ",", opts & 2 ? "false" : "true", opts & 4 ? 16 : 1 << 20, opts & 8 ? 2 : 1000,
            opts & 16 ? ",\"columns\":{\"c0\":\"int8\"}" : "");
-  static kx_data_ctx fail, skip;
-  static int ready;
-  if (!ready) {
-    kiln_status_free(kx_data_ctx_init(&fail, KILN_ON_ERROR_FAIL, NULL, NULL, 2, NULL));
-    kiln_status_free(kx_data_ctx_init(&skip, KILN_ON_ERROR_SKIP, "/dev/null", NULL, 2, NULL));
-    ready = 1;
-  }
-  read_all(&fail, spec);
-  read_all(&skip, spec);
+  kx_data_ctx *fail = fuzz_context(KILN_ON_ERROR_FAIL, 2), *skip = fuzz_context(KILN_ON_ERROR_SKIP, 2);
+  fuzz_read_all(kx_csv_open, fail, spec);
+  fuzz_read_all(kx_csv_open, skip, spec);
   static const int64_t sizes[] = {1, 2, 3, 5, 8, 64, 3000, 10000};
-  compare_batches(&fail, spec, sizes[opts >> 5], opts & 32);
-  compare_batches(&skip, spec, sizes[opts >> 5], opts & 64);
+  compare_batches(fail, spec, sizes[opts >> 5], opts & 32);
+  compare_batches(skip, spec, sizes[opts >> 5], opts & 64);
   close(fd);
   return 0;
 }
