@@ -233,6 +233,7 @@ static kiln_status scanner_seek(scanner *sc, int64_t offset) {
 typedef struct field {
   const char *p;
   size_t len;
+  int quoted; /* a quoted text field is text, even "" or "NA": never missing */
 } field;
 
 /* Splits a row into fields (at most max; *n gets the true count). Quoted fields are unescaped
@@ -261,11 +262,13 @@ static void split_fields(const char *p, size_t len, char delim, field *fields, i
       while (p < end && *p != delim) *o++ = *p++; /* stray text after the closing quote */
       f.p = scratch;
       f.len = (size_t)(o - scratch);
+      f.quoted = 1;
       scratch = o;
     } else {
       const char *d = memchr(p, delim, (size_t)(end - p));
       f.p = p;
       f.len = (size_t)((d ? d : end) - p);
+      f.quoted = 0;
       p += f.len;
     }
     if (count < max) fields[count] = f;
@@ -296,9 +299,29 @@ static int parse_double(const char *p, size_t len, double *out) {
   return 0;
 }
 
-/* Parses an integer field into *out, checking the range of `dtype`. */
+/* Decimal digits (an optional '+' first) as a uint64 into *out; non-zero when not one. */
+static int parse_uint64(const char *p, size_t len, uint64_t *out) {
+  size_t i = len && p[0] == '+';
+  if (i == len) return -1;
+  uint64_t v = 0;
+  for (; i < len; i++) {
+    if (p[i] < '0' || p[i] > '9' || v > (UINT64_MAX - (uint64_t)(p[i] - '0')) / 10) return -1;
+    v = v * 10 + (uint64_t)(p[i] - '0');
+  }
+  *out = v;
+  return 0;
+}
+
+/* Parses an integer field into *out, checking the range of `dtype` (a uint64 comes back with its
+ * bits in *out). */
 static int parse_integer(const char *p, size_t len, kiln_dtype dtype, int64_t *out) {
   trim(&p, &len);
+  if (dtype == KILN_UINT64) {
+    uint64_t u;
+    if (parse_uint64(p, len, &u) != 0) return -1;
+    memcpy(out, &u, sizeof u);
+    return 0;
+  }
   if (kx_parse_int64(p, p + len, out) != 0) return -1;
   int64_t lo = INT64_MIN, hi = INT64_MAX;
   switch (dtype) {
@@ -308,7 +331,6 @@ static int parse_integer(const char *p, size_t len, kiln_dtype dtype, int64_t *o
   case KILN_UINT8: lo = 0, hi = UINT8_MAX; break;
   case KILN_UINT16: lo = 0, hi = UINT16_MAX; break;
   case KILN_UINT32: lo = 0, hi = UINT32_MAX; break;
-  case KILN_UINT64: lo = 0; break;
   default: break;
   }
   return *out < lo || *out > hi ? -1 : 0;
@@ -415,11 +437,18 @@ typedef struct csv_stage {
   pthread_cond_t cv;
 } csv_stage;
 
+/* Whether field f of a column of dtype t is a missing value. */
+static int missing_field(const csv_stage *s, const field *f, kiln_dtype t);
+
 static int is_missing(const csv_stage *s, const char *p, size_t len) {
   if (len > s->na_max_len) return 0;
   for (int i = 0; i < s->n_na; i++)
     if (s->na_len[i] == len && memcmp(s->na[i], p, len) == 0) return 1;
   return 0;
+}
+
+static int missing_field(const csv_stage *s, const field *f, kiln_dtype t) {
+  return !(f->quoted && t == KILN_STRING) && is_missing(s, f->p, f->len);
 }
 
 /* Parses a present, non-string field of dtype t into slot (the dtype's size); non-zero when it is
@@ -456,7 +485,7 @@ static int parse_number(kiln_dtype t, const field *f, void *slot) {
 /* Writes one field into the record's value `v` (slot: 8 bytes; text: where string text goes). */
 static kiln_status parse_value(const csv_stage *s, int col, const field *f, kiln_tensor *v, void *slot, char **text) {
   kiln_dtype t = s->dtypes[col];
-  if (is_missing(s, f->p, f->len)) return NULL; /* stays KILN_UNDEFINED */
+  if (missing_field(s, f, t)) return NULL; /* stays KILN_UNDEFINED */
   int bad = 0;
   if (t == KILN_STRING) {
     memcpy(*text, f->p, f->len);
@@ -559,8 +588,8 @@ static int fused_row(const csv_stage *s, batch *b, const row *rw, field *fields,
   char *text = *text_at;
   for (int c = 0; c < n; c++) {
     const field *f = &fields[c];
-    if (is_missing(s, f->p, f->len)) return -1;
     kiln_dtype t = s->dtypes[c];
+    if (missing_field(s, f, t)) return -1;
     if (t == KILN_STRING) put_string(s, b, c, pos, f->p, f->len, &text);
     else if (parse_number(t, f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
   }
@@ -633,7 +662,7 @@ static int fused_plain_row(const csv_stage *s, batch *b, const row *rw, int64_t 
     } else {
       q = memchr(p, delim, (size_t)(end - p));
       if (!q) q = end;
-      field f = {p, (size_t)(q - p)};
+      field f = {p, (size_t)(q - p), 0};
       if (is_missing(s, f.p, f.len)) return -1;
       if (t == KILN_STRING) put_string(s, b, c, pos, f.p, f.len, &text);
       else if (parse_number(t, &f, b->cols[c] + (size_t)pos * s->sizes[c])) return -1;
@@ -962,7 +991,10 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
       for (int c = 0; c < s->ncols; c++) b->out.values[c].data = b->cols[c];
       st = fused_finish(s, b, 0, 0, b->good, &b->out);
     }
-    if (st || !b->good) kiln_record_release(&b->out);
+    if (st || !b->good) {
+      kiln_record_release(&b->out);
+      b->good = 0; /* no batch to hand out: the error is what this call returns */
+    }
   }
   return st;
 }
@@ -1464,10 +1496,12 @@ typedef struct csv_writer {
 } csv_writer;
 
 /* Appends a field, quoted (RFC 4180) when it holds a delimiter, a quote, a line end or edge spaces,
- * or is empty (so that an empty string differs from a missing value). */
+ * or reads as a missing value unquoted ("", "NA", "NaN", "null"): the reader takes a quoted field
+ * of a text column as text. */
 static void put_text(kx_buf *b, const char *s) {
   size_t n = strlen(s);
-  if (n && !strpbrk(s, ",\"\r\n") && s[0] != ' ' && s[n - 1] != ' ') {
+  int looks_missing = !n || !strcmp(s, "NA") || !strcmp(s, "NaN") || !strcmp(s, "null");
+  if (!looks_missing && !strpbrk(s, ",\"\r\n") && s[0] != ' ' && s[n - 1] != ' ') {
     kx_buf_append(b, s, n);
     return;
   }

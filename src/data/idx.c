@@ -130,8 +130,8 @@ static void from_big_endian(unsigned char *p, size_t n, size_t size) {
 /* Reads a record above DIRECT_READ_BYTES into a buffer that grows with what the file really
  * holds, before any record block is allocated: a header that claims huge records then costs
  * memory only as far as its data goes. Returns the buffer (NULL when memory ran out) and the
- * bytes read in *got. */
-static unsigned char *read_big(idx_file *f, size_t *got) {
+ * bytes read in *got; *failed is set when the read failed rather than the file ending. */
+static unsigned char *read_big(idx_file *f, size_t *got, int *failed) {
   size_t have = 0, cap = 0;
   unsigned char *buf = NULL;
   while (have < f->record_bytes) {
@@ -140,28 +140,37 @@ static unsigned char *read_big(idx_file *f, size_t *got) {
       size_t bigger = cap ? cap * 2 : DIRECT_READ_BYTES;
       if (bigger > f->record_bytes) bigger = f->record_bytes;
       unsigned char *b = realloc(buf, bigger);
-      if (!b) break;
+      if (!b) {
+        free(buf);
+        return NULL;
+      }
       buf = b, cap = bigger;
     }
     int n = gzread(f->gz, buf + have, (unsigned)want);
+    if (n < 0) *failed = 1;
     if (n <= 0) break;
     have += (size_t)n;
   }
   *got = have;
-  return buf;
+  return buf; /* record_bytes > 0: the first pass through the loop allocated it */
 }
 
 static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
-/* Reports the bad record where file f ended early and stops the source. */
+/* Where file f ended early or could not be read: a short file is one bad record (at the images
+ * file's position of the record) and stops the source; a failed read is an I/O error. */
 static kiln_status ended(idx_stage *s, idx_file *f, int read_error) {
-  int zerr = 0;
-  const char *zmsg = read_error ? gzerror(f->gz, &zerr) : NULL;
   s->stopped = 1;
-  kiln_status why = kiln_error(KILN_INVALID_ARGUMENT, "%s: file ends after %lld of %lld records%s%s", f->path,
-                               (long long)s->next, (long long)s->count, zmsg ? ": " : "", zmsg ? zmsg : "");
-  return kx_bad_record(s->base.ctx, s->files[0].path, s->next,
-                       (int64_t)(f->header_bytes + (size_t)s->next * f->record_bytes), NULL, 0, why);
+  if (read_error) {
+    int zerr = 0;
+    const char *zmsg = gzerror(f->gz, &zerr);
+    return kiln_error(KILN_IO, "%s: read failed at record %lld: %s", f->path, (long long)s->next, zmsg ? zmsg : "?");
+  }
+  const idx_file *first = &s->files[0];
+  kiln_status why = kiln_error(KILN_INVALID_ARGUMENT, "%s: file ends after %lld of %lld records", f->path,
+                               (long long)s->next, (long long)s->count);
+  return kx_bad_record(s->base.ctx, first->path, s->next,
+                       (int64_t)(first->header_bytes + (size_t)s->next * first->record_bytes), NULL, 0, why);
 }
 
 static kiln_status idx_next(kx_stage *base, kiln_record *out, int *done) {
@@ -175,12 +184,13 @@ static kiln_status idx_next(kx_stage *base, kiln_record *out, int *done) {
   atomic_fetch_add(&s->base.ctx->read, 1);
   unsigned char *big[2] = {NULL, NULL};
   kiln_status st = NULL;
-  for (int i = 0; i < s->n_files && !st; i++) {
+  for (int i = 0; i < s->n_files && !st && !*done; i++) {
     if (s->files[i].record_bytes <= DIRECT_READ_BYTES) continue;
     size_t got;
-    big[i] = read_big(&s->files[i], &got);
+    int failed = 0;
+    big[i] = read_big(&s->files[i], &got, &failed);
     if (!big[i]) st = kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory reading a record", s->files[i].path);
-    else if (got != s->files[i].record_bytes) st = ended(s, &s->files[i], 0), *done = 1;
+    else if (got != s->files[i].record_bytes) st = ended(s, &s->files[i], failed), *done = 1;
   }
   size_t offset1 = align64(s->files[0].record_bytes);
   size_t total = s->n_files == 2 ? offset1 + s->files[1].record_bytes : s->files[0].record_bytes;

@@ -120,7 +120,8 @@ static kiln_status parallel_calls(kx_data_ctx *ctx, const cJSON *args, const cha
   kiln_status s = kx_spec_int(args, where, "num_parallel_calls", 1, -1, 4096, &v);
   if (s) return kiln_status_prefix(s, "(or \"autotune\") ");
   if (v == 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s.num_parallel_calls: must be positive, or -1 / \"autotune\"", where);
-  if (v > 0) *threads = (int)v;
+  /* more than the pool has would only hold more records per chunk */
+  if (v > 0) *threads = v < ctx->threads ? (int)v : ctx->threads;
   else *autotune = 1;
   return NULL;
 }

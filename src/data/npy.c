@@ -279,6 +279,12 @@ kiln_status kx_npy_open(kx_data_ctx *ctx, const cJSON *spec, kx_stage **out) {
       st = kiln_error(KILN_INVALID_ARGUMENT, "%s: members must have the same first dimension: '%s' has %lld, '%s' has %lld",
                       s->path, s->arrays[0].name, (long long)s->arrays[0].h.dims[0], s->arrays[i].name,
                       (long long)s->arrays[i].h.dims[0]);
+  /* rows of nothing cost no file bytes: bound how many such records a small file may promise */
+  int all_empty = 1;
+  for (int i = 0; !st && i < s->n; i++) all_empty &= s->arrays[i].row_bytes == 0;
+  if (!st && s->n && all_empty && s->arrays[0].h.dims[0] > ((int64_t)1 << 20))
+    st = kiln_error(KILN_INVALID_ARGUMENT, "%s: %lld records that hold no data: refused", s->path,
+                    (long long)s->arrays[0].h.dims[0]);
   size_t scratch = 1;
   for (int i = 0; !st && i < s->n; i++)
     if (s->arrays[i].h.dtype == KILN_STRING && s->arrays[i].rows_held > 0 && s->arrays[i].row_bytes > scratch)
@@ -475,6 +481,7 @@ static kiln_status npz_finish(kx_writer *base) {
       break;
     }
     zip_source_t *src = zip_source_filep(z, f->f, 0, -1);
+    if (src) f->f = NULL; /* the zip source owns it now (freeing the source closes it) */
     char *member = joined(f->name, "", ".npy");
     zip_int64_t idx = src && member ? zip_file_add(z, member, src, ZIP_FL_OVERWRITE | ZIP_FL_ENC_UTF_8) : -1;
     free(member);
@@ -483,7 +490,6 @@ static kiln_status npz_finish(kx_writer *base) {
       st = kiln_error(KILN_IO, "%s: cannot add feature '%s': %s", w->path, f->name, zip_strerror(z));
       break;
     }
-    f->f = NULL; /* the zip source owns it now */
     if (zip_set_file_compression(z, (zip_uint64_t)idx, ZIP_CM_STORE, 0) != 0)
       st = kiln_error(KILN_IO, "%s: %s", w->path, zip_strerror(z));
   }

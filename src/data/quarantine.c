@@ -130,8 +130,26 @@ kiln_status kx_bad_record(kx_data_ctx *ctx, const char *source, int64_t index, i
   return quarantine(ctx, source, index, offset, raw, raw_len, NULL, why);
 }
 
+/* Whether a record's JSON surely exceeds RAW_LIMIT (every element takes at least two characters,
+ * itself and a comma), so that it need not be built to find out. */
+static int surely_too_long(const kiln_record *r) {
+  size_t chars = 0;
+  for (int i = 0; i < r->count && chars <= RAW_LIMIT; i++) {
+    const kiln_tensor *t = &r->values[i];
+    if (t->dtype == KILN_UNDEFINED) continue;
+    int64_t n = kiln_tensor_numel(t);
+    if (n > RAW_LIMIT) return 1;
+    chars += 2 * (size_t)n;
+    for (int64_t k = 0; t->dtype == KILN_STRING && k < n && chars <= RAW_LIMIT; k++) {
+      const char *v = ((char *const *)t->data)[k];
+      chars += v ? strlen(v) : 0;
+    }
+  }
+  return chars > RAW_LIMIT;
+}
+
 kiln_status kx_bad_parsed_record(kx_data_ctx *ctx, const kiln_record *r, kiln_status why) {
-  char *json = ctx->on_error == KILN_ON_ERROR_SKIP ? kiln_record_to_json(r) : NULL;
+  char *json = ctx->on_error == KILN_ON_ERROR_SKIP && !surely_too_long(r) ? kiln_record_to_json(r) : NULL;
   if (json && strlen(json) > RAW_LIMIT) {
     free(json);
     json = NULL;

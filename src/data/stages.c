@@ -26,7 +26,8 @@ static kiln_status count_reset(kx_stage *s, int64_t epoch) {
 /* repeat numbers the passes it runs: epoch e's k-th pass is upstream epoch e*count+k, so a shuffle
  * upstream draws a new order in every pass and a reset replays the same sequence */
 static int64_t pass_epoch(const count_stage *c) {
-  return c->count > 0 ? c->epoch * c->count + c->seen : c->seen;
+  uint64_t e = (uint64_t)c->epoch * (uint64_t)(c->count > 0 ? c->count : 0) + (uint64_t)c->seen;
+  return (int64_t)(e & (uint64_t)INT64_MAX); /* only its distinctness matters: wrapping is fine */
 }
 
 static kiln_status repeat_reset(kx_stage *s, int64_t epoch) {
@@ -80,6 +81,10 @@ static kiln_status shard_next(kx_stage *s, kiln_record *out, int *done) {
 
 static kiln_status repeat_next(kx_stage *s, kiln_record *out, int *done) {
   count_stage *c = (count_stage *)s;
+  if (c->count == 0) { /* repeat(0): nothing, as in tf.data */
+    *done = 1;
+    return NULL;
+  }
   for (;;) {
     kiln_status st = pull(s, out, done);
     if (st) return st;

@@ -529,7 +529,8 @@ kiln_status kx_stats_default_edges(kiln_feature_stats *f, double lo, double hi, 
   double *e = malloc(((size_t)bins + 1) * sizeof *e);
   if (!e) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory for the histogram of '%s'", f->name);
   double step = (hi - lo) / bins; /* numpy.linspace's arithmetic, so edges match numpy.histogram's */
-  for (int i = 0; i <= bins; i++) e[i] = (double)i * step + lo;
+  int wide = !isfinite(step);      /* a range beyond DBL_MAX: steps from halves instead */
+  for (int i = 0; i <= bins; i++) e[i] = wide ? lo + (double)i * (hi / bins - lo / bins) : (double)i * step + lo;
   e[bins] = hi; /* exact, whatever the rounding above */
   kiln_status s = set_edges(f, e, bins + 1);
   free(e);

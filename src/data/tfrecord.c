@@ -190,7 +190,7 @@ static kiln_status stream_read(tfr_source *s, uint8_t *dst, size_t n, size_t *go
 static kiln_status grow_buffer(tfr_source *s, size_t need) {
   if (need <= s->buf_cap) return NULL;
   size_t cap = s->buf_cap ? s->buf_cap : SCRATCH_BYTES;
-  while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+  while (cap < need) cap = cap > need / 2 ? need : cap * 2; /* never more than the record needs */
   uint8_t *b = realloc(s->buf, cap);
   if (!b) return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory for a record of %zu bytes", s->path, need);
   s->buf = b;
@@ -608,6 +608,12 @@ static kiln_status tfr_next(kx_stage *stage, kiln_record *out, int *done) {
                          (unsigned long long)len, s->max_record_bytes,
                          corrupt ? "; the gzip stream is corrupt after it"
                          : skipped < whole ? "; the file ends inside it" : "");
+      } else if (!s->gzip && len + 4 > (uint64_t)(s->file_size - s->pos)) {
+        /* a plain file too short for the record: said without allocating what the header claims */
+        s->finished = 1;
+        why = kiln_error(KILN_INVALID_ARGUMENT,
+                         "truncated record: expected %llu data bytes and a 4-byte CRC, the file ends after %lld",
+                         (unsigned long long)len, (long long)(s->file_size - s->pos));
       } else {
         if ((e = grow_buffer(s, (size_t)len + 4))) return e;
         if ((e = stream_read(s, s->buf, (size_t)len + 4, &got)) && kiln_status_code(e) != CORRUPT) return e;

@@ -176,7 +176,12 @@ static kiln_status parse_stats_list(const cJSON *obj, const char *where, const c
 
 static kiln_status parse_stats(const cJSON *obj, const char *where, norm_stats *st) {
   kiln_status s = parse_stats_list(obj, where, "mean", 0, &st->mean, &st->n_mean);
-  return s ? s : parse_stats_list(obj, where, "std", 1, &st->std, &st->n_std);
+  if (!s) s = parse_stats_list(obj, where, "std", 1, &st->std, &st->n_std);
+  /* one value, or one per channel: lists of two lengths would leave channels without a value */
+  if (!s && st->n_mean > 1 && st->n_std > 1 && st->n_mean != st->n_std)
+    s = kiln_error(KILN_INVALID_ARGUMENT, "%s: %d mean values and %d std values: give one, or one per channel for both",
+                   where, st->n_mean, st->n_std);
+  return s;
 }
 
 /* normalize {"schema": path}: each feature's "stats" from the schema file, read now so that a
@@ -638,6 +643,7 @@ static kiln_status apply_cast(const xf *x, const char *name, const kiln_tensor *
       int64_t s64 = int_at(v, i, &u);
       if (to == KILN_BOOL) ((uint8_t *)out->data)[i] = u != 0;
       else if (!is_float_type(to)) store_bits(out->data, i, size, u);
+      else if (to == KILN_FLOAT && v->dtype == KILN_UINT64) ((float *)out->data)[i] = (float)u; /* one rounding */
       else if (v->dtype == KILN_UINT64) store_f64(out->data, i, to, (double)u);
       else if (to == KILN_FLOAT) ((float *)out->data)[i] = (float)s64; /* one rounding, not two */
       else store_f64(out->data, i, to, (double)s64);

@@ -93,6 +93,44 @@ class Data(unittest.TestCase):
                              None if w["score"] == "" else np.float32(w["score"]))
             self.assertEqual(g["note"], w["note"] if w["note"] else None)
 
+    def test_csv_text_that_looks_missing_round_trips(self):
+        """Quoted "", "NA" and "null" in a text column are text; uint64 values above 2^63 are read; the
+        writer quotes such text so that it reads back the same."""
+        p = self.path("looks.csv")
+        with open(p, "w", newline="") as f:
+            w = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+            w.writerow(["name", "big"])
+            for name in ["", "NA", "null", "x"]:
+                w.writerow([name, 18446744073709551615])
+        spec = self.pipeline("looks.json", {"source": {"format": "csv", "path": p,
+                                                       "columns": {"name": "string", "big": "uint64"}}})
+        got = records(self.ok("data", "cat", "--pipeline", spec))
+        self.assertEqual([g["name"] for g in got], ["", "NA", "null", "x"])
+        self.assertEqual({g["big"] for g in got}, {18446744073709551615})
+        out = self.path("looks_out.csv")
+        self.ok("data", "convert", "--pipeline", spec, out)
+        with open(out, newline="") as f:
+            self.assertEqual([r[0] for r in csv.reader(f)][1:], ["", "NA", "null", "x"])
+        back = records(self.ok("data", "cat", "--pipeline", self.pipeline("looks2.json", {"source": {
+            "format": "csv", "path": out, "columns": {"name": "string", "big": "uint64"}}})))
+        self.assertEqual([g["name"] for g in back], ["", "NA", "null", "x"])
+
+    def test_npy_headers_cannot_promise_what_the_file_lacks(self):
+        def header_only(name, shape, payload=b""):
+            with open(self.path(name), "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                f.write(payload)
+            return self.path(name)
+        r = kiln("data", "cat", header_only("many_empty.npy", (9999999999, 0)))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("records that hold no data", r.stderr)
+        q = self.path("huge_q.jsonl")
+        r = self.ok("data", "cat", header_only("huge_rows.npy", (3, 268435456), b"\0" * 32), "--on-error", "skip",
+                    "--quarantine", q)
+        self.assertIn("1 of 1 records quarantined", r.stderr)
+        with open(q) as f:
+            self.assertIn("file ends after 0 of 3 records", f.read())
+
     def test_npy_and_npz_match_numpy(self):
         rng = np.random.default_rng(3)
         x = rng.standard_normal((7, 3, 2)).astype(np.float32)

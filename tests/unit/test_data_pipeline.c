@@ -150,6 +150,7 @@ static void test_batch(void) {
 static void test_repeat_and_shard(void) {
   int64_t xs[MAX_OUT];
   CHECK(collect("{\"source\": {\"format\": \"range\", \"stop\": 5}, \"stages\": [{\"repeat\": 3}]}", 1, xs, NULL) == 15);
+  CHECK(collect("{\"source\": {\"format\": \"range\", \"stop\": 5}, \"stages\": [{\"repeat\": 0}]}", 1, xs, NULL) == 0);
   CHECK(xs[5] == 0 && xs[14] == 4);
   /* repeat forever, bounded by take */
   CHECK(collect("{\"source\": {\"format\": \"range\", \"stop\": 5}, \"stages\": [{\"repeat\": {}}, {\"take\": 12}]}", 1, xs,

@@ -179,6 +179,8 @@ static void test_normalize_schema_errors(void) {
               KILN_INVALID_ARGUMENT, "is not valid JSON");
   CHECK_ERROR(parse("[{\"normalize\": {\"feature\": \"x\", \"schema\": \"xf_schema.json\", \"mean\": 1}}]", &t),
               KILN_INVALID_ARGUMENT, "give 'schema' or 'mean' and 'std', not both");
+  CHECK_ERROR(parse("[{\"normalize\": {\"feature\": \"x\", \"mean\": [1, 2, 3], \"std\": [1, 2]}}]", &t),
+              KILN_INVALID_ARGUMENT, "3 mean values and 2 std values");
   CHECK_ERROR(parse("[{\"normalize\": {\"feature\": \"x\", \"mean\": 1, \"std\": [1, 0, 2]}}]", &t), KILN_INVALID_ARGUMENT,
               WHERE "[0].normalize.std[1]: std must be > 0 (it divides), found 0");
   CHECK_ERROR(parse("[{\"normalize\": {\"feature\": \"x\", \"mean\": 1}}]", &t), KILN_INVALID_ARGUMENT,
