@@ -2,10 +2,10 @@
  * data_schema.c). Every command takes a SOURCE path and/or --pipeline FILE.json. */
 #include "cli/cli.h"
 #include "kiln/data.h"
+#include "kiln/net.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -135,12 +135,6 @@ static int convert(int argc, char **argv) {
   return s ? cli_fail(s) : EXIT_OK;
 }
 
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static int bench(int argc, char **argv) {
   cli_data_source src = {0};
   long epochs = 1, step_us = 0;
@@ -172,26 +166,26 @@ static int bench(int argc, char **argv) {
   if (rc >= 0) return rc;
   kiln_status s = NULL;
   int64_t elements = 0;
-  double start = now(), first = 0, waited = 0;
+  double start = kiln_now(), first = 0, waited = 0;
   for (long e = 0; e < epochs && !s; e++) {
     if (e) s = kiln_dataset_reset(d, e);
     for (int done = 0; !s && !done;) {
       kiln_record r;
-      double asked = now();
+      double asked = kiln_now();
       s = kiln_dataset_next(d, &r, &done);
-      double got = now();
+      double got = kiln_now();
       if (elements == 0) first = got;
       else waited += got - asked;
       if (!s && !done) {
         elements++;
         kiln_record_release(&r);
-        for (double until = now() + (double)step_us * 1e-6; step_us > 0 && now() < until;) {
+        for (double until = kiln_now() + (double)step_us * 1e-6; step_us > 0 && kiln_now() < until;) {
         }
       }
     }
   }
-  double seconds = now() - start;
-  double wait_fraction = elements > 1 ? waited / (now() - first) : 0;
+  double seconds = kiln_now() - start;
+  double wait_fraction = elements > 1 ? waited / (kiln_now() - first) : 0;
   kiln_data_counts c = kiln_dataset_counts(d);
   long long records = (long long)c.read * epochs; /* the counts cover one pass */
   if (!s) {

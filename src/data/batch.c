@@ -51,7 +51,7 @@ static kiln_status stack(const kiln_record *rs, int64_t n, kiln_record *out) {
   const kiln_record *first = &rs[0];
   size_t bytes = 0;
   for (int i = 0; i < first->count; i++)
-    if (first->values[i].dtype != KILN_STRING) bytes += (kiln_tensor_nbytes(&first->values[i]) + 63) / 64 * 64 * (size_t)n;
+    if (first->values[i].dtype != KILN_STRING) bytes += kx_align64(kiln_tensor_nbytes(&first->values[i]) * (size_t)n);
   char *data;
   kiln_status s = kiln_record_init(out, first->names, first->count, bytes, (void **)&data);
   if (s) return s;
@@ -86,7 +86,7 @@ static kiln_status stack(const kiln_record *rs, int64_t n, kiln_record *out) {
     t->data = data;
     for (int64_t r = 0; r < n; r++)
       if (each) memcpy(data + (size_t)r * each, rs[r].values[i].data, each);
-    data += (each * (size_t)n + 63) / 64 * 64;
+    data += kx_align64(each * (size_t)n);
   }
   if (s) kiln_record_release(out);
   return s;

@@ -856,7 +856,7 @@ static kiln_status fused_copy_out(const csv_stage *s, const batch *b, int64_t k,
   int64_t first = k * s->fused_size;
   size_t bytes = 0;
   for (int c = 0; c < s->ncols; c++)
-    if (s->dtypes[c] != KILN_STRING) bytes += (s->sizes[c] * (size_t)n + 63) / 64 * 64;
+    if (s->dtypes[c] != KILN_STRING) bytes += kx_align64(s->sizes[c] * (size_t)n);
   char *data;
   kiln_status st = kiln_record_init(out, (const char *const *)s->names, s->ncols, bytes, (void **)&data);
   if (st) return st;
@@ -864,7 +864,7 @@ static kiln_status fused_copy_out(const csv_stage *s, const batch *b, int64_t k,
     if (s->dtypes[c] == KILN_STRING) continue;
     memcpy(data, b->cols[c] + (size_t)first * s->sizes[c], (size_t)n * s->sizes[c]);
     out->values[c].data = data;
-    data += (s->sizes[c] * (size_t)n + 63) / 64 * 64;
+    data += kx_align64(s->sizes[c] * (size_t)n);
   }
   if ((st = fused_finish(s, b, k, first, n, out))) kiln_record_release(out);
   return st;
@@ -908,7 +908,7 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
   }
   size_t bytes = 0;
   for (int c = 0; c < s->ncols; c++)
-    if (s->dtypes[c] != KILN_STRING) bytes += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
+    if (s->dtypes[c] != KILN_STRING) bytes += kx_align64(kiln_dtype_size(s->dtypes[c]) * (size_t)size);
   char *data;
   kiln_status st = NULL;
   if (group == 1) { /* the group is the batch: parse into its own block */
@@ -926,7 +926,7 @@ static kiln_status fused_fill(csv_stage *s, batch *b, int *end) {
     b->cols[c] = NULL;
     if (s->dtypes[c] == KILN_STRING) continue;
     b->cols[c] = data;
-    data += (kiln_dtype_size(s->dtypes[c]) * (size_t)size + 63) / 64 * 64;
+    data += kx_align64(kiln_dtype_size(s->dtypes[c]) * (size_t)size);
   }
   /* Everything a parse thread touches is sized before the parse: the join is the barrier. */
   int threads = s->base.ctx->threads > 0 ? s->base.ctx->threads : 1;

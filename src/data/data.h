@@ -11,6 +11,11 @@
 
 struct cJSON;
 
+/* Features that share one record's data area (kiln_record_init) each start on a 64-byte
+ * boundary: n rounded up to it. */
+#define KX_DATA_ALIGN 64
+static inline size_t kx_align64(size_t n) { return (n + KX_DATA_ALIGN - 1) / KX_DATA_ALIGN * KX_DATA_ALIGN; }
+
 /* ---------------------------------------------------------------- context */
 
 /* Shared by every stage of one dataset; lives as long as the dataset. */

@@ -155,8 +155,6 @@ static unsigned char *read_big(idx_file *f, size_t *got, int *failed) {
   return buf; /* record_bytes > 0: the first pass through the loop allocated it */
 }
 
-static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
-
 /* Where file f ended early or could not be read: a short file is one bad record (at the images
  * file's position of the record) and stops the source; a failed read is an I/O error. */
 static kiln_status ended(idx_stage *s, idx_file *f, int read_error) {
@@ -192,7 +190,7 @@ static kiln_status idx_next(kx_stage *base, kiln_record *out, int *done) {
     if (!big[i]) st = kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory reading a record", s->files[i].path);
     else if (got != s->files[i].record_bytes) st = ended(s, &s->files[i], failed), *done = 1;
   }
-  size_t offset1 = align64(s->files[0].record_bytes);
+  size_t offset1 = kx_align64(s->files[0].record_bytes);
   size_t total = s->n_files == 2 ? offset1 + s->files[1].record_bytes : s->files[0].record_bytes;
   void *data = NULL;
   kiln_record r = {0};

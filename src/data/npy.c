@@ -90,8 +90,6 @@ static kiln_status array_start(npy_stage *s, npy_array *a, int parse) {
   return NULL;
 }
 
-static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
-
 /* The array ends before record s->next: one bad record says so, and the source stops. */
 static kiln_status truncated(npy_stage *s, const npy_array *a, int *done) {
   s->stopped = 1;
@@ -117,7 +115,7 @@ static kiln_status npy_next(kx_stage *base, kiln_record *out, int *done) {
     if (s->next >= s->arrays[i].rows_held) return truncated(s, &s->arrays[i], done);
   size_t total = 0;
   for (int i = 0; i < s->n; i++)
-    if (s->arrays[i].h.dtype != KILN_STRING) total += align64(s->arrays[i].row_bytes);
+    if (s->arrays[i].h.dtype != KILN_STRING) total += kx_align64(s->arrays[i].row_bytes);
   void *data;
   kiln_record r;
   kiln_status st = kiln_record_init(&r, s->names, s->n, total, &data);
@@ -149,7 +147,7 @@ static kiln_status npy_next(kx_stage *base, kiln_record *out, int *done) {
     v->data = a->row_bytes ? p : NULL;
     if (a->h.dtype == KILN_BOOL)
       for (size_t k = 0; k < a->row_bytes; k++) p[k] = p[k] != 0;
-    p += align64(a->row_bytes);
+    p += kx_align64(a->row_bytes);
   }
   if (st) {
     kiln_record_release(&r);

@@ -6,18 +6,16 @@
 
 #include "core/buf.h"
 
-#define DATA_ALIGN 64
-
 kiln_status kiln_record_init(kiln_record *r, const char *const *names, int count, size_t data_bytes,
                              void **data) {
   memset(r, 0, sizeof *r);
   if (count < 0) return kiln_error(KILN_INVALID_ARGUMENT, "a record cannot have %d features", count);
-  size_t head = ((size_t)count * sizeof(kiln_tensor) + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
+  size_t head = kx_align64((size_t)count * sizeof(kiln_tensor));
   if (data_bytes > SIZE_MAX / 2 - head)
     return kiln_error(KILN_RESOURCE_EXHAUSTED, "a record of %zu bytes is too large", data_bytes);
-  size_t total = (head + data_bytes + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
-  if (total == 0) total = DATA_ALIGN;
-  void *block = aligned_alloc(DATA_ALIGN, total);
+  size_t total = kx_align64(head + data_bytes);
+  if (total == 0) total = KX_DATA_ALIGN;
+  void *block = aligned_alloc(KX_DATA_ALIGN, total);
   if (!block) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory allocating a record of %zu bytes", total);
   memset(block, 0, head); /* the values; the data area is the caller's to fill */
   r->count = count;
