@@ -14,7 +14,7 @@
 struct kiln_dataset {
   kx_data_ctx ctx;
   cJSON *spec; /* kept: stages may point into it */
-  kx_stage *stages[MAX_STAGES + 2]; /* source first; a decode map may follow an image source */
+  kx_stage *stages[MAX_STAGES + 3]; /* the source, its guard, an image source's decode map, then the spec's */
   int n_stages;
 };
 
@@ -35,25 +35,23 @@ static const struct {
     {"shard", kx_shard_open},     {"take", kx_take_open},     {"skip", kx_skip_open},
 };
 
-/* Follows the source: notes when its first pass ends (see kx_data_ctx.first_pass_done). */
+/* The guard follows the source and notes when its first pass ends (kx_data_ctx.first_pass_done). */
+static void note_end(kx_stage *s) {
+  if (atomic_load(&s->ctx->first_pass_done)) return;
+  s->ctx->read_in_first_pass = atomic_load(&s->ctx->read);
+  atomic_store(&s->ctx->first_pass_done, 1);
+}
+
 static kiln_status guard_next(kx_stage *s, kiln_record *out, int *done) {
   kiln_status st = s->up->ops->next(s->up, out, done);
-  if (!st && *done && !atomic_load(&s->ctx->first_pass_done)) {
-    s->ctx->read_in_first_pass = atomic_load(&s->ctx->read);
-    atomic_store(&s->ctx->first_pass_done, 1);
-  }
+  if (!st && *done) note_end(s);
   return st;
 }
 
 static kiln_status guard_next_batch(kx_stage *s, int64_t size, int drop_remainder, kiln_record *out, int *done,
                                     int *ended) {
-  int end = 0;
-  kiln_status st = s->up->ops->next_batch(s->up, size, drop_remainder, out, done, &end);
-  if (!st && (end || *done) && !atomic_load(&s->ctx->first_pass_done)) {
-    s->ctx->read_in_first_pass = atomic_load(&s->ctx->read);
-    atomic_store(&s->ctx->first_pass_done, 1);
-  }
-  *ended = end;
+  kiln_status st = s->up->ops->next_batch(s->up, size, drop_remainder, out, done, ended);
+  if (!st && (*ended || *done)) note_end(s);
   return st;
 }
 
@@ -81,7 +79,7 @@ static const char *format_of(const char *path) {
 }
 
 static kiln_status push(kiln_dataset *d, kx_stage *s) {
-  if (d->n_stages == MAX_STAGES + 2) {
+  if (d->n_stages == MAX_STAGES + 3) {
     s->ops->free(s);
     return kiln_error(KILN_INVALID_ARGUMENT, "a pipeline has at most %d stages", MAX_STAGES);
   }
