@@ -1,0 +1,205 @@
+/* The trainer's internals: layers with forward and backward side by side (llm.c's shape), the
+ * network that owns one allocation for all parameters and one for all gradients (so an all-reduce
+ * is one call), losses, optimizers and the random numbers they draw.
+ *
+ * Layout: a sample's activations are row-major with the batch outermost; images are NHWC
+ * ([H, W, C] per sample, Keras' channels_last), so that a flatten after convolutions orders
+ * features as Keras does and a convolution is one GEMM over (pixels x channels). */
+#ifndef KILN_TRAIN_INTERNAL_H
+#define KILN_TRAIN_INTERNAL_H
+
+#include "kiln/core.h"
+
+#include <stdint.h>
+
+struct cJSON;
+
+/* ---------------------------------------------------------------- random numbers */
+
+/* splitmix64: tiny state (saved in checkpoints), good enough for init and dropout masks. */
+typedef struct kx_rng {
+  uint64_t state;
+} kx_rng;
+
+uint64_t kx_rng_next(kx_rng *r);
+/* Uniform in [0, 1) with 24 random bits (exact in float). */
+float kx_rng_uniform(kx_rng *r);
+
+/* ---------------------------------------------------------------- activations */
+
+typedef enum kx_actfn {
+  KX_ACTFN_LINEAR = 0,
+  KX_ACTFN_RELU,
+  KX_ACTFN_SIGMOID,
+  KX_ACTFN_TANH,
+  KX_ACTFN_SOFTMAX,
+} kx_actfn;
+
+/* Parses Keras' names ("relu", "linear", ...); -1 when unknown. */
+int kx_actfn_parse(const char *name);
+const char *kx_actfn_name(kx_actfn a);
+/* y = act(y) in place over rows of `width` (softmax works per row). */
+void kx_actfn_forward(kx_actfn a, float *y, int64_t rows, int64_t width);
+/* dz = dy * act'(z), written over dy, from the activation's output y (every supported
+ * activation's derivative is a function of its output). */
+void kx_actfn_backward(kx_actfn a, const float *y, float *dy, int64_t rows, int64_t width);
+
+/* ---------------------------------------------------------------- layers */
+
+/* A sample's shape without the batch dimension: [features] or [H, W, C]. */
+typedef struct kx_shape {
+  int rank;
+  int64_t d[3];
+} kx_shape;
+
+int64_t kx_shape_size(const kx_shape *s);
+
+/* What a forward or backward pass runs with. */
+typedef struct kx_pass {
+  kiln_pool *pool;
+  int threads;
+  int64_t batch;  /* rows in this pass (the last batch of an epoch may be short) */
+  int training;   /* dropout drops and batch norm uses batch statistics only when training */
+  kx_rng *rng;    /* dropout masks */
+  float *scratch; /* kx_net.scratch: shared by layers, one layer at a time */
+} kx_pass;
+
+typedef struct kx_layer kx_layer;
+
+typedef struct kx_layer_ops {
+  const char *name; /* Keras' snake_case class name: "dense", "conv2d", ... */
+  /* Reads the layer's keys from its JSON config (an object; unknown keys are errors naming
+   * `where`, e.g. "model.layers[2].dense"). */
+  kiln_status (*configure)(kx_layer *l, const struct cJSON *config, const char *where);
+  /* From l->in: sets l->out, the parameter and state counts, and the floats it saves per sample
+   * (l->saved_per_sample) and needs as shared scratch per sample (l->scratch_per_sample). */
+  kiln_status (*build)(kx_layer *l);
+  /* Initial parameters (l->params) and state (l->state), Keras' defaults. */
+  void (*init)(kx_layer *l, kx_rng *rng);
+  /* y[batch, out] from x[batch, in]. */
+  void (*forward)(const kx_pass *p, kx_layer *l, const float *x, float *y);
+  /* Accumulates parameter gradients into l->grads (zeroed by the caller before the first layer's
+   * backward) and writes dx[batch, in] unless dx is NULL (the first layer: no input gradient).
+   * dy may be overwritten. */
+  void (*backward)(const kx_pass *p, kx_layer *l, const float *x, const float *y, float *dy, float *dx);
+} kx_layer_ops;
+
+struct kx_layer {
+  const kx_layer_ops *ops;
+  char name[64]; /* "dense_1": Keras' naming, used for ONNX initializers and checkpoints */
+  kx_shape in, out;
+  int64_t n_params, n_state;              /* floats */
+  float *params, *grads, *state;          /* views into the network's buffers */
+  int64_t saved_per_sample;               /* floats this layer keeps from forward to backward */
+  int64_t scratch_per_sample;             /* floats of kx_net.scratch it uses per sample */
+  float *saved;                           /* [max_batch * saved_per_sample], owned by the net */
+  kx_actfn act;                           /* dense, conv2d, activation layers */
+  int use_bias;
+  int64_t units;                          /* dense */
+  int64_t filters, kernel[2], strides[2]; /* conv2d; kernel/strides also pooling windows */
+  int same;                               /* padding "same" (else "valid") */
+  int64_t pad[2];                         /* top and left padding of "same" */
+  float rate;                             /* dropout */
+  float momentum, epsilon;                /* batch_normalization */
+  kx_shape target;                        /* reshape */
+};
+
+/* The layer kinds, by Keras name ("dense", "relu" ...); NULL when unknown. */
+const kx_layer_ops *kx_layer_find(const char *name);
+
+/* ---------------------------------------------------------------- the network */
+
+typedef struct kx_net {
+  kx_layer *layers;
+  int n_layers;
+  kx_shape input;
+  int64_t n_params, n_state;
+  float *params; /* every layer's parameters, one allocation */
+  float *grads;  /* their gradients, same layout: one all-reduce per step */
+  float *state;  /* non-trainable (batch norm's moving statistics) */
+  int64_t max_batch;
+  float **acts;  /* acts[0] = the input batch, acts[i + 1] = layer i's output */
+  float *dbuf[2]; /* ping-pong gradient buffers of the widest activation */
+  float *scratch;
+} kx_net;
+
+/* Builds the layers of a run file's "model" ({"layers": [{"dense": {...}}, "flatten", ...]}) on
+ * samples of shape `input`, for batches of up to max_batch rows, and initializes the parameters
+ * from `rng` (Keras' initializers). Errors name the layer ("model.layers[2].dense: ..."). */
+kiln_status kx_net_create(const struct cJSON *model, const kx_shape *input, int64_t max_batch, kx_rng *rng,
+                          kx_net **out);
+void kx_net_free(kx_net *n);
+/* Forward over p->batch rows of n->acts[0]; returns the output (n->acts[n_layers]). */
+float *kx_net_forward(kx_net *n, const kx_pass *p);
+/* Backward from dy (the loss gradient over the output, [batch, out]; overwritten): fills n->grads. */
+void kx_net_backward(kx_net *n, const kx_pass *p, float *dy);
+int64_t kx_net_output_size(const kx_net *n);
+
+/* ---------------------------------------------------------------- losses and metrics */
+
+typedef enum kx_loss_kind {
+  KX_LOSS_SPARSE_CCE = 0, /* sparse_categorical_crossentropy: integer labels */
+  KX_LOSS_CCE,            /* categorical_crossentropy: one-hot (or soft) targets of the output's width */
+  KX_LOSS_MSE,            /* mean_squared_error */
+} kx_loss_kind;
+
+typedef struct kx_loss {
+  kx_loss_kind kind;
+  int from_logits; /* the crossentropies: the output is logits (softmax inside the loss) */
+} kx_loss;
+
+/* Parses "mse" or {"sparse_categorical_crossentropy": {"from_logits": true}} / {"name": ...}. */
+kiln_status kx_loss_parse(const struct cJSON *j, kx_loss *out);
+/* Target floats per sample: 1 for sparse labels, else the output width. */
+int64_t kx_loss_target_width(const kx_loss *l, int64_t out_width);
+/* Mean loss over `rows` rows of y[rows, width] against t; writes dL/dy (already divided by
+ * `denominator`, the number of rows the mean runs over — the global batch under MPI) into dy
+ * when dy is not NULL; adds the rows whose arg-max equals the label to *correct when not NULL.
+ * Returns the sum of per-row losses (the caller divides). Labels outside [0, width) are errors. */
+kiln_status kx_loss_compute(const kx_loss *l, const float *y, const float *t, int64_t rows, int64_t width,
+                            double denominator, float *dy, double *loss_sum, int64_t *correct);
+
+/* ---------------------------------------------------------------- optimizers */
+
+typedef enum kx_optim_kind { KX_OPTIM_ADAM = 0, KX_OPTIM_ADAMW, KX_OPTIM_SGD } kx_optim_kind;
+
+typedef enum kx_schedule_kind {
+  KX_SCHEDULE_CONSTANT = 0,
+  KX_SCHEDULE_EXPONENTIAL,   /* lr * decay_rate ^ (step / decay_steps), floored when staircase */
+  KX_SCHEDULE_COSINE,        /* Keras' CosineDecay (alpha floor) over decay_steps */
+  KX_SCHEDULE_PIECEWISE,     /* values[i] until boundaries[i] */
+} kx_schedule_kind;
+
+#define KX_SCHEDULE_MAX_PIECES 16
+
+typedef struct kx_schedule {
+  kx_schedule_kind kind;
+  double lr;
+  double decay_steps, decay_rate, alpha;
+  int staircase;
+  int n_pieces;
+  double boundaries[KX_SCHEDULE_MAX_PIECES], values[KX_SCHEDULE_MAX_PIECES + 1];
+} kx_schedule;
+
+typedef struct kx_optim {
+  kx_optim_kind kind;
+  kx_schedule schedule;
+  double beta_1, beta_2, epsilon, weight_decay; /* adam / adamw */
+  double momentum;                              /* sgd */
+  int nesterov;
+  int64_t n;        /* parameters */
+  float *m, *v;     /* adam's moments, sgd's velocity (m); one allocation */
+  int64_t step;     /* updates applied */
+} kx_optim;
+
+/* Parses "adam" or {"adam": {"learning_rate": ..., ...}} / {"name": "adam", ...}; Keras' defaults. */
+kiln_status kx_optim_parse(const struct cJSON *j, kx_optim *out);
+/* Allocates the state for n parameters (zeroed). */
+kiln_status kx_optim_init(kx_optim *o, int64_t n);
+void kx_optim_free(kx_optim *o);
+/* The learning rate of update number `step` (0-based). */
+double kx_schedule_lr(const kx_schedule *s, int64_t step);
+/* One update of params from grads. */
+void kx_optim_step(kx_optim *o, kiln_pool *pool, int threads, float *params, const float *grads);
+
+#endif
