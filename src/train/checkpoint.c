@@ -312,8 +312,11 @@ static kiln_status make_dirs(const char *dir) {
     if (*s != '/' && !last) continue;
     char saved = *s;
     *s = '\0';
-    if (mkdir(p, 0777) != 0 && errno != EEXIST)
-      e = kiln_error(KILN_IO, "cannot create the checkpoint directory %s: %s", p, strerror(errno));
+    struct stat st;
+    int err = mkdir(p, 0777) == 0 ? 0 : errno;
+    /* an existing parent may answer EACCES or EROFS rather than EEXIST */
+    if (err && err != EEXIST && !(stat(p, &st) == 0 && S_ISDIR(st.st_mode)))
+      e = kiln_error(KILN_IO, "cannot create the checkpoint directory %s: %s", p, strerror(err));
     *s = saved;
     if (last) break;
   }
