@@ -232,6 +232,17 @@ kiln_status kiln_npy_write(const char *path, const kiln_tensor *t);
  * size accepted (0 = no limit). */
 kiln_status kiln_file_read(const char *path, size_t limit, void **out, size_t *len);
 
+/* Writes data to path atomically: a temporary file in the same directory, fsync, rename over path,
+ * fsync of the directory. Readers see the old content or the new, never a mix, and a crash leaves
+ * at most a temporary (".NAME.tmp.*") beside path. On any failure before the rename the temporary
+ * is removed and path is untouched; if only the directory's fsync fails, the new content is in
+ * place but the error is still returned (its durability is not known). The file's mode is 0666
+ * less the umask. */
+kiln_status kiln_file_write_atomic(const char *path, const void *data, size_t len);
+/* The same for a writer that has its data in n pieces (parts[i] of lens[i] bytes, written in
+ * order; a piece of length 0 may be NULL), so that it need not join them first. */
+kiln_status kiln_file_write_atomic_parts(const char *path, const void *const *parts, const size_t *lens, int n);
+
 /* kiln's version string. */
 const char *kiln_version(void);
 

@@ -1,8 +1,10 @@
-/* Core layer: statuses, float16/bfloat16 conversion, tensors, .npy I/O, the thread pool and the
- * allclose comparison. */
+/* Core layer: statuses, float16/bfloat16 conversion, tensors, .npy I/O, the thread pool, the
+ * allclose comparison and atomic file writes. */
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "test.h"
@@ -209,6 +211,77 @@ static void test_default_threads(void) {
   unsetenv("KILN_NUM_THREADS");
 }
 
+/* Names in dir other than "." and "..", joined by spaces (sorted by nothing: tests only count). */
+static int count_entries(const char *dir, char *names, size_t size) {
+  DIR *d = opendir(dir);
+  if (!d) return -1;
+  int n = 0;
+  names[0] = '\0';
+  for (struct dirent *e; (e = readdir(d));) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    n++;
+    size_t used = strlen(names);
+    snprintf(names + used, size - used, "%s ", e->d_name);
+  }
+  closedir(d);
+  return n;
+}
+
+/* Atomic writes: the content arrives whole, replaces what was there, leaves no temporary beside
+ * it, and a write that cannot happen leaves nothing behind. */
+static void test_file_write_atomic(void) {
+  char dir[] = "/tmp/kiln_test_atomic_XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  char path[128], names[512];
+  snprintf(path, sizeof path, "%s/out.bin", dir);
+  CHECK_OK(kiln_file_write_atomic(path, "first version", 13));
+  void *got;
+  size_t len;
+  CHECK_OK(kiln_file_read(path, 0, &got, &len));
+  CHECK(len == 13 && memcmp(got, "first version", 13) == 0);
+  free(got);
+
+  const void *parts[] = {"ab", NULL, "", "cdef"};
+  const size_t lens[] = {2, 0, 0, 4};
+  CHECK_OK(kiln_file_write_atomic_parts(path, parts, lens, 4));
+  CHECK_OK(kiln_file_read(path, 0, &got, &len));
+  CHECK(len == 6 && memcmp(got, "abcdef", 6) == 0);
+  free(got);
+  CHECK(count_entries(dir, names, sizeof names) == 1);
+  CHECK(strcmp(names, "out.bin ") == 0);
+
+  /* the mode follows the umask like any new file's, not mkstemp's 0600 */
+  struct stat st;
+  mode_t mask = umask(022);
+  CHECK_OK(kiln_file_write_atomic(path, "", 0));
+  umask(mask);
+  CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0644 && st.st_size == 0);
+
+  char missing[160];
+  snprintf(missing, sizeof missing, "%s/no/such/dir/x.bin", dir);
+  CHECK_ERROR(kiln_file_write_atomic(missing, "x", 1), KILN_NOT_FOUND, "/no/such/dir/.x.bin.tmp.");
+  CHECK(count_entries(dir, names, sizeof names) == 1);
+
+  /* renaming onto a directory fails after the data is written: the temporary goes away */
+  char sub[160];
+  snprintf(sub, sizeof sub, "%s/sub", dir);
+  CHECK(mkdir(sub, 0755) == 0);
+  CHECK_ERROR(kiln_file_write_atomic(sub, "x", 1), KILN_IO, "cannot rename");
+  CHECK(count_entries(dir, names, sizeof names) == 2);
+  CHECK(strstr(names, ".tmp.") == NULL);
+  CHECK_OK(kiln_file_read(path, 0, &got, &len));
+  CHECK(len == 0);
+  free(got);
+
+  CHECK_ERROR(kiln_file_write_atomic("/tmp/", "x", 1), KILN_INVALID_ARGUMENT, "not a file name");
+  CHECK_ERROR(kiln_file_write_atomic_parts(path, parts, NULL, 1), KILN_INVALID_ARGUMENT, "lengths");
+  const size_t bad_lens[] = {2, 3};
+  CHECK_ERROR(kiln_file_write_atomic_parts(path, parts, bad_lens, 2), KILN_INVALID_ARGUMENT, "part 1 of 3 bytes has no data");
+  rmdir(sub);
+  unlink(path);
+  CHECK(rmdir(dir) == 0);
+}
+
 TEST_MAIN(TEST(test_status), TEST(test_half_against_f16c), TEST(test_bfloat16), TEST(test_dtype_names),
           TEST(test_tensor_shapes), TEST(test_compare), TEST(test_npy_roundtrip), TEST(test_npy_errors),
-          TEST(test_pool), TEST(test_default_threads))
+          TEST(test_pool), TEST(test_default_threads), TEST(test_file_write_atomic))
