@@ -232,6 +232,8 @@ kiln_status kiln_npy_write(const char *path, const kiln_tensor *t);
  * size accepted (0 = no limit). */
 kiln_status kiln_file_read(const char *path, size_t limit, void **out, size_t *len);
 
+/* fsync of a directory: makes the renames and creations in it durable. */
+kiln_status kiln_dir_sync(const char *dir);
 /* Writes data to path atomically: a temporary file in the same directory, fsync, rename over path,
  * fsync of the directory. Readers see the old content or the new, never a mix, and a crash leaves
  * at most a temporary (".NAME.tmp.*") beside path. On any failure before the rename the temporary

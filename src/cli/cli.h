@@ -46,6 +46,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_data(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 /* `kiln data schema infer`, `validate`, `stats`, `diff` (data_schema.c); argv[0] is the command. */
 int cmd_data_schema(int argc, char **argv);
 int cmd_data_validate(int argc, char **argv);

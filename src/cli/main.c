@@ -19,6 +19,7 @@ static const struct {
     {"bench", cmd_bench, "measure latency and throughput on synthetic inputs"},
     {"conformance", cmd_conformance, "run ONNX backend test cases and compare with their expected outputs"},
     {"serve", cmd_serve, "serve models over TF Serving's REST API and KServe V2, with metrics"},
+    {"train", cmd_train, "train a Keras-style model on a data pipeline (Fashion-MNIST by default), with MPI"},
     {"data", cmd_data, "read, check, convert and time datasets (cat, convert, bench, schema, validate, stats, diff)"},
 };
 

@@ -59,9 +59,8 @@ static kiln_status write_all(int fd, const char *tmp, const void *data, size_t l
   return NULL;
 }
 
-/* fsync of the directory makes the rename itself durable. Filesystems that cannot sync a
- * directory say EINVAL; their renames are as durable as they get. */
-static kiln_status sync_dir(const char *dir) {
+/* Filesystems that cannot sync a directory say EINVAL; their renames are as durable as they get. */
+kiln_status kiln_dir_sync(const char *dir) {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return kiln_error(KILN_IO, "%s: cannot open the directory to sync it: %s", dir, strerror(errno));
   int failed = fsync(fd) != 0 && errno != EINVAL;
@@ -121,7 +120,7 @@ kiln_status kiln_file_write_atomic_parts(const char *path, const void *const *pa
   if (close(fd) != 0 && !e) e = kiln_error(KILN_IO, "%s: cannot close: %s", tmp, strerror(errno));
   if (!e && rename(tmp, path) != 0) e = kiln_error(KILN_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
   if (e) unlink(tmp);
-  else e = sync_dir(dir);
+  else e = kiln_dir_sync(dir);
   free(dir);
   free(tmp);
   return e;

@@ -107,7 +107,7 @@ static kiln_status build(kx_net *n, const cJSON *layers) {
     n->n_state += l->n_state;
   }
   kiln_status s = alloc_floats(n->n_params, &n->params);
-  if (!s) s = alloc_floats(n->n_params, &n->grads);
+  if (!s) s = alloc_floats(n->n_params + KX_GRAD_TAIL, &n->grads);
   if (!s) s = alloc_floats(n->n_state, &n->state);
   if (!s) s = alloc_floats(widest * n->max_batch, &n->dbuf[0]);
   if (!s) s = alloc_floats(widest * n->max_batch, &n->dbuf[1]);

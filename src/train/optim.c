@@ -63,6 +63,11 @@ static kiln_status parse_schedule(const cJSON *j, kx_schedule *s) {
   return NULL;
 }
 
+void kx_schedule_set_lr(kx_schedule *s, double lr) {
+  for (int i = 0; s->kind == KX_SCHEDULE_PIECEWISE && i <= s->n_pieces; i++) s->values[i] *= lr / s->lr;
+  s->lr = lr;
+}
+
 double kx_schedule_lr(const kx_schedule *s, int64_t step) {
   double t = (double)step;
   switch (s->kind) {
@@ -154,13 +159,16 @@ typedef struct update {
 
 static void adam_range(void *arg, int64_t begin, int64_t end) {
   const update *u = arg;
-  float *p = u->p, *m = u->o->m, *v = u->o->v;
-  const float *g = u->g;
-  for (int64_t i = begin; i < end; i++) {
-    if (u->decay != 0) p[i] -= p[i] * u->decay;
-    m[i] += (g[i] - m[i]) * (1 - u->b1);
-    v[i] += (g[i] * g[i] - v[i]) * (1 - u->b2);
-    p[i] -= u->step_size * m[i] / (sqrtf(v[i]) + u->eps);
+  float *restrict p = u->p + begin, *restrict m = u->o->m + begin, *restrict v = u->o->v + begin;
+  const float *restrict g = u->g + begin;
+  const float b1 = 1 - u->b1, b2 = 1 - u->b2, step = u->step_size, eps = u->eps, decay = u->decay;
+  int64_t n = end - begin;
+  if (decay != 0) /* adamw: decoupled weight decay, before the gradient step (Keras' order) */
+    for (int64_t i = 0; i < n; i++) p[i] -= p[i] * decay;
+  for (int64_t i = 0; i < n; i++) {
+    m[i] += (g[i] - m[i]) * b1;
+    v[i] += (g[i] * g[i] - v[i]) * b2;
+    p[i] -= step * m[i] / (sqrtf(v[i]) + eps);
   }
 }
 

@@ -109,13 +109,17 @@ const kx_layer_ops *kx_layer_find(const char *name);
 
 /* ---------------------------------------------------------------- the network */
 
+/* Floats after the gradients in kx_net.grads, all-reduced with them: a step's rows, loss sum and
+ * correct predictions (kept below 2^24 per step, so exact in float). */
+#define KX_GRAD_TAIL 4
+
 typedef struct kx_net {
   kx_layer *layers;
   int n_layers;
   kx_shape input;
   int64_t n_params, n_state;
   float *params; /* every layer's parameters, one allocation */
-  float *grads;  /* their gradients, same layout: one all-reduce per step */
+  float *grads;  /* their gradients, same layout, then KX_GRAD_TAIL floats: one all-reduce per step */
   float *state;  /* non-trainable (batch norm's moving statistics) */
   int64_t max_batch;
   float **acts;  /* acts[0] = the input batch, acts[i + 1] = layer i's output */
@@ -197,9 +201,63 @@ kiln_status kx_optim_parse(const struct cJSON *j, kx_optim *out);
 /* Allocates the state for n parameters (zeroed). */
 kiln_status kx_optim_init(kx_optim *o, int64_t n);
 void kx_optim_free(kx_optim *o);
+/* Sets the schedule's initial learning rate (scaling a piecewise schedule's values). */
+void kx_schedule_set_lr(kx_schedule *s, double lr);
 /* The learning rate of update number `step` (0-based). */
 double kx_schedule_lr(const kx_schedule *s, int64_t step);
 /* One update of params from grads. */
 void kx_optim_step(kx_optim *o, kiln_pool *pool, int threads, float *params, const float *grads);
+
+/* ---------------------------------------------------------------- MPI */
+
+/* The processes of a data-parallel run (a world of one without mpirun). */
+typedef struct kx_world {
+  int rank, size;
+  int owns_mpi; /* this process called MPI_Init */
+} kx_world;
+
+/* Joins the MPI job when mpirun started this process; else rank 0 of 1. */
+kiln_status kx_world_init(kx_world *w);
+void kx_world_finalize(kx_world *w);
+/* In-place sums across ranks (no-ops in a world of one). */
+void kx_world_sum_floats(const kx_world *w, float *data, int64_t n);
+void kx_world_sum_doubles(const kx_world *w, double *data, int n);
+/* The MPI library's name and version ("Open MPI v4.1.4"); callable without MPI_Init. */
+void kx_world_library(char *buf, size_t size);
+/* Rank 0's bytes to every rank. */
+void kx_world_broadcast(const kx_world *w, void *data, size_t bytes);
+/* Fails on every rank unless all ranks pass the same value (up to 255 bytes) as rank 0; `what`
+ * names it in the error ("kiln version", "run file"). Collective: every rank must call it. */
+kiln_status kx_world_check_same(const kx_world *w, const char *what, const char *value);
+
+/* ---------------------------------------------------------------- run files */
+
+/* A run file, parsed and checked (include/kiln/train.h shows the format). */
+typedef struct kx_run {
+  struct cJSON *root;          /* owns the JSON members below */
+  const struct cJSON *model;   /* {"input_shape"?, "layers": [...]} */
+  struct cJSON *data;          /* the training pipeline spec (shuffles given the run's seed) */
+  struct cJSON *validation;    /* the validation pipeline spec, NULL when none */
+  double validation_split;     /* the last fraction of the training source, held out */
+  kx_optim optim;
+  kx_loss loss;
+  int accuracy;                /* "metrics": ["accuracy"] */
+  int64_t epochs, batch_size, seed;
+  const char *features, *label; /* the model's input feature and the target feature */
+  int64_t checkpoint_every, log_every;
+  int keep_checkpoints;
+  char base_dir[4096];         /* the run file's folder: relative data paths resolve against it */
+  char hash[17];               /* FNV-1a 64 of the run file's canonical JSON, in hex: checkpoints and MPI
+                                  ranks refuse a different run */
+} kx_run;
+
+/* Gives every shuffle stage without a seed the run's seed, so that a run replays exactly (call
+ * after overriding r->seed). */
+kiln_status kx_run_seed_shuffles(kx_run *r);
+/* Reads and checks a run file (NULL: the built-in seed run). */
+kiln_status kx_run_load(const char *path, kx_run *out);
+/* The same from JSON text; base_dir resolves relative data paths (NULL: the working directory). */
+kiln_status kx_run_parse(const char *json, size_t len, const char *base_dir, kx_run *out);
+void kx_run_free(kx_run *r);
 
 #endif

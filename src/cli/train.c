@@ -1,0 +1,236 @@
+/* `kiln train`: trains a run file's model (the seed's Fashion-MNIST classifier by default), with a
+ * progress bar on a terminal or JSON log lines otherwise, final metrics as JSON, and export into
+ * the next version folder of a model repository. */
+#include "cli/cli.h"
+#include "kiln/net.h"
+#include "kiln/train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct progress_view {
+  int tty;
+  int64_t log_every;
+  double last_draw;
+} progress_view;
+
+static void format_rate(double r, char *buf, size_t size) {
+  if (r >= 1e6) snprintf(buf, size, "%.2fM", r / 1e6);
+  else if (r >= 1e3) snprintf(buf, size, "%.1fk", r / 1e3);
+  else snprintf(buf, size, "%.0f", r);
+}
+
+static void draw_bar(const kiln_train_progress *p) {
+  char rate[32], acc[32] = "", eta[32] = "";
+  format_rate(p->samples_per_s, rate, sizeof rate);
+  if (!isnan(p->accuracy)) snprintf(acc, sizeof acc, " acc %.4f", p->accuracy);
+  int width = 24, filled = p->steps > 0 ? (int)(width * p->step / p->steps) : 0;
+  char bar[32];
+  for (int i = 0; i < width; i++) bar[i] = i < filled ? '=' : i == filled ? '>' : ' ';
+  bar[width] = 0;
+  if (p->steps > 0 && p->step > 0 && p->step < p->steps)
+    snprintf(eta, sizeof eta, " ETA %.0fs", p->elapsed_s / (double)p->step * (double)(p->steps - p->step));
+  if (p->steps > 0) fprintf(stderr, "\repoch %lld/%lld [%s] %lld/%lld loss %.4f%s %s samples/s%s", (long long)p->epoch + 1,
+                            (long long)p->epochs, bar, (long long)p->step, (long long)p->steps, p->loss, acc, rate, eta);
+  else fprintf(stderr, "\repoch %lld/%lld step %lld loss %.4f%s %s samples/s", (long long)p->epoch + 1, (long long)p->epochs,
+               (long long)p->step, p->loss, acc, rate);
+}
+
+static void on_progress(void *arg, const kiln_train_progress *p) {
+  progress_view *v = arg;
+  char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32];
+  if (v->tty) {
+    double now = kiln_now();
+    if (p->end_of_epoch || now - v->last_draw >= 0.1) {
+      v->last_draw = now;
+      draw_bar(p);
+    }
+    if (p->end_of_epoch) {
+      if (!isnan(p->val_loss)) fprintf(stderr, " - val_loss %.4f", p->val_loss);
+      if (!isnan(p->val_accuracy)) fprintf(stderr, " val_acc %.4f", p->val_accuracy);
+      fputc('\n', stderr);
+    }
+    return;
+  }
+  if (!p->end_of_epoch && p->global_step % v->log_every != 0) return;
+  snprintf(epoch, sizeof epoch, "%lld", (long long)p->epoch + 1);
+  snprintf(step, sizeof step, "%lld", (long long)p->global_step);
+  snprintf(loss, sizeof loss, "%.6g", p->loss);
+  snprintf(acc, sizeof acc, "%.6g", p->accuracy);
+  snprintf(rate, sizeof rate, "%.1f", p->samples_per_s);
+  snprintf(lr, sizeof lr, "%.6g", p->learning_rate);
+  snprintf(vloss, sizeof vloss, "%.6g", p->val_loss);
+  snprintf(vacc, sizeof vacc, "%.6g", p->val_accuracy);
+  kiln_log_field fields[] = {{"epoch", epoch},
+                             {"step", step},
+                             {"loss", loss},
+                             {"accuracy", isnan(p->accuracy) ? NULL : acc},
+                             {"samples_per_s", rate},
+                             {"learning_rate", lr},
+                             {"val_loss", p->end_of_epoch && !isnan(p->val_loss) ? vloss : NULL},
+                             {"val_accuracy", p->end_of_epoch && !isnan(p->val_accuracy) ? vacc : NULL}};
+  kiln_log_fields(KILN_LOG_INFO, fields, (int)(sizeof fields / sizeof fields[0]), p->end_of_epoch ? "epoch end" : "train step");
+}
+
+/* The JSON numbers of --metrics-out: null for what the run did not measure. */
+static void json_number(FILE *f, const char *key, double v, int last) {
+  if (isnan(v) || isinf(v)) fprintf(f, "\"%s\": null%s", key, last ? "" : ", ");
+  else fprintf(f, "\"%s\": %.9g%s", key, v, last ? "" : ", ");
+}
+
+static kiln_status write_metrics(const char *path, const kiln_train_result *r) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (!f) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  fprintf(f, "{\"epochs\": %lld, \"steps\": %lld, ", (long long)r->epochs, (long long)r->steps);
+  json_number(f, "train_loss", r->train_loss, 0);
+  json_number(f, "train_accuracy", r->train_accuracy, 0);
+  json_number(f, "test_loss", r->test_loss, 0);
+  json_number(f, "test_accuracy", r->test_accuracy, 0);
+  json_number(f, "samples_per_s", r->samples_per_s, 0);
+  json_number(f, "wall_s", r->wall_s, 1);
+  fputs("}\n", f);
+  if (fclose(f) != 0) {
+    free(text);
+    return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  kiln_status s = kiln_file_write_atomic(path, text, len);
+  free(text);
+  return s ? kiln_status_prefix(s, "--metrics-out") : NULL;
+}
+
+/* The next version number under REPO/NAME (1 when it holds none). */
+static kiln_status next_version(const char *model_dir, long long *version) {
+  *version = 1;
+  DIR *d = opendir(model_dir);
+  if (!d) {
+    if (errno == ENOENT) return NULL;
+    return kiln_error(KILN_IO, "cannot read %s: %s", model_dir, strerror(errno));
+  }
+  for (struct dirent *e; (e = readdir(d));) {
+    char *end;
+    long long v = strtoll(e->d_name, &end, 10);
+    if (*end == 0 && end != e->d_name && e->d_name[0] != '-' && e->d_name[0] != '+' && v >= *version) *version = v + 1;
+  }
+  closedir(d);
+  return NULL;
+}
+
+static kiln_status mkdir_parents(const char *path) {
+  char buf[4096];
+  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return kiln_error(KILN_INVALID_ARGUMENT, "path too long: %s", path);
+  for (char *p = buf + 1;; p++) {
+    int end = *p == 0;
+    if (*p == '/' || end) {
+      *p = 0;
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return kiln_error(KILN_IO, "cannot create %s: %s", buf, strerror(errno));
+      if (end) return NULL;
+      *p = '/';
+    }
+  }
+}
+
+/* --export REPO/NAME: the model into a temporary folder beside the versions, then renamed to the
+ * next version number, so that a server watching the repository never sees half a version. */
+static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
+  long long version;
+  char tmp[4096], final[4096];
+  kiln_status s = mkdir_parents(model_dir);
+  if (!s) s = next_version(model_dir, &version);
+  if (s) return s;
+  if (cli_path(tmp, sizeof tmp, "%s/.export-%lld-%ld", model_dir, version, (long)getpid()) ||
+      cli_path(final, sizeof final, "%s/%lld", model_dir, version))
+    return kiln_error(KILN_INVALID_ARGUMENT, "--export path too long");
+  if (mkdir(tmp, 0755) != 0) return kiln_error(KILN_IO, "cannot create %s: %s", tmp, strerror(errno));
+  s = kiln_trainer_export(t, tmp);
+  if (!s && rename(tmp, final) != 0) s = kiln_error(KILN_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+  if (!s) s = kiln_dir_sync(model_dir);
+  if (s) {
+    char cmd[4200];
+    DIR *d = opendir(tmp);
+    for (struct dirent *e; d && (e = readdir(d));)
+      if (e->d_name[0] != '.' && !cli_path(cmd, sizeof cmd, "%s/%s", tmp, e->d_name)) unlink(cmd);
+    if (d) closedir(d);
+    rmdir(tmp);
+    return kiln_status_prefix(s, "--export");
+  }
+  fprintf(stderr, "exported version %lld to %s\n", version, final);
+  return NULL;
+}
+
+int cmd_train(int argc, char **argv) {
+  kiln_train_options o = {0};
+  const char *metrics_out = NULL, *export_dir = NULL;
+  long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 100;
+  double lr = 0;
+  int resume = 0, recompute = 0;
+  const cli_flag flags[] = {
+      {"config", CLI_STRING, &o.run_file, "RUN.json", "the run file (default: the built-in Fashion-MNIST run)"},
+      {"epochs", CLI_INT, &epochs, "N", "epochs (overrides the run file)"},
+      {"batch-size", CLI_INT, &batch, "N", "the global batch: N processes take batch/N each"},
+      {"threads", CLI_INT, &threads, "N", "threads per process (default $KILN_NUM_THREADS, else the CPU count)"},
+      {"seed", CLI_INT, &seed, "N", "seed of initialization, shuffling and dropout"},
+      {"lr", CLI_DOUBLE, &lr, "X", "the (initial) learning rate"},
+      {"precision", CLI_STRING, &o.precision, "P", "fp32 (default), bf16 or fp16: 16-bit weights and activations"},
+      {"recompute", CLI_BOOL, &recompute, NULL, "recompute activations in the backward pass (less memory)"},
+      {"checkpoint-dir", CLI_STRING, &o.checkpoint_dir, "DIR", "checkpoints (default ./checkpoints)"},
+      {"checkpoint-every", CLI_INT, &every, "N", "also checkpoint every N steps (default: each epoch's end)"},
+      {"keep-checkpoints", CLI_INT, &keep, "K", "keep the newest K checkpoints (default 3)"},
+      {"resume", CLI_BOOL, &resume, NULL, "continue from the newest valid checkpoint"},
+      {"logdir", CLI_STRING, &o.logdir, "DIR", "TensorBoard event files (default ./runs; \"\" for none)"},
+      {"log-every", CLI_INT, &log_every, "N", "a JSON log line every N steps when stderr is not a terminal (default 100)"},
+      {"metrics-out", CLI_STRING, &metrics_out, "FILE", "write the final metrics as one JSON object"},
+      {"export", CLI_STRING, &export_dir, "REPO/NAME", "export the model as ONNX into the next version folder"},
+      {0},
+  };
+  const cli_spec spec = {"kiln train", "[--config RUN.json] [flags]",
+                         "Trains a Keras-style model on a kiln data pipeline. Without --config, trains the seed's\n"
+                         "classifier (Flatten -> Dense(128, relu) -> Dense(10), Adam, 10 epochs) on Fashion-MNIST.\n"
+                         "Under mpirun every process trains on its shard of the data (data-parallel).",
+                         flags, 0, 0};
+  cli_list args;
+  int rc = cli_parse(&spec, argc, argv, &args);
+  if (rc >= 0) return rc;
+  cli_list_free(&args);
+  if (epochs < 0 || batch < 0 || every < 0 || keep < 0 || log_every < 1 || lr < 0) {
+    fprintf(stderr, "kiln train: --epochs, --batch-size, --checkpoint-every, --keep-checkpoints and --lr must not be negative, "
+                    "--log-every positive\n");
+    return EXIT_USAGE;
+  }
+  o.epochs = epochs;
+  o.batch_size = batch;
+  o.threads = (int)threads;
+  o.seed = seed;
+  o.seed_set = seed >= 0;
+  o.learning_rate = lr;
+  o.checkpoint_every = every;
+  o.keep_checkpoints = (int)keep;
+  o.resume = resume;
+  o.recompute = recompute;
+  progress_view view = {.tty = isatty(2), .log_every = log_every};
+  o.progress = on_progress;
+  o.progress_arg = &view;
+
+  kiln_trainer *t;
+  kiln_status s = kiln_trainer_create(&o, &t);
+  if (s) return cli_fail(s);
+  kiln_train_result r;
+  s = kiln_trainer_fit(t, &r);
+  int rank = kiln_trainer_rank(t);
+  if (!s && rank == 0) {
+    fprintf(stderr, "trained %lld epochs in %.1f s: loss %.4f", (long long)r.epochs, r.wall_s, r.train_loss);
+    if (!isnan(r.test_accuracy)) fprintf(stderr, ", test accuracy %.4f", r.test_accuracy);
+    fprintf(stderr, ", %.0f samples/s\n", r.samples_per_s);
+    if (metrics_out) s = write_metrics(metrics_out, &r);
+    if (!s && export_dir) s = export_version(t, export_dir);
+  }
+  kiln_trainer_free(t);
+  return s ? cli_fail(s) : EXIT_OK;
+}
