@@ -51,6 +51,7 @@ typedef struct kiln_train_options {
   int keep_checkpoints;       /* the newest K kept (<= 0: 3) */
   int resume;                 /* continue from the newest valid checkpoint in checkpoint_dir */
   const char *logdir;         /* TensorBoard events; NULL: ./runs; "" for none */
+  int64_t log_every;          /* TensorBoard scalars every N steps (> 0 overrides the run file's log_every) */
   kiln_train_progress_fn progress;
   void *progress_arg;
 } kiln_train_options;
@@ -76,6 +77,8 @@ kiln_status kiln_trainer_fit(kiln_trainer *t, kiln_train_result *result);
 kiln_status kiln_trainer_export(kiln_trainer *t, const char *dir);
 /* MPI rank of this process (0 without MPI): only rank 0 writes files and logs. */
 int kiln_trainer_rank(const kiln_trainer *t);
+/* Steps between TensorBoard scalars (and log lines): the option, else the run file's, else 100. */
+int64_t kiln_trainer_log_every(const kiln_trainer *t);
 void kiln_trainer_free(kiln_trainer *t);
 
 #ifdef __cplusplus

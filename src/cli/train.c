@@ -168,7 +168,7 @@ static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
 int cmd_train(int argc, char **argv) {
   kiln_train_options o = {0};
   const char *metrics_out = NULL, *export_dir = NULL;
-  long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 100;
+  long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 0;
   double lr = 0;
   int resume = 0, recompute = 0;
   const cli_flag flags[] = {
@@ -185,7 +185,8 @@ int cmd_train(int argc, char **argv) {
       {"keep-checkpoints", CLI_INT, &keep, "K", "keep the newest K checkpoints (default 3)"},
       {"resume", CLI_BOOL, &resume, NULL, "continue from the newest valid checkpoint"},
       {"logdir", CLI_STRING, &o.logdir, "DIR", "TensorBoard event files (default ./runs; \"\" for none)"},
-      {"log-every", CLI_INT, &log_every, "N", "a JSON log line every N steps when stderr is not a terminal (default 100)"},
+      {"log-every", CLI_INT, &log_every, "N", "TensorBoard scalars, and a JSON log line when stderr is not a terminal, every N steps\n"
+                                              "(default: the run file's log_every, else 100)"},
       {"metrics-out", CLI_STRING, &metrics_out, "FILE", "write the final metrics as one JSON object"},
       {"export", CLI_STRING, &export_dir, "REPO/NAME", "export the model as ONNX into the next version folder"},
       {0},
@@ -199,9 +200,9 @@ int cmd_train(int argc, char **argv) {
   int rc = cli_parse(&spec, argc, argv, &args);
   if (rc >= 0) return rc;
   cli_list_free(&args);
-  if (epochs < 0 || batch < 0 || every < 0 || keep < 0 || log_every < 1 || lr < 0) {
-    fprintf(stderr, "kiln train: --epochs, --batch-size, --checkpoint-every, --keep-checkpoints and --lr must not be negative, "
-                    "--log-every positive\n");
+  if (epochs < 0 || batch < 0 || every < 0 || keep < 0 || log_every < 0 || lr < 0) {
+    fprintf(stderr, "kiln train: --epochs, --batch-size, --checkpoint-every, --keep-checkpoints, --log-every and --lr must not be "
+                    "negative\n");
     return EXIT_USAGE;
   }
   o.epochs = epochs;
@@ -213,14 +214,16 @@ int cmd_train(int argc, char **argv) {
   o.checkpoint_every = every;
   o.keep_checkpoints = (int)keep;
   o.resume = resume;
+  o.log_every = log_every;
   o.recompute = recompute;
-  progress_view view = {.tty = isatty(2), .log_every = log_every};
+  progress_view view = {.tty = isatty(2)};
   o.progress = on_progress;
   o.progress_arg = &view;
 
   kiln_trainer *t;
   kiln_status s = kiln_trainer_create(&o, &t);
   if (s) return cli_fail(s);
+  view.log_every = kiln_trainer_log_every(t);
   kiln_train_result r;
   s = kiln_trainer_fit(t, &r);
   int rank = kiln_trainer_rank(t);

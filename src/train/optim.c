@@ -155,19 +155,21 @@ typedef struct update {
   float *p;
   const float *g;
   float lr, step_size, decay, b1, b2, eps, momentum;
+  float scale; /* multiplies every gradient first (1 / rows of the step) */
 } update;
 
 static void adam_range(void *arg, int64_t begin, int64_t end) {
   const update *u = arg;
   float *restrict p = u->p + begin, *restrict m = u->o->m + begin, *restrict v = u->o->v + begin;
   const float *restrict g = u->g + begin;
-  const float b1 = 1 - u->b1, b2 = 1 - u->b2, step = u->step_size, eps = u->eps, decay = u->decay;
+  const float b1 = 1 - u->b1, b2 = 1 - u->b2, step = u->step_size, eps = u->eps, decay = u->decay, scale = u->scale;
   int64_t n = end - begin;
   if (decay != 0) /* adamw: decoupled weight decay, before the gradient step (Keras' order) */
     for (int64_t i = 0; i < n; i++) p[i] -= p[i] * decay;
   for (int64_t i = 0; i < n; i++) {
-    m[i] += (g[i] - m[i]) * b1;
-    v[i] += (g[i] * g[i] - v[i]) * b2;
+    float gi = g[i] * scale;
+    m[i] += (gi - m[i]) * b1;
+    v[i] += (gi * gi - v[i]) * b2;
     p[i] -= step * m[i] / (sqrtf(v[i]) + eps);
   }
 }
@@ -177,18 +179,19 @@ static void sgd_range(void *arg, int64_t begin, int64_t end) {
   float *p = u->p, *m = u->o->m;
   const float *g = u->g;
   for (int64_t i = begin; i < end; i++) {
+    float gi = g[i] * u->scale;
     if (u->momentum == 0) {
-      p[i] -= u->lr * g[i];
+      p[i] -= u->lr * gi;
       continue;
     }
-    m[i] = m[i] * u->momentum - g[i] * u->lr;
-    p[i] += u->o->nesterov ? m[i] * u->momentum - g[i] * u->lr : m[i];
+    m[i] = m[i] * u->momentum - gi * u->lr;
+    p[i] += u->o->nesterov ? m[i] * u->momentum - gi * u->lr : m[i];
   }
 }
 
-void kx_optim_step(kx_optim *o, kiln_pool *pool, int threads, float *params, const float *grads) {
+void kx_optim_step(kx_optim *o, kiln_pool *pool, int threads, float *params, const float *grads, float scale) {
   double lr = kx_schedule_lr(&o->schedule, o->step), t = (double)(o->step + 1);
-  update u = {.o = o, .p = params, .g = grads, .lr = (float)lr, .momentum = (float)o->momentum};
+  update u = {.o = o, .p = params, .g = grads, .lr = (float)lr, .momentum = (float)o->momentum, .scale = scale};
   if (o->kind == KX_OPTIM_SGD) kiln_parallel_for(pool, threads, o->n, 4, sgd_range, &u);
   else {
     /* Keras: lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), epsilon outside the square root */

@@ -205,8 +205,8 @@ void kx_optim_free(kx_optim *o);
 void kx_schedule_set_lr(kx_schedule *s, double lr);
 /* The learning rate of update number `step` (0-based). */
 double kx_schedule_lr(const kx_schedule *s, int64_t step);
-/* One update of params from grads. */
-void kx_optim_step(kx_optim *o, kiln_pool *pool, int threads, float *params, const float *grads);
+/* One update of params from grads * scale (the gradients of a summed loss, scaled to its mean). */
+void kx_optim_step(kx_optim *o, kiln_pool *pool, int threads, float *params, const float *grads, float scale);
 
 /* ---------------------------------------------------------------- MPI */
 

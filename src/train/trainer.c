@@ -218,9 +218,7 @@ static kiln_status train_step(kiln_trainer *t, int64_t rows, int64_t *total_rows
   kx_world_sum_floats(&t->world, n->grads, n->n_params + KX_GRAD_TAIL);
   *total_rows = (int64_t)tail[0];
   if (*total_rows == 0) return NULL;
-  float inv = 1.0f / tail[0];
-  for (int64_t i = 0; i < n->n_params; i++) n->grads[i] *= inv;
-  kx_optim_step(&t->run.optim, t->pool, t->threads, n->params, n->grads);
+  kx_optim_step(&t->run.optim, t->pool, t->threads, n->params, n->grads, 1.0f / tail[0]);
   t->step_loss = tail[1] / tail[0];
   t->epoch_rows += *total_rows;
   t->epoch_loss += tail[1];
@@ -355,6 +353,7 @@ static kiln_status create(kiln_trainer *t, const kiln_train_options *o) {
   if (o->epochs > 0) r->epochs = o->epochs;
   if (o->batch_size > 0) r->batch_size = o->batch_size;
   if (o->seed_set) r->seed = o->seed;
+  if (o->log_every > 0) r->log_every = o->log_every;
   if (o->learning_rate > 0) kx_schedule_set_lr(&r->optim.schedule, o->learning_rate);
   if ((s = kx_run_seed_shuffles(r))) return s;
   if ((s = kx_world_check_same(&t->world, "kiln version", kiln_version())) || (s = kx_world_check_same(&t->world, "run file (hash)", r->hash)))
@@ -402,6 +401,8 @@ kiln_status kiln_trainer_create(const kiln_train_options *options, kiln_trainer 
 }
 
 int kiln_trainer_rank(const kiln_trainer *t) { return t->world.rank; }
+
+int64_t kiln_trainer_log_every(const kiln_trainer *t) { return t->run.log_every; }
 
 void kiln_trainer_free(kiln_trainer *t) {
   if (!t) return;

@@ -164,7 +164,7 @@ class Train(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr[-2000:])
         self.assertIn(os.path.basename(ckpts[-1]), r.stderr)
         self.assertIn(os.path.basename(ckpts[-2]), r.stderr)
-        self.assertIn("resuming from %s" % ckpts[-3], r.stderr)
+        self.assertIn("resuming from checkpoints/%s" % os.path.basename(ckpts[-3]), r.stderr)
         got = open(newest_checkpoint(os.path.join(d, "checkpoints")), "rb").read()
         self.assertEqual(got, want)
 
