@@ -98,7 +98,7 @@ static kiln_status build(kx_net *n, const cJSON *layers) {
     kiln_status s = configure_layer(n, i, cJSON_GetArrayItem(layers, i));
     if (s) return s;
     l->in = shape;
-    if ((s = l->ops->build(l))) return kiln_status_prefix(s, "model.layers[%d] (%s)", i, l->name);
+    if ((s = l->ops->build(l))) return kiln_status_prefix(s, "model.layers[%d] (%s): ", i, l->name);
     if ((s = check_shape(l, i))) return s;
     shape = l->out;
     widest = kx_shape_size(&shape) > widest ? kx_shape_size(&shape) : widest;
