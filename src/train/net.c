@@ -12,12 +12,12 @@
 
 extern const kx_layer_ops kx_layer_dense, kx_layer_flatten, kx_layer_reshape, kx_layer_dropout, kx_layer_activation,
     kx_layer_relu, kx_layer_sigmoid, kx_layer_tanh, kx_layer_softmax, kx_layer_conv2d, kx_layer_max_pooling2d,
-    kx_layer_average_pooling2d, kx_layer_global_average_pooling2d;
+    kx_layer_average_pooling2d, kx_layer_global_average_pooling2d, kx_layer_batch_normalization;
 
 static const kx_layer_ops *const layer_kinds[] = {
     &kx_layer_dense, &kx_layer_flatten, &kx_layer_reshape, &kx_layer_dropout, &kx_layer_activation,
     &kx_layer_relu, &kx_layer_sigmoid, &kx_layer_tanh, &kx_layer_softmax, &kx_layer_conv2d, &kx_layer_max_pooling2d,
-    &kx_layer_average_pooling2d, &kx_layer_global_average_pooling2d,
+    &kx_layer_average_pooling2d, &kx_layer_global_average_pooling2d, &kx_layer_batch_normalization,
 };
 #define N_KINDS ((int)(sizeof layer_kinds / sizeof layer_kinds[0]))
 

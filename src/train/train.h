@@ -101,6 +101,7 @@ struct kx_layer {
   int64_t pad[2];                         /* top and left padding of "same" */
   float rate;                             /* dropout */
   float momentum, epsilon;                /* batch_normalization */
+  int center, scale;                      /* batch_normalization: beta and gamma are trained */
   kx_shape target;                        /* reshape */
 };
 
