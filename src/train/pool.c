@@ -79,10 +79,12 @@ static void max_forward_range(void *arg, int64_t begin, int64_t end) {
           for (int64_t j = j0; j < j1; j++) {
             const float *restrict xi = x + ((y0 + i) * w + x0 + j) * c;
             float cell = (float)(i * pw + j);
+            /* The cell index moves by a 0-or-1 factor (exact on these small integers) rather than
+             * a second select, which gcc would not if-convert, leaving the loop scalar. */
             for (int64_t t = 0; t < c; t++) {
-              int more = xi[t] > y[t];
-              y[t] = more ? xi[t] : y[t];
-              at[t] = more ? cell : at[t];
+              float v = xi[t], best = y[t], more = (float)(v > best);
+              y[t] = v > best ? v : best;
+              at[t] += more * (cell - at[t]);
             }
           }
       }
