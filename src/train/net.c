@@ -11,11 +11,13 @@
 #include <cjson/cJSON.h>
 
 extern const kx_layer_ops kx_layer_dense, kx_layer_flatten, kx_layer_reshape, kx_layer_dropout, kx_layer_activation,
-    kx_layer_relu, kx_layer_sigmoid, kx_layer_tanh, kx_layer_softmax;
+    kx_layer_relu, kx_layer_sigmoid, kx_layer_tanh, kx_layer_softmax, kx_layer_conv2d, kx_layer_max_pooling2d,
+    kx_layer_average_pooling2d, kx_layer_global_average_pooling2d, kx_layer_batch_normalization;
 
 static const kx_layer_ops *const layer_kinds[] = {
     &kx_layer_dense, &kx_layer_flatten, &kx_layer_reshape, &kx_layer_dropout, &kx_layer_activation,
-    &kx_layer_relu, &kx_layer_sigmoid, &kx_layer_tanh, &kx_layer_softmax,
+    &kx_layer_relu, &kx_layer_sigmoid, &kx_layer_tanh, &kx_layer_softmax, &kx_layer_conv2d, &kx_layer_max_pooling2d,
+    &kx_layer_average_pooling2d, &kx_layer_global_average_pooling2d, &kx_layer_batch_normalization,
 };
 #define N_KINDS ((int)(sizeof layer_kinds / sizeof layer_kinds[0]))
 
@@ -98,7 +100,7 @@ static kiln_status build(kx_net *n, const cJSON *layers) {
     kiln_status s = configure_layer(n, i, cJSON_GetArrayItem(layers, i));
     if (s) return s;
     l->in = shape;
-    if ((s = l->ops->build(l))) return kiln_status_prefix(s, "model.layers[%d] (%s)", i, l->name);
+    if ((s = l->ops->build(l))) return kiln_status_prefix(s, "model.layers[%d] (%s): ", i, l->name);
     if ((s = check_shape(l, i))) return s;
     shape = l->out;
     widest = kx_shape_size(&shape) > widest ? kx_shape_size(&shape) : widest;

@@ -101,8 +101,21 @@ struct kx_layer {
   int64_t pad[2];                         /* top and left padding of "same" */
   float rate;                             /* dropout */
   float momentum, epsilon;                /* batch_normalization */
+  int center, scale;                      /* batch_normalization: beta and gamma are trained */
   kx_shape target;                        /* reshape */
 };
+
+/* Reads `key` of a conv2d or pooling config, an int or a pair [rows, cols] (Keras' int-or-tuple),
+ * into out[0..2) when present; each value must lie in [min, max]. */
+kiln_status kx_spec_pair(const struct cJSON *config, const char *where, const char *key, int required, int64_t min,
+                         int64_t max, int64_t out[2]);
+/* Reads "padding": "valid" (the default) or "same", into l->same. */
+kiln_status kx_spec_padding(kx_layer *l, const struct cJSON *config, const char *where);
+/* Sets l->out's H and W and l->pad for a window of l->kernel moving by l->strides over the image
+ * l->in ([H, W, C], or [H, W] read as [H, W, 1]) with padding l->same (TF's "same": the total
+ * padding max((ceil(H / s) - 1) * s + k - H, 0), its smaller half on top and left). `what` names
+ * the window in errors ("kernel", "pool"); *channels gets C. */
+kiln_status kx_window_build(kx_layer *l, const char *what, int64_t *channels);
 
 /* The layer kinds, by Keras name ("dense", "relu" ...); NULL when unknown. */
 const kx_layer_ops *kx_layer_find(const char *name);
