@@ -62,6 +62,8 @@ typedef struct kiln_train_result {
   double test_loss, test_accuracy;   /* on the validation data after the last epoch; NaN without */
   double samples_per_s;              /* training samples per second over the run, all ranks */
   double wall_s;
+  size_t activation_bytes;           /* held for the backward pass at batch_size (its peak) */
+  int64_t skipped_steps;             /* fp16: steps skipped because gradients overflowed */
 } kiln_train_result;
 
 typedef struct kiln_trainer kiln_trainer;

@@ -89,7 +89,8 @@ static kiln_status write_metrics(const char *path, const kiln_train_result *r) {
   size_t len = 0;
   FILE *f = open_memstream(&text, &len);
   if (!f) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-  fprintf(f, "{\"epochs\": %lld, \"steps\": %lld, ", (long long)r->epochs, (long long)r->steps);
+  fprintf(f, "{\"epochs\": %lld, \"steps\": %lld, \"peak_activation_bytes\": %zu, \"skipped_steps\": %lld, ", (long long)r->epochs,
+          (long long)r->steps, r->activation_bytes, (long long)r->skipped_steps);
   json_number(f, "train_loss", r->train_loss, 0);
   json_number(f, "train_accuracy", r->train_accuracy, 0);
   json_number(f, "test_loss", r->test_loss, 0);
@@ -179,7 +180,8 @@ int cmd_train(int argc, char **argv) {
       {"seed", CLI_INT, &seed, "N", "seed of initialization, shuffling and dropout"},
       {"lr", CLI_DOUBLE, &lr, "X", "the (initial) learning rate"},
       {"precision", CLI_STRING, &o.precision, "P", "fp32 (default), bf16 or fp16: 16-bit weights and activations"},
-      {"recompute", CLI_BOOL, &recompute, NULL, "recompute activations in the backward pass (less memory)"},
+      {"recompute", CLI_BOOL, &recompute, NULL, "recompute the outputs of the layers marked \"recompute\": true (all when none\n"
+                                                  "is marked) in the backward pass instead of keeping them"},
       {"checkpoint-dir", CLI_STRING, &o.checkpoint_dir, "DIR", "checkpoints (default ./checkpoints)"},
       {"checkpoint-every", CLI_INT, &every, "N", "also checkpoint every N steps (default: each epoch's end)"},
       {"keep-checkpoints", CLI_INT, &keep, "K", "keep the newest K checkpoints (default 3)"},

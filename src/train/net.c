@@ -65,10 +65,15 @@ static kiln_status configure_layer(kx_net *n, int i, const cJSON *item) {
   if (same_kind) snprintf(l->name, sizeof l->name, "%s_%d", kind, same_kind);
   else snprintf(l->name, sizeof l->name, "%s", kind);
   snprintf(where, sizeof where, "model.layers[%d].%s", i, kind);
-  cJSON *empty = cJSON_CreateObject();
-  const cJSON *config = cJSON_IsObject(item) && !cJSON_IsNull(item->child) ? item->child : empty;
-  kiln_status s = empty ? l->ops->configure(l, config, where) : kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-  cJSON_Delete(empty);
+  /* every layer's config may also say "recompute": true (--recompute then recomputes it) */
+  cJSON *config = cJSON_IsObject(item) && cJSON_IsObject(item->child) ? cJSON_Duplicate(item->child, 1) : cJSON_CreateObject();
+  if (!config) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  cJSON *mark = cJSON_DetachItemFromObjectCaseSensitive(config, "recompute");
+  kiln_status s = mark && !cJSON_IsBool(mark) ? kiln_error(KILN_INVALID_ARGUMENT, "%s: 'recompute' must be true or false", where) : NULL;
+  l->recompute_mark = cJSON_IsTrue(mark);
+  cJSON_Delete(mark);
+  if (!s) s = l->ops->configure(l, config, where);
+  cJSON_Delete(config);
   return s;
 }
 
@@ -93,7 +98,7 @@ static kiln_status check_shape(const kx_layer *l, int i) {
 }
 
 static kiln_status build(kx_net *n, const cJSON *layers) {
-  kx_shape shape = n->input;
+  kx_shape shape = n->in_shape;
   int64_t widest = kx_shape_size(&shape), scratch = 0;
   for (int i = 0; i < n->n_layers; i++) {
     kx_layer *l = &n->layers[i];
@@ -108,14 +113,14 @@ static kiln_status build(kx_net *n, const cJSON *layers) {
     n->n_params += l->n_params;
     n->n_state += l->n_state;
   }
+  n->widest = widest;
   kiln_status s = alloc_floats(n->n_params, &n->params);
   if (!s) s = alloc_floats(n->n_params + KX_GRAD_TAIL, &n->grads);
   if (!s) s = alloc_floats(n->n_state, &n->state);
   if (!s) s = alloc_floats(widest * n->max_batch, &n->dbuf[0]);
   if (!s) s = alloc_floats(widest * n->max_batch, &n->dbuf[1]);
   if (!s) s = alloc_floats(scratch * n->max_batch, &n->scratch);
-  if (!s && !(n->acts = calloc((size_t)n->n_layers + 1, sizeof *n->acts))) s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-  if (!s) s = alloc_floats(kx_shape_size(&n->input) * n->max_batch, &n->acts[0]);
+  n->weights = n->params;
   int64_t p = 0, st = 0;
   for (int i = 0; !s && i < n->n_layers; i++) {
     kx_layer *l = &n->layers[i];
@@ -124,10 +129,83 @@ static kiln_status build(kx_net *n, const cJSON *layers) {
     l->state = n->state ? n->state + st : NULL;
     p += l->n_params;
     st += l->n_state;
-    s = alloc_floats(kx_shape_size(&l->out) * n->max_batch, &n->acts[i + 1]);
-    if (!s) s = alloc_floats(l->saved_per_sample * n->max_batch, &l->saved);
+    s = alloc_floats(l->saved_per_sample * n->max_batch, &l->saved);
   }
   return s;
+}
+
+/* ---------------------------------------------------------------- activation storage */
+
+static int64_t act_size(const kx_net *n, int k) { return k == 0 ? kx_shape_size(&n->in_shape) : kx_shape_size(&n->layers[k - 1].out); }
+
+/* Whether activation k has its own buffer (not a view of the one before it). */
+static int act_owner(const kx_net *n, int k) { return k == 0 || !n->layers[k - 1].ops->view; }
+
+static void free_activations(kx_net *n) {
+  for (int k = 0; n->acts && k <= n->n_layers; k++)
+    if (act_owner(n, k)) free(n->acts[k]);
+  free(n->acts);
+  n->acts = NULL;
+  free(n->work[0]);
+  free(n->work[1]);
+  n->work[0] = n->work[1] = NULL;
+  if (n->weights != n->params) free(n->weights);
+  n->weights = n->params;
+}
+
+/* Allocates the activations as n->precision and the layers' recompute marks say, and counts the
+ * bytes they hold for the backward pass. */
+static kiln_status alloc_activations(kx_net *n) {
+  size_t elem = n->precision == KX_FP32 ? sizeof(float) : sizeof(uint16_t);
+  int recompute = 0;
+  for (int i = 0; i < n->n_layers; i++) recompute |= n->layers[i].recompute && !n->layers[i].ops->view;
+  if (!(n->acts = calloc((size_t)n->n_layers + 1, sizeof *n->acts))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  n->activation_bytes = 0;
+  for (int i = 0; i < n->n_layers; i++) n->activation_bytes += (size_t)(n->layers[i].saved_per_sample * n->max_batch) * sizeof(float);
+  kiln_status s = NULL;
+  for (int k = 0; !s && k <= n->n_layers; k++) {
+    if (!act_owner(n, k)) {
+      n->acts[k] = n->acts[k - 1];
+      continue;
+    }
+    if (k > 0 && n->layers[k - 1].recompute) continue; /* recomputed in backward */
+    size_t bytes = (size_t)(act_size(n, k) * n->max_batch) * elem;
+    if (!(n->acts[k] = aligned_alloc(64, (bytes + 63) & ~(size_t)63))) s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+    n->activation_bytes += bytes;
+  }
+  if (!s && (n->precision != KX_FP32 || recompute)) {
+    s = alloc_floats(n->widest * n->max_batch, &n->work[0]);
+    if (!s) s = alloc_floats(n->widest * n->max_batch, &n->work[1]);
+    n->activation_bytes += 2 * (size_t)(n->widest * n->max_batch) * sizeof(float);
+  }
+  /* the caller writes a batch straight into fp32 activation 0, or into a work copy that forward stores */
+  n->input = n->precision == KX_FP32 ? n->acts[0] : n->work[0];
+  if (!s && n->precision != KX_FP32 && n->n_params) {
+    s = alloc_floats(n->n_params, &n->weights);
+    int64_t p = 0;
+    for (int i = 0; !s && i < n->n_layers; p += n->layers[i].n_params, i++) n->layers[i].params = n->weights + p;
+    if (!s) kx_net_sync_weights(n);
+  }
+  return s;
+}
+
+kiln_status kx_net_configure(kx_net *n, kx_precision precision, int recompute) {
+  free_activations(n);
+  int64_t p = 0;
+  int marked = 0;
+  for (int i = 0; i < n->n_layers; p += n->layers[i].n_params, i++) {
+    n->layers[i].params = n->params ? n->params + p : NULL;
+    marked |= n->layers[i].recompute_mark;
+  }
+  n->precision = precision;
+  for (int i = 0; i < n->n_layers; i++) n->layers[i].recompute = recompute && (n->layers[i].recompute_mark || !marked);
+  return alloc_activations(n);
+}
+
+void kx_net_sync_weights(kx_net *n) {
+  if (n->weights == n->params) return;
+  memcpy(n->weights, n->params, (size_t)n->n_params * sizeof(float));
+  kx_precision_round(n->precision, n->weights, n->n_params);
 }
 
 kiln_status kx_net_create(const cJSON *model, const kx_shape *input, int64_t max_batch, kx_rng *rng, kx_net **out) {
@@ -144,9 +222,10 @@ kiln_status kx_net_create(const cJSON *model, const kx_shape *input, int64_t max
     return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   }
   n->n_layers = count;
-  n->input = *input;
+  n->in_shape = *input;
   n->max_batch = max_batch;
   kiln_status s = build(n, layers);
+  if (!s) s = alloc_activations(n);
   if (s) {
     kx_net_free(n);
     return s;
@@ -159,9 +238,8 @@ kiln_status kx_net_create(const cJSON *model, const kx_shape *input, int64_t max
 
 void kx_net_free(kx_net *n) {
   if (!n) return;
+  free_activations(n);
   for (int i = 0; i < n->n_layers; i++) free(n->layers[i].saved);
-  for (int i = 0; n->acts && i <= n->n_layers; i++) free(n->acts[i]);
-  free(n->acts);
   free(n->params);
   free(n->grads);
   free(n->state);
@@ -174,16 +252,71 @@ void kx_net_free(kx_net *n) {
 
 int64_t kx_net_output_size(const kx_net *n) { return kx_shape_size(&n->layers[n->n_layers - 1].out); }
 
+/* ---------------------------------------------------------------- forward and backward */
+
+/* The work buffer that is not `busy` (which may be neither). */
+static float *other_work(kx_net *n, const float *busy) { return busy == n->work[0] ? n->work[1] : n->work[0]; }
+
+/* Runs layer i forward from x into a buffer of its own: its stored fp32 activation, else a work
+ * buffer other than x's. With 16-bit storage the output is stored and rounded as stored. */
+static float *forward_layer(kx_net *n, const kx_pass *p, int i, const float *x, int again) {
+  kx_layer *l = &n->layers[i];
+  int store = n->acts[i + 1] && !again;
+  float *y = n->precision == KX_FP32 && n->acts[i + 1] ? n->acts[i + 1] : other_work(n, x);
+  kx_pass q = *p;
+  kx_rng replay = {l->rng_state};
+  if (again) { /* the same dropout mask, no second update of moving statistics */
+    q.rng = &replay;
+    q.recomputing = 1;
+  } else if (p->rng)
+    l->rng_state = p->rng->state;
+  l->ops->forward(&q, l, x, y);
+  int64_t count = p->batch * kx_shape_size(&l->out);
+  if (n->precision != KX_FP32 && store) kx_precision_store(n->precision, n->acts[i + 1], y, count);
+  if (n->precision != KX_FP32) kx_precision_round(n->precision, y, count);
+  return y;
+}
+
 float *kx_net_forward(kx_net *n, const kx_pass *p) {
-  for (int i = 0; i < n->n_layers; i++) n->layers[i].ops->forward(p, &n->layers[i], n->acts[i], n->acts[i + 1]);
-  return n->acts[n->n_layers];
+  float *x = n->input;
+  if (n->precision != KX_FP32) {
+    int64_t count = p->batch * kx_shape_size(&n->in_shape);
+    kx_precision_store(n->precision, n->acts[0], x, count);
+    kx_precision_round(n->precision, x, count);
+  }
+  for (int i = 0; i < n->n_layers; i++)
+    if (!n->layers[i].ops->view) x = forward_layer(n, p, i, x, 0);
+  return n->output = x;
+}
+
+/* Activation k as fp32 for the backward pass: in place when stored as fp32, widened into a work
+ * buffer when stored in 16 bits, recomputed from the nearest stored one before it otherwise. */
+static const float *activation(kx_net *n, const kx_pass *p, int k, const float *busy) {
+  int s = k;
+  while (!n->acts[s]) s--;
+  const float *x = n->acts[s];
+  if (n->precision != KX_FP32) {
+    float *w = other_work(n, busy);
+    kx_precision_load(n->precision, w, n->acts[s], p->batch * act_size(n, s));
+    x = w;
+  }
+  for (int i = s; i < k; i++)
+    if (!n->layers[i].ops->view) x = forward_layer(n, p, i, x, 1);
+  return x;
 }
 
 void kx_net_backward(kx_net *n, const kx_pass *p, float *dy) {
   if (n->n_params) memset(n->grads, 0, (size_t)n->n_params * sizeof(float));
-  for (int i = n->n_layers - 1; i >= 0; i--) {
-    float *dx = i > 0 ? n->dbuf[i % 2] : NULL;
-    n->layers[i].ops->backward(p, &n->layers[i], n->acts[i], n->acts[i + 1], dy, dx);
+  int first = 0;
+  while (first < n->n_layers - 1 && n->layers[first].ops->view) first++;
+  for (int i = n->n_layers - 1, flip = 0; i >= first; i--) {
+    kx_layer *l = &n->layers[i];
+    if (l->ops->view) continue; /* the gradient passes through unchanged */
+    const float *x = activation(n, p, i, NULL), *y;
+    if (n->acts[i + 1]) y = activation(n, p, i + 1, x);
+    else y = forward_layer(n, p, i, x, 1);
+    float *dx = i > first ? n->dbuf[flip ^= 1] : NULL;
+    l->ops->backward(p, l, x, y, dy, dx);
     dy = dx;
   }
 }

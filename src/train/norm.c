@@ -88,6 +88,7 @@ static void forward(const kx_pass *p, kx_layer *l, const float *x, float *y) {
       double var = sq[t] / (double)rows; /* biased, for normalizing and (as Keras) for the moving average */
       mean[t] = (float)sum[t];
       inv[t] = (float)(1 / sqrt(var + l->epsilon));
+      if (p->recomputing) continue; /* the statistics moved when this batch first went forward */
       moving_mean[t] = (float)(moving_mean[t] * l->momentum + sum[t] * (1 - l->momentum));
       moving_var[t] = (float)(moving_var[t] * l->momentum + var * (1 - l->momentum));
     }

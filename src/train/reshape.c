@@ -1,5 +1,5 @@
-/* Layers that only change how a sample's floats are seen: flatten and reshape (copies, since
- * every layer writes its own output buffer), plus dropout, which scales what it keeps. */
+/* Layers that only change how a sample's floats are seen (flatten and reshape: views, no pass
+ * runs), plus dropout, which scales what it keeps. */
 #include "train/train.h"
 
 #include "data/data.h"
@@ -42,18 +42,9 @@ static kiln_status build_reshape(kx_layer *l) {
   return NULL;
 }
 
-static void copy_forward(const kx_pass *p, kx_layer *l, const float *x, float *y) {
-  memcpy(y, x, (size_t)(p->batch * kx_shape_size(&l->in)) * sizeof *y);
-}
-
-static void copy_backward(const kx_pass *p, kx_layer *l, const float *x, const float *y, float *dy, float *dx) {
-  if (dx) memcpy(dx, dy, (size_t)(p->batch * kx_shape_size(&l->in)) * sizeof *dx);
-}
-
-const kx_layer_ops kx_layer_flatten = {.name = "flatten", .configure = configure_flatten, .build = build_flatten,
-                                       .forward = copy_forward, .backward = copy_backward};
-const kx_layer_ops kx_layer_reshape = {.name = "reshape", .configure = configure_reshape, .build = build_reshape,
-                                       .forward = copy_forward, .backward = copy_backward};
+/* Views: the network passes their input on as their output, and the gradient back unchanged. */
+const kx_layer_ops kx_layer_flatten = {.name = "flatten", .view = 1, .configure = configure_flatten, .build = build_flatten};
+const kx_layer_ops kx_layer_reshape = {.name = "reshape", .view = 1, .configure = configure_reshape, .build = build_reshape};
 
 /* ---------------------------------------------------------------- dropout */
 

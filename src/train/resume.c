@@ -32,6 +32,9 @@ static char *meta_json(const kiln_trainer *t, int64_t epoch, int end_of_epoch) {
            cJSON_AddNumberToObject(m, "epoch_loss", t->epoch_loss) && cJSON_AddNumberToObject(m, "epoch_correct", t->epoch_correct) &&
            cJSON_AddNumberToObject(m, "steps_per_epoch", (double)t->steps_per_epoch) &&
            cJSON_AddNumberToObject(m, "optimizer_step", (double)t->run.optim.step) && cJSON_AddStringToObject(m, "rng", rng) &&
+           cJSON_AddNumberToObject(m, "precision", t->net->precision) && cJSON_AddNumberToObject(m, "loss_scale", t->loss_scale) &&
+           cJSON_AddNumberToObject(m, "good_steps", (double)t->good_steps) &&
+           cJSON_AddNumberToObject(m, "skipped_steps", (double)t->skipped_steps) &&
            cJSON_AddStringToObject(libs, "protobuf-c", protobuf_c_version()) && cJSON_AddStringToObject(libs, "cjson", cJSON_Version()) &&
            cJSON_AddStringToObject(libs, "zlib", zlibVersion()) && cJSON_AddStringToObject(libs, "mpi", mpi) &&
            cJSON_AddItemToObject(m, "libraries", libs);
@@ -84,6 +87,8 @@ static kiln_status check_meta(const kiln_trainer *t, const kx_ckpt *c, const cJS
   if (strcmp(hash->valuestring, t->run.hash) != 0)
     return kiln_error(KILN_FAILED_PRECONDITION, "checkpoint %s was written by another run file (hash %s, this one's is %s)", path,
                       hash->valuestring, t->run.hash);
+  if (number(m, "precision") != t->net->precision)
+    return kiln_error(KILN_FAILED_PRECONDITION, "checkpoint %s was written at another --precision", path);
   if (number(m, "batch_size") != (double)t->run.batch_size || number(m, "seed") != (double)t->run.seed ||
       number(m, "n_params") != (double)t->net->n_params)
     return kiln_error(KILN_FAILED_PRECONDITION, "checkpoint %s was written with batch size %g and seed %g for %g parameters; this run has "
@@ -111,8 +116,11 @@ static kiln_status restore(kiln_trainer *t, const kx_ckpt *c) {
     t->epoch_correct = number(m, "epoch_correct");
     t->steps_per_epoch = (int64_t)number(m, "steps_per_epoch");
     t->run.optim.step = (int64_t)number(m, "optimizer_step");
+    t->loss_scale = number(m, "loss_scale");
+    t->good_steps = (int64_t)number(m, "good_steps");
+    t->skipped_steps = (int64_t)number(m, "skipped_steps");
     t->rng.state = strtoull(cJSON_GetObjectItemCaseSensitive(m, "rng")->valuestring, NULL, 16);
-    if (t->epoch < 0 || t->epoch_step < 0 || t->run.optim.step < 0)
+    if (t->epoch < 0 || t->epoch_step < 0 || t->run.optim.step < 0 || !(t->loss_scale >= 1))
       s = kiln_error(KILN_INVALID_ARGUMENT, "checkpoint %s: negative epoch or step in its meta section", kx_ckpt_path(c));
   }
   cJSON_Delete(m);

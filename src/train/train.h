@@ -61,6 +61,7 @@ typedef struct kx_pass {
   int64_t batch;  /* rows in this pass (the last batch of an epoch may be short) */
   int training;   /* dropout drops and batch norm uses batch statistics only when training */
   kx_rng *rng;    /* dropout masks */
+  int recomputing; /* a forward pass again for --recompute: state (moving statistics) stays put */
   float *scratch; /* kx_net.scratch: shared by layers, one layer at a time */
 } kx_pass;
 
@@ -68,6 +69,7 @@ typedef struct kx_layer kx_layer;
 
 typedef struct kx_layer_ops {
   const char *name; /* Keras' snake_case class name: "dense", "conv2d", ... */
+  int view;         /* output = input seen with another shape (flatten, reshape): no pass runs */
   /* Reads the layer's keys from its JSON config (an object; unknown keys are errors naming
    * `where`, e.g. "model.layers[2].dense"). */
   kiln_status (*configure)(kx_layer *l, const struct cJSON *config, const char *where);
@@ -86,6 +88,9 @@ typedef struct kx_layer_ops {
 
 struct kx_layer {
   const kx_layer_ops *ops;
+  int recompute_mark;                     /* the run file says "recompute": true */
+  int recompute;                          /* its output is not kept but recomputed in backward */
+  uint64_t rng_state;                     /* the generator before its last forward: a recompute draws the same */
   char name[64]; /* "dense_1": Keras' naming, used for ONNX initializers and checkpoints */
   kx_shape in, out;
   int64_t n_params, n_state;              /* floats */
@@ -126,18 +131,39 @@ const kx_layer_ops *kx_layer_find(const char *name);
  * correct predictions (kept below 2^24 per step, so exact in float). */
 #define KX_GRAD_TAIL 4
 
+/* Storage of weights and activations: fp32, or 16-bit with fp32 master weights, kernels and
+ * gradients (mixed precision). */
+typedef enum kx_precision { KX_FP32 = 0, KX_BF16, KX_FP16 } kx_precision;
+
+/* Parses "fp32", "bf16", "fp16"; -1 when unknown. */
+int kx_precision_parse(const char *name);
+/* n floats to 16-bit storage (bf16 or fp16) and back. */
+void kx_precision_store(kx_precision p, uint16_t *dst, const float *src, int64_t n);
+void kx_precision_load(kx_precision p, float *dst, const uint16_t *src, int64_t n);
+/* Rounds n floats in place to the precision's nearest values (a no-op for fp32). */
+void kx_precision_round(kx_precision p, float *x, int64_t n);
+
 typedef struct kx_net {
   kx_layer *layers;
   int n_layers;
-  kx_shape input;
+  kx_shape in_shape;
+  kx_precision precision;
   int64_t n_params, n_state;
-  float *params; /* every layer's parameters, one allocation */
-  float *grads;  /* their gradients, same layout, then KX_GRAD_TAIL floats: one all-reduce per step */
-  float *state;  /* non-trainable (batch norm's moving statistics) */
+  float *params;  /* every layer's parameters, one allocation: the fp32 master weights */
+  float *weights; /* what the layers compute with: params itself in fp32, else params rounded to 16 bits */
+  float *grads;   /* their gradients, same layout, then KX_GRAD_TAIL floats: one all-reduce per step */
+  float *state;   /* non-trainable (batch norm's moving statistics) */
   int64_t max_batch;
-  float **acts;  /* acts[0] = the input batch, acts[i + 1] = layer i's output */
-  float *dbuf[2]; /* ping-pong gradient buffers of the widest activation */
+  float *input;   /* [max_batch, input size]: the caller writes a batch here before forward */
+  /* acts[k]: activation k (0 the input, k = i + 1 layer i's output), float in fp32 and uint16_t
+   * otherwise; NULL for a recomputed layer's output. A view layer's output is its input's. */
+  void **acts;
+  float *work[2];  /* fp32 copies of one layer's input and output (16-bit storage, recomputation) */
+  float *dbuf[2];  /* ping-pong gradient buffers of the widest activation */
   float *scratch;
+  int64_t widest;  /* floats per sample of the widest activation */
+  float *output;   /* the last forward's output, fp32 */
+  size_t activation_bytes; /* kept for the backward pass: activations, masks, statistics, work copies */
 } kx_net;
 
 /* Builds the layers of a run file's "model" ({"layers": [{"dense": {...}}, "flatten", ...]}) on
@@ -145,8 +171,14 @@ typedef struct kx_net {
  * from `rng` (Keras' initializers). Errors name the layer ("model.layers[2].dense: ..."). */
 kiln_status kx_net_create(const struct cJSON *model, const kx_shape *input, int64_t max_batch, kx_rng *rng,
                           kx_net **out);
+/* Stores activations and weights in 16 bits, and/or (recompute) recomputes layers' outputs in
+ * backward instead of keeping them: the layers the run file marks "recompute": true, or every
+ * layer when it marks none. Reallocates the activation buffers: call before the first forward. */
+kiln_status kx_net_configure(kx_net *n, kx_precision precision, int recompute);
+/* After the optimizer changed params: the 16-bit weights follow (a no-op in fp32). */
+void kx_net_sync_weights(kx_net *n);
 void kx_net_free(kx_net *n);
-/* Forward over p->batch rows of n->acts[0]; returns the output (n->acts[n_layers]). */
+/* Forward over p->batch rows of n->input; returns the output ([batch, output size], fp32). */
 float *kx_net_forward(kx_net *n, const kx_pass *p);
 /* Backward from dy (the loss gradient over the output, [batch, out]; overwritten): fills n->grads. */
 void kx_net_backward(kx_net *n, const kx_pass *p, float *dy);

@@ -142,7 +142,7 @@ static kiln_status load_batch(kiln_trainer *t, kiln_dataset *d, int64_t *rows) {
   if (s || done) return s;
   const kiln_tensor *x, *y;
   int64_t width = kx_net_output_size(t->net);
-  s = batch_feature(&r, t->run.features, "model's input", kx_shape_size(&t->net->input), &x);
+  s = batch_feature(&r, t->run.features, "model's input", kx_shape_size(&t->net->in_shape), &x);
   if (!s) s = batch_feature(&r, t->run.label, "label", kx_loss_target_width(&t->run.loss, width), &y);
   if (!s && x->dims[0] != y->dims[0])
     s = kiln_error(KILN_INVALID_ARGUMENT, "a batch has %lld rows of '%s' but %lld of '%s'", (long long)x->dims[0], t->run.features,
@@ -150,7 +150,7 @@ static kiln_status load_batch(kiln_trainer *t, kiln_dataset *d, int64_t *rows) {
   if (!s && x->dims[0] > t->rank_batch) s = kiln_error(KILN_INTERNAL, "a batch of %lld rows is over %lld", (long long)x->dims[0],
                                                       (long long)t->rank_batch);
   if (!s) {
-    to_floats(x, t->net->acts[0]);
+    to_floats(x, t->net->input);
     to_floats(y, t->targets);
     *rows = x->dims[0];
   }
@@ -196,6 +196,28 @@ static kx_pass pass(kiln_trainer *t, int64_t rows, int training) {
                    .scratch = t->net->scratch};
 }
 
+/* fp16's dynamic loss scaling (as tf.keras' LossScaleOptimizer): gradients that overflowed skip
+ * the step and halve the scale; 2000 good steps in a row double it. Returns whether the gradients
+ * are finite. */
+#define LOSS_SCALE_GROWTH_STEPS 2000
+#define LOSS_SCALE_MAX 16777216.0
+
+static int update_loss_scale(kiln_trainer *t) {
+  const float *g = t->net->grads;
+  float check = 0;
+  for (int64_t i = 0; i < t->net->n_params; i++) check += g[i] * 0; /* NaN when any gradient is Inf or NaN */
+  if (check != 0 || isnan(check)) {
+    t->loss_scale = t->loss_scale > 1 ? t->loss_scale / 2 : 1;
+    t->good_steps = 0;
+    return 0;
+  }
+  if (++t->good_steps >= LOSS_SCALE_GROWTH_STEPS && t->loss_scale < LOSS_SCALE_MAX) {
+    t->loss_scale *= 2;
+    t->good_steps = 0;
+  }
+  return 1;
+}
+
 /* One optimizer step on whatever each rank loaded; *total_rows = 0 when every rank's data ended. */
 static kiln_status train_step(kiln_trainer *t, int64_t rows, int64_t *total_rows) {
   kx_net *n = t->net;
@@ -207,8 +229,9 @@ static kiln_status train_step(kiln_trainer *t, int64_t rows, int64_t *total_rows
     float *y = kx_net_forward(n, &p);
     double loss = 0;
     int64_t correct = 0;
-    /* dL/dy of the summed loss: the mean is taken after the all-reduce, over every rank's rows */
-    if ((s = kx_loss_compute(&t->run.loss, y, t->targets, rows, width, 1.0, t->dy, &loss, &correct))) return s;
+    /* dL/dy of the summed loss (times the fp16 loss scale): the mean is taken after the
+     * all-reduce, over every rank's rows */
+    if ((s = kx_loss_compute(&t->run.loss, y, t->targets, rows, width, 1.0 / t->loss_scale, t->dy, &loss, &correct))) return s;
     kx_net_backward(n, &p, t->dy);
     tail[0] = (float)rows;
     tail[1] = (float)loss;
@@ -218,7 +241,11 @@ static kiln_status train_step(kiln_trainer *t, int64_t rows, int64_t *total_rows
   kx_world_sum_floats(&t->world, n->grads, n->n_params + KX_GRAD_TAIL);
   *total_rows = (int64_t)tail[0];
   if (*total_rows == 0) return NULL;
-  kx_optim_step(&t->run.optim, t->pool, t->threads, n->params, n->grads, 1.0f / tail[0]);
+  if (t->net->precision == KX_FP16 && !update_loss_scale(t)) t->skipped_steps++;
+  else {
+    kx_optim_step(&t->run.optim, t->pool, t->threads, n->params, n->grads, (float)(1.0 / (tail[0] * t->loss_scale)));
+    kx_net_sync_weights(n);
+  }
   t->step_loss = tail[1] / tail[0];
   t->epoch_rows += *total_rows;
   t->epoch_loss += tail[1];
@@ -340,6 +367,8 @@ kiln_status kiln_trainer_fit(kiln_trainer *t, kiln_train_result *result) {
     t->epoch = epoch + 1;
   }
   result->epochs = t->run.epochs;
+  result->activation_bytes = t->net->activation_bytes;
+  result->skipped_steps = t->skipped_steps;
   result->wall_s = kiln_now() - start;
   result->samples_per_s = result->wall_s > 0 ? (double)result->samples / result->wall_s : 0;
   return s;
@@ -375,12 +404,18 @@ static kiln_status create(kiln_trainer *t, const kiln_train_options *o) {
   if ((s = input_shape(t, &shape))) return s;
   t->rng.state = (uint64_t)r->seed;
   if ((s = kx_net_create(r->model, &shape, t->rank_batch, &t->rng, &t->net))) return s;
+  int precision = kx_precision_parse(o->precision);
+  if (precision < 0) return kiln_error(KILN_INVALID_ARGUMENT, "precision '%s': expected fp32, bf16 or fp16", o->precision);
+  t->loss_scale = precision == KX_FP16 ? 32768 : 1;
+  if ((precision != KX_FP32 || o->recompute) && (s = kx_net_configure(t->net, (kx_precision)precision, o->recompute)))
+    return s;
   int64_t width = kx_net_output_size(t->net);
   t->targets = malloc((size_t)(t->rank_batch * kx_loss_target_width(&r->loss, width)) * sizeof(float));
   t->dy = malloc((size_t)(t->rank_batch * width) * sizeof(float));
   if (!t->targets || !t->dy) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   if ((s = kx_optim_init(&r->optim, t->net->n_params))) return s;
   if (o->resume && (s = kx_trainer_resume(t))) return s;
+  kx_net_sync_weights(t->net);
   const char *logdir = o->logdir ? o->logdir : "runs";
   if (t->world.rank == 0 && logdir[0] && (s = kx_events_open(logdir, &t->events))) return kiln_status_prefix(s, "TensorBoard logdir");
   return NULL;

@@ -26,6 +26,9 @@ struct kiln_trainer {
   int64_t epoch_step, epoch_rows, epoch_rows_resumed;
   double epoch_loss, epoch_correct, epoch_start;
   double step_loss;          /* the last step's mean loss */
+  double loss_scale;         /* fp16: the loss's multiplier (1 otherwise) */
+  int64_t good_steps;        /* fp16: finite steps since the scale last changed */
+  int64_t skipped_steps;     /* fp16: steps whose gradients overflowed */
   int resumed_mid_epoch;     /* a checkpoint taken inside the epoch: skip its batches first */
   char checkpoint_dir[4096];
   int64_t checkpoint_every;

@@ -77,19 +77,37 @@ class Train(unittest.TestCase):
         return path
 
     def test_seed_model_reaches_088_after_10_epochs(self):
-        d = self.workdir("seed")
-        r = kiln("train", "--metrics-out", "metrics.json", "--log-every", "500", cwd=d)
-        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        """The built-in run (Keras' Fashion-MNIST classifier: batch 32, Adam 1e-3, 10 epochs). Its test accuracy
+        after the 10th epoch varies with the seed by about half a point, as Keras' does (its tutorial reports
+        0.884): four seeds are trained, two at a time, and their mean must reach 0.88."""
+        seeds = [1, 2, 3, 4]
+        procs = {}
+        for seed in seeds:
+            d = self.workdir("seed%d" % seed)
+            procs[seed] = (d, subprocess.Popen([KILN, "train", "--seed", str(seed), "--threads", "1", "--metrics-out", "metrics.json",
+                                                "--log-every", "500"], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                               text=True))
+            if len(procs) % 2 == 0:  # two at a time: one per core
+                for p_seed in list(procs)[-2:]:
+                    procs[p_seed] = procs[p_seed] + (procs[p_seed][1].communicate(timeout=600)[1],)
+        accuracy = {}
+        for seed, (d, p, stderr) in procs.items():
+            self.assertEqual(p.returncode, 0, stderr[-2000:])
+            m = json.load(open(os.path.join(d, "metrics.json")))
+            print("seed %d: %s" % (seed, m), file=sys.stderr)
+            self.assertEqual(m["epochs"], 10)
+            self.assertEqual(m["steps"], 10 * 1875)
+            self.assertLess(m["train_loss"], 0.3)
+            self.assertGreater(m["test_accuracy"], 0.87)
+            accuracy[seed] = m["test_accuracy"]
+        print("test accuracy after 10 epochs: mean %.4f over seeds %s" % (np.mean(list(accuracy.values())), accuracy),
+              file=sys.stderr)
+        self.assertGreaterEqual(np.mean(list(accuracy.values())), 0.88)
+
+        d, _, stderr = procs[1]
         m = json.load(open(os.path.join(d, "metrics.json")))
-        print("seed model: %s" % m, file=sys.stderr)
-        self.assertEqual(m["epochs"], 10)
-        self.assertEqual(m["steps"], 10 * 1875)
-        self.assertGreaterEqual(m["test_accuracy"], 0.88)
-        self.assertLess(m["train_loss"], 0.35)
-        for key in ["train_loss", "test_accuracy", "samples_per_s", "wall_s"]:
-            self.assertGreater(m[key], 0)
         # non-terminal stderr: one JSON log line per 500 steps and one per epoch
-        logs = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+        logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
         steps = [l for l in logs if l["msg"] == "train step"]
         epochs = [l for l in logs if l["msg"] == "epoch end"]
         self.assertEqual(len(steps), 10 * 1875 // 500)

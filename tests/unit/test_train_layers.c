@@ -66,7 +66,7 @@ static double loss_at(kx_net *n, int64_t batch, int training, const float *r, ui
   for (int i = 0; i < n->n_layers; i++) {
     const kx_layer *l = &n->layers[i];
     if (l->act == KX_ACTFN_RELU)
-      for (int64_t j = 0; j < batch * kx_shape_size(&l->out); j++) h = (h ^ (uint64_t)(n->acts[i + 1][j] > 0)) * 1099511628211ull;
+      for (int64_t j = 0; j < batch * kx_shape_size(&l->out); j++) h = (h ^ (uint64_t)(((const float *)n->acts[i + 1])[j] > 0)) * 1099511628211ull;
     if (is_max_pool(l))
       for (int64_t j = 0; j < batch * l->saved_per_sample; j++) h = (h ^ (uint64_t)l->saved[j]) * 1099511628211ull;
   }
@@ -87,7 +87,8 @@ static void gradients(kx_net *n, int64_t batch, int training, const float *r, fl
   for (int i = n->n_layers - 1; i >= 0; i--) {
     kx_layer *l = &n->layers[i];
     float *dx = i ? floats(batch * kx_shape_size(&l->in)) : dinput;
-    l->ops->backward(&p, l, n->acts[i], n->acts[i + 1], dy, dx);
+    if (l->ops->view) memcpy(dx, dy, (size_t)(batch * kx_shape_size(&l->in)) * sizeof *dx); /* flatten, reshape */
+    else l->ops->backward(&p, l, n->acts[i], n->acts[i + 1], dy, dx);
     free(dy);
     dy = dx;
   }
@@ -134,7 +135,7 @@ static void check_layers(const char *name, const char *json, kx_shape in, int64_
   kx_rng rng = {1234};
   int64_t in_count = batch * kx_shape_size(&in), out_count = batch * kx_net_output_size(n);
   float *r = floats(out_count), *dinput = floats(in_count), *grads = floats(n->n_params);
-  fill_uniform(n->acts[0], in_count, &rng, -1, 1);
+  fill_uniform(n->input, in_count, &rng, -1, 1);
   fill_uniform(r, out_count, &rng, -1, 1);
   /* Layers whose defaults start at zero or one get random values, so their gradients matter. */
   for (int i = 0; i < n->n_layers; i++)
@@ -156,7 +157,7 @@ static void check_layers(const char *name, const char *json, kx_shape in, int64_
 
   fd_stats st = {0};
   check_entries(name, "params", n, batch, training, r, n->params, n->n_params, grads, h, sig0, &st);
-  check_entries(name, "input", n, batch, training, r, n->acts[0], in_count, dinput, h, sig0, &st);
+  check_entries(name, "input", n, batch, training, r, n->input, in_count, dinput, h, sig0, &st);
   if (st.failed || st.checked == 0 || st.checked < 10 || st.skipped * 5 > st.checked + st.skipped) {
     fprintf(stderr, "%s: %d gradients checked, %d failed, %d skipped (kinks)\n", name, st.checked, st.failed, st.skipped);
     test_failures++;
@@ -297,10 +298,10 @@ static void check_torch(const char *fixture, const char *json, const char *const
       kiln_tensor_release(&t);
     }
     CHECK(at == n->n_params);
-    memcpy(n->acts[0], x.data, kiln_tensor_nbytes(&x));
+    memcpy(n->input, x.data, kiln_tensor_nbytes(&x));
     float *dx = floats(kiln_tensor_numel(&x));
     gradients(n, batch, 1, r.data, dx);
-    compare(fixture, "y", n->acts[n->n_layers]);
+    compare(fixture, "y", n->output);
     compare(fixture, "dx", dx);
     at = 0;
     for (int i = 0; grads[i]; i++) {
@@ -332,7 +333,7 @@ static void test_against_torch(void) {
   if (!load("batch_normalization_training", "x", &x)) return;
   kx_net *n = net_from("{\"layers\": [\"batch_normalization\"]}", (kx_shape){3, {x.dims[1], x.dims[2], x.dims[3]}}, x.dims[0]);
   if (n) {
-    memcpy(n->acts[0], x.data, kiln_tensor_nbytes(&x));
+    memcpy(n->input, x.data, kiln_tensor_nbytes(&x));
     kx_pass p = pass_for(n, x.dims[0], 1, NULL);
     kx_net_forward(n, &p);
     compare("batch_normalization_training", "moving_mean", n->state);
@@ -383,14 +384,14 @@ static void test_batch_normalization_inference(void) {
   fill_uniform(n->params, 6, &rng, 0.5f, 2);
   fill_uniform(n->state, 3, &rng, -1, 1);
   fill_uniform(n->state + 3, 3, &rng, 0.1f, 3);
-  fill_uniform(n->acts[0], 24, &rng, -2, 2);
+  fill_uniform(n->input, 24, &rng, -2, 2);
   float state[6];
   memcpy(state, n->state, sizeof state);
   kx_pass p = pass_for(n, 2, 0, NULL);
   const float *y = kx_net_forward(n, &p);
   for (int i = 0; i < 24; i++) {
     int t = i % 3;
-    double want = n->params[t] * (n->acts[0][i] - state[t]) / sqrt(state[3 + t] + 0.01) + n->params[3 + t];
+    double want = n->params[t] * (n->input[i] - state[t]) / sqrt(state[3 + t] + 0.01) + n->params[3 + t];
     CHECK_NEAR(y[i], want, 1e-5 * (1 + fabs(want)));
   }
   CHECK(memcmp(state, n->state, sizeof state) == 0); /* inference leaves them alone */
@@ -402,7 +403,7 @@ static void test_batch_normalization_inference(void) {
 static void test_dropout_mask(void) {
   kx_net *n = net_from("{\"layers\": [{\"dropout\": {\"rate\": 0.3}}]}", VEC(1000), 20);
   if (!n) return;
-  for (int i = 0; i < 20000; i++) n->acts[0][i] = 1.5f;
+  for (int i = 0; i < 20000; i++) n->input[i] = 1.5f;
   kx_rng rng = {99};
   kx_pass p = pass_for(n, 20, 1, &rng);
   const float *y = kx_net_forward(n, &p);
@@ -435,7 +436,7 @@ static void test_dropout_mask(void) {
 static void test_average_pooling_same_counts(void) {
   kx_net *n = net_from("{\"layers\": [{\"average_pooling2d\": {\"padding\": \"same\"}}]}", IMG(3, 3, 1), 1);
   if (!n) return;
-  for (int i = 0; i < 9; i++) n->acts[0][i] = 1;
+  for (int i = 0; i < 9; i++) n->input[i] = 1;
   kx_pass p = pass_for(n, 1, 1, NULL);
   const float *y = kx_net_forward(n, &p);
   CHECK(n->layers[0].out.d[0] == 2 && n->layers[0].out.d[1] == 2);
