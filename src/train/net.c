@@ -157,8 +157,6 @@ static void free_activations(kx_net *n) {
  * bytes they hold for the backward pass. */
 static kiln_status alloc_activations(kx_net *n) {
   size_t elem = n->precision == KX_FP32 ? sizeof(float) : sizeof(uint16_t);
-  int recompute = 0;
-  for (int i = 0; i < n->n_layers; i++) recompute |= n->layers[i].recompute && !n->layers[i].ops->view;
   if (!(n->acts = calloc((size_t)n->n_layers + 1, sizeof *n->acts))) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   n->activation_bytes = 0;
   for (int i = 0; i < n->n_layers; i++) n->activation_bytes += (size_t)(n->layers[i].saved_per_sample * n->max_batch) * sizeof(float);
@@ -173,10 +171,15 @@ static kiln_status alloc_activations(kx_net *n) {
     if (!(n->acts[k] = aligned_alloc(64, (bytes + 63) & ~(size_t)63))) s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
     n->activation_bytes += bytes;
   }
-  if (!s && (n->precision != KX_FP32 || recompute)) {
-    s = alloc_floats(n->widest * n->max_batch, &n->work[0]);
-    if (!s) s = alloc_floats(n->widest * n->max_batch, &n->work[1]);
-    n->activation_bytes += 2 * (size_t)(n->widest * n->max_batch) * sizeof(float);
+  /* fp32 copies of a layer's input and output: of any activation with 16-bit storage, else of the
+   * recomputed ones */
+  int64_t work = 0;
+  for (int k = 0; k <= n->n_layers; k++)
+    if (n->precision != KX_FP32 || (k > 0 && n->layers[k - 1].recompute)) work = act_size(n, k) > work ? act_size(n, k) : work;
+  if (!s && work) {
+    s = alloc_floats(work * n->max_batch, &n->work[0]);
+    if (!s) s = alloc_floats(work * n->max_batch, &n->work[1]);
+    n->activation_bytes += 2 * (size_t)(work * n->max_batch) * sizeof(float);
   }
   /* the caller writes a batch straight into fp32 activation 0, or into a work copy that forward stores */
   n->input = n->precision == KX_FP32 ? n->acts[0] : n->work[0];

@@ -111,6 +111,65 @@ static void test_run_file_errors(void) {
   kx_run_free(&r);
 }
 
+/* Small CNNs, one with dropout and batch norm, their gradients for one fixed batch under
+ * `precision` and `recompute`; returns the activation bytes it held. */
+static const char cnn[] = "{\"layers\": [{\"conv2d\": {\"filters\": 4, \"kernel_size\": 3, \"activation\": \"relu\"}}, "
+                          "{\"batch_normalization\": {}}, {\"max_pooling2d\": {}}, \"flatten\", "
+                          "{\"dropout\": {\"rate\": 0.3}}, {\"dense\": {\"units\": 5}}]}";
+static const char marked_cnn[] = "{\"layers\": [{\"conv2d\": {\"filters\": 4, \"kernel_size\": 3, \"activation\": \"relu\"}}, "
+                                 "{\"batch_normalization\": {\"recompute\": true}}, {\"max_pooling2d\": {}}, \"flatten\", "
+                                 "{\"dropout\": {\"rate\": 0.3, \"recompute\": true}}, {\"dense\": {\"units\": 5}}]}";
+/* without the max pooling after batch norm, whose ties 16 bits may break the other way */
+static const char plain_cnn[] = "{\"layers\": [{\"conv2d\": {\"filters\": 4, \"kernel_size\": 3, \"activation\": \"relu\"}}, "
+                                "{\"batch_normalization\": {}}, \"flatten\", {\"dense\": {\"units\": 5}}]}";
+
+static size_t cnn_gradients(const char *model, kx_precision precision, int recompute, float *grads, float *state, int64_t *n_params) {
+  cJSON *m = cJSON_Parse(model);
+  kx_shape in = {3, {8, 8, 2}};
+  kx_rng rng = {3};
+  kx_net *n = NULL;
+  CHECK_OK(kx_net_create(m, &in, 4, &rng, &n));
+  CHECK_OK(kx_net_configure(n, precision, recompute));
+  for (int64_t i = 0; i < 4 * 128; i++) n->input[i] = (float)((i * 37 % 101) / 50.0 - 1);
+  kx_rng drop = {9};
+  kx_pass p = {.batch = 4, .training = 1, .rng = &drop, .scratch = n->scratch, .threads = 1};
+  float *y = kx_net_forward(n, &p), dy[20];
+  for (int i = 0; i < 20; i++) dy[i] = y[i] * 0.5f - (float)(i % 3);
+  kx_net_backward(n, &p, dy);
+  memcpy(grads, n->grads, (size_t)n->n_params * sizeof *grads);
+  memcpy(state, n->state, (size_t)n->n_state * sizeof *state);
+  *n_params = n->n_params;
+  size_t bytes = n->activation_bytes;
+  kx_net_free(n);
+  cJSON_Delete(m);
+  return bytes;
+}
+
+/* Recomputation gives bitwise the same gradients and moving statistics (dropout redraws the same
+ * mask, batch norm does not move its statistics twice) and holds fewer bytes; 16-bit storage
+ * gives nearby gradients with half the bytes per stored activation. */
+static void test_recompute_and_precision(void) {
+  float g0[1024], g1[1024], g2[1024], s0[16] = {0}, s1[16] = {0}, s2[16] = {0};
+  int64_t n0, n1, n2;
+  size_t kept = cnn_gradients(cnn, KX_FP32, 0, g0, s0, &n0);
+  size_t recomputed = cnn_gradients(cnn, KX_FP32, 1, g1, s1, &n1); /* every layer */
+  CHECK(n0 == n1 && n0 < 1024 && memcmp(g0, g1, (size_t)n0 * sizeof *g0) == 0 && memcmp(s0, s1, sizeof s0) == 0);
+  CHECK(recomputed < kept);
+  cnn_gradients(marked_cnn, KX_FP32, 1, g1, s1, &n1); /* the two marked layers */
+  CHECK(memcmp(g0, g1, (size_t)n0 * sizeof *g0) == 0 && memcmp(s0, s1, sizeof s0) == 0);
+  kept = cnn_gradients(plain_cnn, KX_FP32, 0, g0, s0, &n0);
+  size_t half = cnn_gradients(plain_cnn, KX_BF16, 0, g2, s2, &n2);
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < n0; i++) {
+    worst = fmax(worst, fabs(g2[i] - g0[i]));
+    scale = fmax(scale, fabs(g0[i]));
+  }
+  CHECK(worst < 0.05 * scale);
+  CHECK(half < kept + 2 * 4 * 8 * 8 * 4 * sizeof(float)); /* the 16-bit copies plus two fp32 work buffers */
+  fprintf(stderr, "  activation bytes: fp32 %zu, recomputed %zu, bf16 %zu; bf16 gradients within %.2g of %.2g\n", kept,
+          recomputed, half, worst, scale);
+}
+
 /* ------------------------------------------------------------ the PyTorch comparison's C half */
 
 typedef struct losses {
@@ -157,7 +216,8 @@ static kiln_status dump_run(const char *dir, const char *name) {
 }
 
 static const test_case tests[] = {TEST(test_sparse_crossentropy_from_logits), TEST(test_crossentropy_on_probabilities_and_mse),
-                                  TEST(test_schedules), TEST(test_adam_and_sgd_steps), TEST(test_run_file_errors)};
+                                  TEST(test_schedules), TEST(test_adam_and_sgd_steps), TEST(test_run_file_errors),
+                                  TEST(test_recompute_and_precision)};
 
 int main(int argc, char **argv) {
   if (argc > 1) {
