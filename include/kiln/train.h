@@ -27,6 +27,7 @@ typedef struct kiln_train_progress {
   int64_t global_step;         /* optimizer updates since the run began */
   double loss, accuracy;       /* running means over the epoch so far (accuracy NaN without the metric) */
   double step_loss;            /* the mean loss of the step that just ran, over every rank's rows */
+  int64_t step_samples;        /* that step's rows over every rank */
   double samples_per_s;        /* over the epoch so far, all ranks */
   double elapsed_s;            /* since the epoch began */
   double learning_rate;

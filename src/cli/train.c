@@ -2,6 +2,7 @@
  * progress bar on a terminal or JSON log lines otherwise, final metrics as JSON, and export into
  * the next version folder of a model repository. */
 #include "cli/cli.h"
+#include "cli/train_metrics.h"
 #include "kiln/net.h"
 #include "kiln/train.h"
 
@@ -18,6 +19,7 @@ typedef struct progress_view {
   int tty;
   int64_t log_every;
   double last_draw;
+  train_metrics *metrics; /* --metrics-port, NULL without */
 } progress_view;
 
 static void format_rate(double r, char *buf, size_t size) {
@@ -44,6 +46,7 @@ static void draw_bar(const kiln_train_progress *p) {
 
 static void on_progress(void *arg, const kiln_train_progress *p) {
   progress_view *v = arg;
+  train_metrics_update(v->metrics, p, p->step_samples);
   char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32];
   if (v->tty) {
     double now = kiln_now();
@@ -168,8 +171,8 @@ static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
 
 int cmd_train(int argc, char **argv) {
   kiln_train_options o = {0};
-  const char *metrics_out = NULL, *export_dir = NULL;
-  long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 0;
+  const char *metrics_out = NULL, *export_dir = NULL, *metrics_host = "0.0.0.0";
+  long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 0, metrics_port = -1;
   double lr = 0;
   int resume = 0, recompute = 0;
   const cli_flag flags[] = {
@@ -190,6 +193,8 @@ int cmd_train(int argc, char **argv) {
       {"log-every", CLI_INT, &log_every, "N", "TensorBoard scalars, and a JSON log line when stderr is not a terminal, every N steps\n"
                                               "(default: the run file's log_every, else 100)"},
       {"metrics-out", CLI_STRING, &metrics_out, "FILE", "write the final metrics as one JSON object"},
+      {"metrics-port", CLI_INT, &metrics_port, "PORT", "serve the run's Prometheus metrics on /metrics (0: any free port)"},
+      {"metrics-host", CLI_STRING, &metrics_host, "ADDR", "address for --metrics-port (default 0.0.0.0)"},
       {"export", CLI_STRING, &export_dir, "REPO/NAME", "export the model as ONNX into the next version folder"},
       {0},
   };
@@ -202,6 +207,10 @@ int cmd_train(int argc, char **argv) {
   int rc = cli_parse(&spec, argc, argv, &args);
   if (rc >= 0) return rc;
   cli_list_free(&args);
+  if (metrics_port > 65535) {
+    fprintf(stderr, "kiln train: --metrics-port must be a port number (0 to 65535)\n");
+    return EXIT_USAGE;
+  }
   if (epochs < 0 || batch < 0 || every < 0 || keep < 0 || log_every < 0 || lr < 0) {
     fprintf(stderr, "kiln train: --epochs, --batch-size, --checkpoint-every, --keep-checkpoints, --log-every and --lr must not be "
                     "negative\n");
@@ -226,9 +235,16 @@ int cmd_train(int argc, char **argv) {
   kiln_status s = kiln_trainer_create(&o, &t);
   if (s) return cli_fail(s);
   view.log_every = kiln_trainer_log_every(t);
+  int rank = kiln_trainer_rank(t);
+  if (metrics_port >= 0 && rank == 0) {
+    if ((s = train_metrics_start(metrics_host, (int)metrics_port, &view.metrics))) {
+      kiln_trainer_free(t);
+      return cli_fail(s);
+    }
+    fprintf(stderr, "training metrics on http://%s:%d/metrics\n", metrics_host, train_metrics_port(view.metrics));
+  }
   kiln_train_result r;
   s = kiln_trainer_fit(t, &r);
-  int rank = kiln_trainer_rank(t);
   if (!s && rank == 0) {
     fprintf(stderr, "trained %lld epochs in %.1f s: loss %.4f", (long long)r.epochs, r.wall_s, r.train_loss);
     if (!isnan(r.test_accuracy)) fprintf(stderr, ", test accuracy %.4f", r.test_accuracy);
@@ -237,5 +253,6 @@ int cmd_train(int argc, char **argv) {
     if (!s && export_dir) s = export_version(t, export_dir);
   }
   kiln_trainer_free(t);
+  train_metrics_stop(view.metrics);
   return s ? cli_fail(s) : EXIT_OK;
 }

@@ -247,6 +247,7 @@ static kiln_status train_step(kiln_trainer *t, int64_t rows, int64_t *total_rows
     kx_net_sync_weights(n);
   }
   t->step_loss = tail[1] / tail[0];
+  t->step_samples = *total_rows;
   t->epoch_rows += *total_rows;
   t->epoch_loss += tail[1];
   t->epoch_correct += tail[2];
@@ -289,6 +290,7 @@ static kiln_train_progress progress_now(kiln_trainer *t, int64_t epoch) {
                            .accuracy = t->epoch_rows && t->run.accuracy ? t->epoch_correct / (double)t->epoch_rows : NAN,
                            .samples_per_s = elapsed > 0 ? (double)(t->epoch_rows - t->epoch_rows_resumed) / elapsed : 0,
                            .elapsed_s = elapsed, .step_loss = t->step_loss,
+                           .step_samples = t->step_samples,
                            .learning_rate = kx_schedule_lr(&t->run.optim.schedule, t->run.optim.step),
                            .val_loss = NAN, .val_accuracy = NAN};
   return p;

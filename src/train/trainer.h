@@ -26,6 +26,7 @@ struct kiln_trainer {
   int64_t epoch_step, epoch_rows, epoch_rows_resumed;
   double epoch_loss, epoch_correct, epoch_start;
   double step_loss;          /* the last step's mean loss */
+  int64_t step_samples;      /* the last step's rows, all ranks */
   double loss_scale;         /* fp16: the loss's multiplier (1 otherwise) */
   int64_t good_steps;        /* fp16: finite steps since the scale last changed */
   int64_t skipped_steps;     /* fp16: steps whose gradients overflowed */
