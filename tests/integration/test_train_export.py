@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """The trainer's ONNX export against two independent runtimes and ONNX's own checker. The unit
 test binary trains a small MLP for an epoch, exports it into the folder it is given and writes
-input.npy and expected.npy there (the trainer's own forward pass on those inputs); the exported
+input.npy and expected.npy there (the trainer's own forward pass on those inputs), and an image
+model (conv, pooling, batch norm) likewise in conv/ when the trainer has those layers; each exported
 model must reproduce it in `kiln run` and in ONNX Runtime (npm onnxruntime-node, installed into
 bench/.cache/ort as bench/runtime does), and pass onnx.checker (Debian python3-onnx).
 
@@ -81,26 +82,45 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(y.name, "output")
         self.assertEqual([d.dim_param or d.dim_value for d in y.type.tensor_type.shape.dim], ["batch", 3])
 
+    def exports(self):
+        """The MLP's folder, and the image model's when the trainer has image layers."""
+        conv = os.path.join(self.dir, "conv")
+        return [self.dir] + ([conv] if os.path.isdir(conv) else [])
+
     def test_kiln_run(self):
-        out = os.path.join(self.dir, "kiln_out")
-        os.makedirs(out, exist_ok=True)
-        r = subprocess.run([KILN, "run", self.model, "--input", "x=" + os.path.join(self.dir, "input.npy"),
-                            "--output", out], capture_output=True, text=True, timeout=120)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.load(os.path.join(out, "output.npy")), self.expected, rtol=RTOL, atol=ATOL)
+        for d in self.exports():
+            with self.subTest(model=d):
+                out = os.path.join(d, "kiln_out")
+                os.makedirs(out, exist_ok=True)
+                r = subprocess.run([KILN, "run", os.path.join(d, "model.onnx"), "--input", "x=" + os.path.join(d, "input.npy"),
+                                    "--output", out], capture_output=True, text=True, timeout=120)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                np.testing.assert_allclose(np.load(os.path.join(out, "output.npy")), np.load(os.path.join(d, "expected.npy")),
+                                           rtol=RTOL, atol=ATOL)
 
     def test_onnxruntime(self):
         node_path = runtime_bench().ensure_ort()
-        raw_in, raw_out = os.path.join(self.dir, "input.f32"), os.path.join(self.dir, "ort_output.f32")
-        self.input.astype("<f4").tofile(raw_in)
-        r = subprocess.run(["node", os.path.join(HERE, "ort_run.js"), self.model, "x", ",".join(map(str, self.input.shape)),
-                            raw_in, raw_out], capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, NODE_PATH=node_path))
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1]), {"output": "output", "dims": [16, 3]})
-        got = np.fromfile(raw_out, dtype="<f4").reshape(self.expected.shape)
-        np.testing.assert_allclose(got, self.expected, rtol=RTOL, atol=ATOL)
+        for d in self.exports():
+            with self.subTest(model=d):
+                x, expected = np.load(os.path.join(d, "input.npy")), np.load(os.path.join(d, "expected.npy"))
+                raw_in, raw_out = os.path.join(d, "input.f32"), os.path.join(d, "ort_output.f32")
+                x.astype("<f4").tofile(raw_in)
+                r = subprocess.run(["node", os.path.join(HERE, "ort_run.js"), os.path.join(d, "model.onnx"), "x",
+                                    ",".join(map(str, x.shape)), raw_in, raw_out], capture_output=True, text=True, timeout=300,
+                                   env=dict(os.environ, NODE_PATH=node_path))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1]), {"output": "output", "dims": list(expected.shape)})
+                got = np.fromfile(raw_out, dtype="<f4").reshape(expected.shape)
+                np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
+    def test_onnx_checker_image_model(self):
+        if len(self.exports()) < 2:
+            self.skipTest("the trainer has no image layers yet")
+        m = onnx.load(os.path.join(self.dir, "conv", "model.onnx"))
+        onnx.checker.check_model(m, full_check=True)
+        ops = [n.op_type for n in m.graph.node]
+        for op in ["Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Transpose"]:
+            self.assertIn(op, ops)
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:

@@ -2,7 +2,8 @@
  * and run on the same inputs must give the trainer's own forward pass; the schema and
  * preprocessing written beside it must turn raw features into the inputs training saw. With a
  * directory as argv[1], the MLP's export stays there with input.npy and expected.npy (the
- * trainer's outputs) for the integration test to run in `kiln run` and ONNX Runtime. */
+ * trainer's outputs) for the integration test to run in `kiln run` and ONNX Runtime; the image
+ * model's likewise in its conv/ folder, when the trainer has image layers. */
 #include "test.h"
 
 #include "data/data.h"
@@ -11,6 +12,7 @@
 
 #include <ftw.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define ROWS 64
@@ -173,6 +175,11 @@ static void test_conv(void) {
     fprintf(stderr, "skip test_conv: the trainer has no conv2d yet\n");
     return;
   }
+  char out[600];
+  if (keep_dir) {
+    snprintf(out, sizeof out, "%s/conv", keep_dir);
+    CHECK(mkdir(out, 0777) == 0);
+  }
   export_and_compare(
       "[{\"batch_normalization\": {}}, {\"conv2d\": {\"filters\": 4, \"kernel_size\": 3, \"strides\": 2, \"padding\": \"same\","
       " \"activation\": \"relu\"}}, {\"batch_normalization\": {\"momentum\": 0.5}}, {\"max_pooling2d\": {\"pool_size\": 2,"
@@ -180,7 +187,7 @@ static void test_conv(void) {
       " \"activation\": \"softmax\"}}, {\"average_pooling2d\": {\"pool_size\": [2, 2], \"strides\": 2, \"padding\": \"same\"}},"
       " \"flatten\", {\"reshape\": {\"target_shape\": [2, 6, 1]}}, {\"conv2d\": {\"filters\": 2, \"kernel_size\": 1}},"
       " \"global_average_pooling2d\", {\"dense\": {\"units\": 3, \"activation\": \"softmax\"}}]",
-      7, 9, NULL);
+      7, 9, keep_dir ? out : NULL);
 }
 
 static void test_errors(void) {
