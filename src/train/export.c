@@ -248,8 +248,8 @@ static void emit_global_average_pooling2d(builder *b, const kx_layer *l) {
 
 static void emit_batch_normalization(builder *b, const kx_layer *l) {
   int64_t c = l->in.rank == 1 ? l->in.d[0] : l->in.rank == 2 ? 1 : l->in.d[2];
-  /* gamma then beta (Keras' order) when trained, else ONNX's identity values */
-  const float *gamma = l->n_params == 2 * c ? l->params : NULL, *beta = gamma ? l->params + c : NULL;
+  /* gamma then beta (Keras' order) where trained, else the identity's values */
+  const float *gamma = l->scale ? l->params : NULL, *beta = l->center ? l->params + (l->scale ? c : 0) : NULL;
   if (l->in.rank > 1) set_layout(b, 1); /* ONNX normalizes axis 1: a vector's features, an image's channels */
   char *in[4] = {init_vector(b, "gamma", c, gamma, 1), init_vector(b, "beta", c, beta, 0),
                  init_vector(b, "moving_mean", c, l->state, 0), init_vector(b, "moving_variance", c, l->state + c, 0)};
@@ -316,9 +316,6 @@ static kiln_status pack_model(const kiln_trainer *t, builder *b, uint8_t **out, 
     while (k < N_EMITTERS && strcmp(emitters[k].layer, l->ops->name) != 0) k++;
     if (k == N_EMITTERS)
       return kiln_error(KILN_UNIMPLEMENTED, "layer %d (%s) is a %s, which has no ONNX mapping", i, l->name, l->ops->name);
-    if (strcmp(l->ops->name, "batch_normalization") == 0 && l->n_params != 0 && l->n_params != l->n_state)
-      return kiln_error(KILN_UNIMPLEMENTED, "layer %d (%s): a batch_normalization with only one of center and scale has no ONNX mapping yet",
-                        i, l->name); /* which one is trained is not in kx_layer yet */
     emitters[k].emit(b, l);
     b->shape = l->out;
   }
