@@ -107,7 +107,7 @@ static kiln_status write_metrics(const char *path, const kiln_train_result *r) {
   }
   kiln_status s = kiln_file_write_atomic(path, text, len);
   free(text);
-  return s ? kiln_status_prefix(s, "--metrics-out") : NULL;
+  return s ? kiln_status_prefix(s, "--metrics-out: ") : NULL;
 }
 
 /* The next version number under REPO/NAME (1 when it holds none). */
@@ -163,7 +163,7 @@ static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
       if (e->d_name[0] != '.' && !cli_path(cmd, sizeof cmd, "%s/%s", tmp, e->d_name)) unlink(cmd);
     if (d) closedir(d);
     rmdir(tmp);
-    return kiln_status_prefix(s, "--export");
+    return kiln_status_prefix(s, "--export: ");
   }
   fprintf(stderr, "exported version %lld to %s\n", version, final);
   return NULL;

@@ -67,7 +67,7 @@ kiln_status train_metrics_start(const char *host, int port, train_metrics **out)
   kiln_http_options o = {.host = host, .port = port, .threads = 1};
   if ((s = kiln_http_server_start(&o, handle, m, &m->http))) {
     train_metrics_stop(m);
-    return kiln_status_prefix(s, "--metrics-port");
+    return kiln_status_prefix(s, "--metrics-port: ");
   }
   *out = m;
   return NULL;

@@ -308,8 +308,8 @@ static kiln_status pack_model(const kiln_trainer *t, builder *b, uint8_t **out, 
   b->nodes = bnew(b, b->max_nodes * sizeof *b->nodes);
   b->inits = bnew(b, b->max_inits * sizeof *b->inits);
   b->x = bstr(b, "%s", t->run.features);
-  b->shape = net->input;
-  Onnx__ValueInfoProto *input = value_info(b, b->x, &net->input);
+  b->shape = net->in_shape;
+  Onnx__ValueInfoProto *input = value_info(b, b->x, &net->in_shape);
   for (int i = 0; i < net->n_layers && !b->oom; i++) {
     const kx_layer *l = b->l = &net->layers[i];
     size_t k = 0;

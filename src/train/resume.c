@@ -59,7 +59,7 @@ kiln_status kx_trainer_checkpoint(kiln_trainer *t, int64_t epoch, int end_of_epo
   kiln_status s = kx_ckpt_write(t->checkpoint_dir, t->run.optim.step, sections, (int)(sizeof sections / sizeof sections[0]),
                                 t->keep_checkpoints);
   free(meta);
-  return s ? kiln_status_prefix(s, "checkpoint") : NULL;
+  return s ? kiln_status_prefix(s, "checkpoint: ") : NULL;
 }
 
 static kiln_status restore_floats(const kx_ckpt *c, const char *name, float *dst, int64_t count) {

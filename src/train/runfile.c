@@ -132,12 +132,12 @@ kiln_status kx_run_load(const char *path, kx_run *r) {
   void *text;
   size_t len;
   kiln_status s = kiln_file_read(path, MAX_RUN_FILE_BYTES, &text, &len);
-  if (s) return kiln_status_prefix(s, "run file %s", path);
+  if (s) return kiln_status_prefix(s, "run file %s: ", path);
   char *copy = strdup(path);
   s = copy ? kx_run_parse(text, len, dirname(copy), r) : kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   free(copy);
   free(text);
-  return s ? kiln_status_prefix(s, "%s", path) : NULL;
+  return s ? kiln_status_prefix(s, "%s: ", path) : NULL;
 }
 
 void kx_run_free(kx_run *r) {

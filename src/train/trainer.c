@@ -58,7 +58,7 @@ static kiln_status open_pipeline(kiln_trainer *t, const cJSON *spec, const char 
   kiln_data_options o = {.pool = t->pool, .base_dir = t->run.base_dir[0] ? t->run.base_dir : NULL};
   s = kiln_dataset_open_spec(text, strlen(text), &o, out);
   free(text);
-  return s ? kiln_status_prefix(s, "%s", what) : NULL;
+  return s ? kiln_status_prefix(s, "%s: ", what) : NULL;
 }
 
 /* Records in the training source, for validation_split: one pass over the source alone. */
@@ -84,7 +84,7 @@ static kiln_status count_source(kiln_trainer *t, int64_t *count) {
     kiln_record_release(&r);
   }
   if (!s) kiln_dataset_free(d);
-  return s ? kiln_status_prefix(s, "data") : NULL;
+  return s ? kiln_status_prefix(s, "data: ") : NULL;
 }
 
 static kiln_status open_data(kiln_trainer *t) {
@@ -419,7 +419,7 @@ static kiln_status create(kiln_trainer *t, const kiln_train_options *o) {
   if (o->resume && (s = kx_trainer_resume(t))) return s;
   kx_net_sync_weights(t->net);
   const char *logdir = o->logdir ? o->logdir : "runs";
-  if (t->world.rank == 0 && logdir[0] && (s = kx_events_open(logdir, &t->events))) return kiln_status_prefix(s, "TensorBoard logdir");
+  if (t->world.rank == 0 && logdir[0] && (s = kx_events_open(logdir, &t->events))) return kiln_status_prefix(s, "TensorBoard logdir: ");
   return NULL;
 }
 
