@@ -20,6 +20,7 @@ static const struct {
     {"conformance", cmd_conformance, "run ONNX backend test cases and compare with their expected outputs"},
     {"serve", cmd_serve, "serve models over TF Serving's REST API and KServe V2, with metrics"},
     {"train", cmd_train, "train a Keras-style model on a data pipeline (Fashion-MNIST by default), with MPI"},
+    {"eval", cmd_eval, "evaluate an exported classifier's accuracy on a dataset"},
     {"data", cmd_data, "read, check, convert and time datasets (cat, convert, bench, schema, validate, stats, diff)"},
 };
 

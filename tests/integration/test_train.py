@@ -17,8 +17,11 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tfevents  # noqa: E402
@@ -283,6 +286,58 @@ class Train(unittest.TestCase):
         m = json.load(open(os.path.join(d, "m.json")))
         self.assertEqual(m["steps"], 80)  # 8000 of the 10000 test images train, 2000 validate
         self.assertGreater(m["test_accuracy"], 0.5)
+
+    def test_export_versions_and_eval(self):
+        d = self.workdir("export")
+        run = small_run(records=2048, epochs=1)
+        path = self.write_run(d, run)
+        for version in (1, 2):
+            r = kiln("train", "--config", path, "--logdir", "", "--export", "repo/fmnist", "--metrics-out", "m.json", cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            self.assertIn("exported version %d" % version, r.stderr)
+            self.assertEqual(sorted(os.listdir(os.path.join(d, "repo", "fmnist", str(version)))),
+                             ["model.onnx", "preprocess.json", "schema.json"])
+        self.assertEqual(sorted(os.listdir(os.path.join(d, "repo", "fmnist"))), ["1", "2"])  # no temporary left
+        # kiln eval on the raw validation records, through the exported preprocessing: the trainer's accuracy
+        raw = {"source": run["validation_data"]["source"], "stages": [{"take": 1000}]}
+        with open(os.path.join(d, "raw.json"), "w") as f:
+            json.dump(raw, f)
+        r = kiln("eval", "repo/fmnist/2", "--pipeline", "raw.json", "--json", cwd=d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        self.assertEqual(got["records"], 1000)
+        self.assertAlmostEqual(got["accuracy"], json.load(open(os.path.join(d, "m.json")))["test_accuracy"], delta=0.002)
+        r = kiln("eval", "repo/fmnist/7", FMNIST + "/t10k-images-idx3-ubyte.gz", cwd=d)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("repo/fmnist/7", r.stderr)
+
+    def test_metrics_port(self):
+        d = self.workdir("metrics")
+        path = self.write_run(d, small_run(records=4096, epochs=50))
+        p = subprocess.Popen([KILN, "train", "--config", path, "--logdir", "", "--metrics-port", "0", "--metrics-host", "127.0.0.1",
+                              "--threads", "1"], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            line = p.stderr.readline()
+            self.assertIn("training metrics on http://127.0.0.1:", line)
+            url = line.split()[-1]
+            deadline, families = time.time() + 60, {}
+            while time.time() < deadline:
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+                families = {f.name: f for f in text_string_to_metric_families(text)}
+                if families["kiln_train_steps"].samples[0].value > 0:
+                    break
+                time.sleep(0.05)
+            self.assertGreater(families["kiln_train_steps"].samples[0].value, 0)
+            for name in ["kiln_train_loss", "kiln_train_samples_per_second", "kiln_train_learning_rate", "kiln_train_epoch",
+                         "kiln_train_last_step_timestamp_seconds", "kiln_train_step_seconds"]:
+                self.assertIn(name, families)
+            self.assertAlmostEqual(families["kiln_train_learning_rate"].samples[0].value, 0.001)
+            with self.assertRaises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=5)
+            self.assertEqual(e.exception.code, 404)
+        finally:
+            p.kill()
+            p.communicate()
 
     def test_help(self):
         r = kiln("train", "--help")
