@@ -38,12 +38,13 @@ demo: build
 
 # kiln against its peers in one run each: GEMM against OpenBLAS, whole models against ONNX Runtime,
 # the model server against Node.js + ONNX Runtime and Flask + PyTorch servers, the data pipeline
-# against NumPy, pandas and raw reads
+# against NumPy, pandas and raw reads, training against PyTorch (with thread, MPI and precision rows)
 bench: build
 	$(BUILD)/bench/kiln_gemm_bench
 	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
 	/usr/bin/python3 bench/serve/run.py --kiln $(BUILD)/kiln
 	/usr/bin/python3 bench/data/run.py --kiln $(BUILD)/kiln
+	/usr/bin/python3 bench/train/run.py --kiln $(BUILD)/kiln
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
