@@ -3,7 +3,9 @@
 # (Flatten -> Dense(128, relu) -> Dense(10) on 28x28 images) with PyTorch, then inspects it, runs
 # it on an input and benchmarks it at batch 1 and 64, runs one of ONNX's conformance suites, streams
 # Fashion-MNIST through a data pipeline and checks its test set against the training set's schema,
-# and finally serves the model with `kiln serve` and asks it for a prediction over TF Serving's REST API.
+# trains the same classifier on Fashion-MNIST with `kiln train` (the built-in run) and exports it into a
+# model repository, and finally serves both models with `kiln serve`: the PyTorch one's prediction
+# checked against PyTorch's, the trained one's taken from raw pixels through its saved preprocessing.
 set -eu
 build=${1:-build}
 kiln=$build/kiln
@@ -40,18 +42,28 @@ EOF
 echo "== kiln data: the training set's schema, and the test set validated against it" >&2
 "$kiln" data schema infer "$fmnist/train-images-idx3-ubyte.gz" -o "$work/schema.json"
 "$kiln" data validate "$fmnist/t10k-images-idx3-ubyte.gz" --schema "$work/schema.json"
-echo "== kiln serve: the model as version 1 of a repository, one predict over REST, then SIGTERM" >&2
+echo "== kiln train: the seed model on Fashion-MNIST (the built-in run: batch 32, Adam 1e-3, 10 epochs), exported" >&2
+rm -rf "$work/repo" "$work/train"
+mkdir -p "$work/train"
+abs_work=$(cd "$work" && pwd)
+abs_kiln=$(cd "$build" && pwd)/kiln
+(cd "$work/train" && "$abs_kiln" train --export ../repo/fmnist --metrics-out metrics.json --log-every 1000)
+echo "== kiln eval: the exported version on the test set, through its preprocess.json" >&2
+"$kiln" eval "$work/repo/fmnist/1" "$fmnist/t10k-images-idx3-ubyte.gz"
+echo "== kiln serve: both models from one repository, one predict each over REST, then SIGTERM" >&2
 mkdir -p "$work/repo/mlp/1"
 cp "$work/mlp.onnx" "$work/repo/mlp/1/model.onnx"
+printf 'model_config_list {\n  config { name: "mlp" base_path: "%s" }\n  config { name: "fmnist" base_path: "%s" }\n}\n' \
+  "$abs_work/repo/mlp" "$abs_work/repo/fmnist" >"$work/models.config"
 port=$(/usr/bin/python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-"$kiln" serve --model_name=mlp --model_base_path="$work/repo/mlp" --rest_api_port="$port" --host=127.0.0.1 \
+"$kiln" serve --model_config_file="$work/models.config" --rest_api_port="$port" --host=127.0.0.1 \
   --rest_api_num_threads=1 2>"$work/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-/usr/bin/python3 - "$port" "$work" <<'PY'
-import json, sys, time, urllib.request
+/usr/bin/python3 - "$port" "$work" "$fmnist" <<'PY'
+import gzip, json, sys, time, urllib.request
 import numpy as np
-port, work = sys.argv[1], sys.argv[2]
+port, work, fmnist = sys.argv[1], sys.argv[2], sys.argv[3]
 base = "http://127.0.0.1:%s" % port
 for _ in range(200):  # up to 10 s for the server to come up
     try:
@@ -59,13 +71,20 @@ for _ in range(200):  # up to 10 s for the server to come up
             break
     except OSError:
         time.sleep(0.05)
+def predict(model, instances):
+    req = urllib.request.Request(base + "/v1/models/%s:predict" % model, json.dumps({"instances": instances}).encode(),
+                                 {"Content-Type": "application/json"})
+    return np.array(json.load(urllib.request.urlopen(req, timeout=10))["predictions"], np.float32)
 x = np.load(work + "/input.npy")
-req = urllib.request.Request(base + "/v1/models/mlp:predict", json.dumps({"instances": x.tolist()}).encode(),
-                             {"Content-Type": "application/json"})
-got = np.array(json.load(urllib.request.urlopen(req, timeout=10))["predictions"], np.float32)
-want = np.load(work + "/mlp.outputs.npz")["output"]
+got, want = predict("mlp", x.tolist()), np.load(work + "/mlp.outputs.npz")["output"]
 print("POST /v1/models/mlp:predict -> predictions %s, max |served - pytorch| = %.2e" % (got.shape, np.abs(got - want).max()))
 assert np.allclose(got, want, rtol=1e-4, atol=1e-5)
+images = np.frombuffer(gzip.open(fmnist + "/t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16).reshape(-1, 28, 28)[:100]
+labels = np.frombuffer(gzip.open(fmnist + "/t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)[:100]
+logits = predict("fmnist", images.tolist())  # raw 0-255 pixels: the server scales them as training did
+accuracy = float(np.mean(logits.argmax(1) == labels))
+print("POST /v1/models/fmnist:predict (raw pixels of 100 test images) -> accuracy %.2f" % accuracy)
+assert accuracy > 0.8
 PY
 kill -TERM $server
 wait $server

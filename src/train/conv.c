@@ -224,10 +224,11 @@ static void backward(const kx_pass *p, kx_layer *l, const float *x, const float 
     run_samples(p, im2col_range, l, x, p->scratch);
     col = p->scratch;
   }
-  /* dW[k, f] += col^T . dz */
-  kx_sgemm(&c, 1, 0, k, f, rows, 1, col, k, dy, f, 1, l->grads, f);
+  /* dW[k, f] = col^T . dz */
+  kx_sgemm(&c, 1, 0, k, f, rows, 1, col, k, dy, f, 0, l->grads, f);
   if (l->use_bias) {
     float *restrict db = l->grads + k * f;
+    memset(db, 0, (size_t)f * sizeof *db);
     for (int64_t r = 0; r < rows; r++)
       for (int64_t j = 0; j < f; j++) db[j] += dy[r * f + j];
   }

@@ -56,10 +56,11 @@ static void backward(const kx_pass *p, kx_layer *l, const float *x, const float 
   int64_t in = l->in.d[0], units = l->units, batch = p->batch;
   kx_ctx c = {.pool = p->pool, .threads = p->threads};
   kx_actfn_backward(l->act, y, dy, batch, units);
-  /* dW[in, units] += x^T . dz */
-  kx_sgemm(&c, 1, 0, in, units, batch, 1, x, in, dy, units, 1, l->grads, units);
+  /* dW[in, units] = x^T . dz */
+  kx_sgemm(&c, 1, 0, in, units, batch, 1, x, in, dy, units, 0, l->grads, units);
   if (l->use_bias) {
     float *db = l->grads + in * units;
+    memset(db, 0, (size_t)units * sizeof *db);
     for (int64_t r = 0; r < batch; r++)
       for (int64_t j = 0; j < units; j++) db[j] += dy[r * units + j];
   }

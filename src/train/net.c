@@ -309,7 +309,6 @@ static const float *activation(kx_net *n, const kx_pass *p, int k, const float *
 }
 
 void kx_net_backward(kx_net *n, const kx_pass *p, float *dy) {
-  if (n->n_params) memset(n->grads, 0, (size_t)n->n_params * sizeof(float));
   int first = 0;
   while (first < n->n_layers - 1 && n->layers[first].ops->view) first++;
   for (int i = n->n_layers - 1, flip = 0; i >= first; i--) {

@@ -123,9 +123,9 @@ static void backward(const kx_pass *p, kx_layer *l, const float *x, const float 
       sum_dyh[t] += dy[r * c + t] * xhat[r * c + t];
     }
   if (l->scale)
-    for (int64_t t = 0; t < c; t++) l->grads[t] += (float)sum_dyh[t];
+    for (int64_t t = 0; t < c; t++) l->grads[t] = (float)sum_dyh[t];
   if (l->center)
-    for (int64_t t = 0; t < c; t++) l->grads[(l->scale ? c : 0) + t] += (float)sum_dy[t];
+    for (int64_t t = 0; t < c; t++) l->grads[(l->scale ? c : 0) + t] = (float)sum_dy[t];
   if (!dx) return;
   /* dx = k * dy - m1 - x_hat * m2 with per-channel floats after the sums */
   float *restrict k = p->scratch + 4 * c, *restrict m1 = k + c, *restrict m2 = m1 + c;

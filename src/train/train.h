@@ -80,8 +80,8 @@ typedef struct kx_layer_ops {
   void (*init)(kx_layer *l, kx_rng *rng);
   /* y[batch, out] from x[batch, in]. */
   void (*forward)(const kx_pass *p, kx_layer *l, const float *x, float *y);
-  /* Accumulates parameter gradients into l->grads (zeroed by the caller before the first layer's
-   * backward) and writes dx[batch, in] unless dx is NULL (the first layer: no input gradient).
+  /* Writes the parameter gradients into l->grads (every one of them: the buffer is not cleared
+   * between steps) and dx[batch, in] unless dx is NULL (the first layer: no input gradient).
    * dy may be overwritten. */
   void (*backward)(const kx_pass *p, kx_layer *l, const float *x, const float *y, float *dy, float *dx);
 } kx_layer_ops;
@@ -180,7 +180,7 @@ void kx_net_sync_weights(kx_net *n);
 void kx_net_free(kx_net *n);
 /* Forward over p->batch rows of n->input; returns the output ([batch, output size], fp32). */
 float *kx_net_forward(kx_net *n, const kx_pass *p);
-/* Backward from dy (the loss gradient over the output, [batch, out]; overwritten): fills n->grads. */
+/* Backward from dy (the loss gradient over the output, [batch, out]; overwritten): writes n->grads. */
 void kx_net_backward(kx_net *n, const kx_pass *p, float *dy);
 int64_t kx_net_output_size(const kx_net *n);
 

@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cJSON_Delete(model);
   if (s) kiln_status_free(s);
   if (!n) return 0;
-  for (int64_t i = 0; i < 2 * kx_shape_size(&in); i++) n->acts[0][i] = 2 * kx_rng_uniform(&rng) - 1;
+  for (int64_t i = 0; i < 2 * kx_shape_size(&in); i++) n->input[i] = 2 * kx_rng_uniform(&rng) - 1;
   int64_t out = 2 * kx_net_output_size(n);
   float *dy = malloc((size_t)out * sizeof(float));
   for (int training = 1; dy && training >= 0; training--) {

@@ -80,7 +80,7 @@ static void gradients(kx_net *n, int64_t batch, int training, const float *r, fl
   kx_rng rng = {DROPOUT_SEED};
   kx_pass p = pass_for(n, batch, training, &rng);
   kx_net_forward(n, &p);
-  if (n->n_params) memset(n->grads, 0, (size_t)n->n_params * sizeof(float));
+  for (int64_t i = 0; i < n->n_params; i++) n->grads[i] = NAN; /* backward must write every gradient */
   int64_t count = batch * kx_net_output_size(n);
   float *dy = floats(count);
   memcpy(dy, r, (size_t)count * sizeof(float));
