@@ -238,10 +238,22 @@ static void pack_b_matrix(const kx_gemm *g, int64_t k0, int64_t kc, int64_t j0, 
 
 /* Rows [i0, i0+mr) of op(A), columns [k0, k0+kc), as one packed MR-row panel (zero rows past
  * mr): for a transposed A, and for the last, partial row panel of an untransposed one. */
+/* Element (i, k) of a 16-bit op(A). */
+static inline float a16_at(const kx_gemm *g, int64_t i, int64_t k) {
+  uint16_t h = g->trans_a ? g->A16[k * g->lda + i] : g->A16[i * g->lda + k];
+  if (!g->a16_bf16) return _cvtsh_ss(h);
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
 static void pack_a(const kx_gemm *g, int64_t i0, int mr, int64_t k0, int64_t kc, float *dst) {
   for (int r = 0; r < MR; r++) {
     if (r >= mr) {
       for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = 0;
+    } else if (g->A16) {
+      for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = a16_at(g, i0 + r, k0 + k);
     } else if (g->trans_a) {
       const float *src = g->A + k0 * g->lda + i0 + r;
       for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = src[k * g->lda];
@@ -283,9 +295,9 @@ static void gemm_block(const kx_gemm *g, int64_t i0, int64_t i1, int64_t j0, int
         tile_out o = {.ldc = g->ldc, .mr = i1 - i < MR ? (int)(i1 - i) : MR, .first = pc == 0, .alpha = g->alpha,
                       .beta = g->beta, .row_bias = g->row_bias ? g->row_bias + i : NULL,
                       .act = pc + kc == g->K ? g->act : NULL};
-        int in_place = !g->trans_a && o.mr == MR;
+        int in_place = !g->trans_a && !g->A16 && o.mr == MR;
         if (!in_place) pack_a(g, i, o.mr, pc, kc, abuf);
-        if (!g->trans_a && i + 2 * MR <= i1) prefetch_rows(g->A + (i + MR) * g->lda + pc, g->lda, kc);
+        if (in_place && i + 2 * MR <= i1) prefetch_rows(g->A + (i + MR) * g->lda + pc, g->lda, kc);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           o.c = g->C + i * g->ldc + jc + jr;
           o.nr = nc - jr < NR ? (int)(nc - jr) : NR;
@@ -462,7 +474,9 @@ static void scale_only(const kx_gemm *g) {
 
 /* A single-row product reads B once, with no packing: worth it unless B comes from a packer or
  * A's row is strided while B is transposed. */
-static int gemv_fits(const kx_gemm *g) { return g->M == 1 && !g->pack_b && (!g->trans_b || !g->trans_a || g->lda == 1); }
+static int gemv_fits(const kx_gemm *g) {
+  return g->M == 1 && !g->pack_b && !g->A16 && (!g->trans_b || !g->trans_a || g->lda == 1);
+}
 
 void kx_gemm_run(const kx_ctx *c, const kx_gemm *g, void *workspace) {
   if (g->M <= 0 || g->N <= 0) return;

@@ -84,6 +84,10 @@ typedef struct kx_gemm {
   const float *A;
   int64_t lda;
   int trans_a;
+  /* Instead of A: 16-bit elements (a16_bf16: bfloat16, else IEEE half), widened while packing;
+   * the trainer's mixed precision keeps activations so. */
+  const uint16_t *A16;
+  int a16_bf16;
   const float *B;
   int64_t ldb;
   int trans_b;

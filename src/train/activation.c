@@ -69,6 +69,37 @@ void kx_actfn_backward(kx_actfn a, const float *y, float *dy, int64_t rows, int6
   }
 }
 
+/* Widens y in blocks on the stack: no fp32 copy of a whole activation. */
+#define BLOCK 512
+
+void kx_actfn_backward16(kx_actfn a, int bf16, const uint16_t *y, float *dy, int64_t rows, int64_t width) {
+  kx_precision p = bf16 ? KX_BF16 : KX_FP16;
+  float block[BLOCK];
+  if (a == KX_ACTFN_LINEAR) return;
+  if (a != KX_ACTFN_SOFTMAX) { /* elementwise */
+    for (int64_t i = 0, n = rows * width; i < n; i += BLOCK) {
+      int64_t m = n - i < BLOCK ? n - i : BLOCK;
+      kx_precision_load(p, block, y + i, m);
+      kx_actfn_backward(a, block, dy + i, 1, m);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; r++) { /* dz = y * (dy - sum(dy * y)) per row, in two passes */
+    const uint16_t *yr = y + r * width;
+    float *dr = dy + r * width, dot = 0;
+    for (int64_t j = 0; j < width; j += BLOCK) {
+      int64_t m = width - j < BLOCK ? width - j : BLOCK;
+      kx_precision_load(p, block, yr + j, m);
+      for (int64_t k = 0; k < m; k++) dot += dr[j + k] * block[k];
+    }
+    for (int64_t j = 0; j < width; j += BLOCK) {
+      int64_t m = width - j < BLOCK ? width - j : BLOCK;
+      kx_precision_load(p, block, yr + j, m);
+      for (int64_t k = 0; k < m; k++) dr[j + k] = block[k] * (dr[j + k] - dot);
+    }
+  }
+}
+
 /* ---------------------------------------------------------------- standalone activation layers */
 
 static kiln_status configure(kx_layer *l, const cJSON *config, const char *where) {

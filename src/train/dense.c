@@ -1,5 +1,6 @@
 /* dense: y = act(x . W + b) with Keras' kernel layout W[in, units], forward and backward side by
- * side. Both passes are GEMMs on kiln's own kernels (ops/gemm.h), split across the pool. */
+ * side. Both passes are GEMMs on kiln's own kernels (ops/gemm.h), split across the pool; under
+ * mixed precision the GEMMs read the 16-bit activations themselves while packing them. */
 #include "train/train.h"
 
 #include "data/data.h"
@@ -46,8 +47,8 @@ static void forward(const kx_pass *p, kx_layer *l, const float *x, float *y) {
   kx_ctx c = {.pool = p->pool, .threads = p->threads};
   const float *w = l->params, *b = l->use_bias ? l->params + in * units : NULL;
   static const kx_activation relu = {.kind = KX_ACT_RELU};
-  kx_gemm g = {.M = p->batch, .N = units, .K = in, .A = x, .lda = in, .B = w, .ldb = units, .alpha = 1, .C = y,
-               .ldc = units, .col_bias = b, .act = l->act == KX_ACTFN_RELU ? &relu : NULL};
+  kx_gemm g = {.M = p->batch, .N = units, .K = in, .A = x, .A16 = p->x16, .a16_bf16 = p->bf16, .lda = in, .B = w,
+               .ldb = units, .alpha = 1, .C = y, .ldc = units, .col_bias = b, .act = l->act == KX_ACTFN_RELU ? &relu : NULL};
   kx_gemm_run(&c, &g, NULL); /* no workspace: packs on the stack; the bias and a relu in its store */
   if (l->act != KX_ACTFN_RELU) kx_actfn_forward(l->act, y, p->batch, units);
 }
@@ -55,9 +56,12 @@ static void forward(const kx_pass *p, kx_layer *l, const float *x, float *y) {
 static void backward(const kx_pass *p, kx_layer *l, const float *x, const float *y, float *dy, float *dx) {
   int64_t in = l->in.d[0], units = l->units, batch = p->batch;
   kx_ctx c = {.pool = p->pool, .threads = p->threads};
-  kx_actfn_backward(l->act, y, dy, batch, units);
+  if (p->y16) kx_actfn_backward16(l->act, p->bf16, p->y16, dy, batch, units);
+  else kx_actfn_backward(l->act, y, dy, batch, units);
   /* dW[in, units] = x^T . dz */
-  kx_sgemm(&c, 1, 0, in, units, batch, 1, x, in, dy, units, 0, l->grads, units);
+  kx_gemm dw = {.M = in, .N = units, .K = batch, .A = x, .A16 = p->x16, .a16_bf16 = p->bf16, .lda = in, .trans_a = 1, .B = dy,
+                .ldb = units, .alpha = 1, .C = l->grads, .ldc = units};
+  kx_gemm_run(&c, &dw, NULL);
   if (l->use_bias) {
     float *db = l->grads + in * units;
     memset(db, 0, (size_t)units * sizeof *db);
@@ -68,5 +72,5 @@ static void backward(const kx_pass *p, kx_layer *l, const float *x, const float 
   if (dx) kx_sgemm(&c, 0, 1, batch, in, units, 1, dy, units, l->params, units, 0, dx, in);
 }
 
-const kx_layer_ops kx_layer_dense = {.name = "dense", .configure = configure, .build = build, .init = init,
+const kx_layer_ops kx_layer_dense = {.name = "dense", .half_io = 1, .configure = configure, .build = build, .init = init,
                                      .forward = forward, .backward = backward};

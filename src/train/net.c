@@ -141,6 +141,17 @@ static int64_t act_size(const kx_net *n, int k) { return k == 0 ? kx_shape_size(
 /* Whether activation k has its own buffer (not a view of the one before it). */
 static int act_owner(const kx_net *n, int k) { return k == 0 || !n->layers[k - 1].ops->view; }
 
+/* Whether activation k is kept for the backward pass (a view's is its input's). */
+static int stored(const kx_net *n, int k) {
+  while (k > 0 && n->layers[k - 1].ops->view) k--;
+  return k == 0 || !n->layers[k - 1].recompute;
+}
+
+/* Whether layer i reads and writes its 16-bit activations itself: both kept, neither recomputed. */
+static int native_half(const kx_net *n, int i) {
+  return n->precision != KX_FP32 && n->layers[i].ops->half_io && stored(n, i) && stored(n, i + 1);
+}
+
 static void free_activations(kx_net *n) {
   for (int k = 0; n->acts && k <= n->n_layers; k++)
     if (act_owner(n, k)) free(n->acts[k]);
@@ -171,18 +182,24 @@ static kiln_status alloc_activations(kx_net *n) {
     if (!(n->acts[k] = aligned_alloc(64, (bytes + 63) & ~(size_t)63))) s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
     n->activation_bytes += bytes;
   }
-  /* fp32 copies of a layer's input and output: of any activation with 16-bit storage, else of the
-   * recomputed ones */
+  /* fp32 copies of a layer's input and output: in 16-bit storage, of the layers that cannot read
+   * it themselves; and of recomputed activations */
   int64_t work = 0;
-  for (int k = 0; k <= n->n_layers; k++)
-    if (n->precision != KX_FP32 || (k > 0 && n->layers[k - 1].recompute)) work = act_size(n, k) > work ? act_size(n, k) : work;
+  for (int i = 0; i < n->n_layers; i++) {
+    if (n->layers[i].ops->view) continue;
+    int64_t size = 0;
+    if (n->precision != KX_FP32 && !native_half(n, i)) size = act_size(n, i) > act_size(n, i + 1) ? act_size(n, i) : act_size(n, i + 1);
+    if (n->layers[i].recompute && act_size(n, i + 1) > size) size = act_size(n, i + 1);
+    work = size > work ? size : work;
+  }
   if (!s && work) {
     s = alloc_floats(work * n->max_batch, &n->work[0]);
     if (!s) s = alloc_floats(work * n->max_batch, &n->work[1]);
     n->activation_bytes += 2 * (size_t)(work * n->max_batch) * sizeof(float);
   }
-  /* the caller writes a batch straight into fp32 activation 0, or into a work copy that forward stores */
-  n->input = n->precision == KX_FP32 ? n->acts[0] : n->work[0];
+  /* the caller writes a batch straight into fp32 activation 0, or into a gradient buffer (unused
+   * until backward) from which forward stores it in 16 bits */
+  n->input = n->precision == KX_FP32 ? n->acts[0] : n->dbuf[0];
   if (!s && n->precision != KX_FP32 && n->n_params) {
     s = alloc_floats(n->n_params, &n->weights);
     int64_t p = 0;
@@ -261,12 +278,21 @@ int64_t kx_net_output_size(const kx_net *n) { return kx_shape_size(&n->layers[n-
 static float *other_work(kx_net *n, const float *busy) { return busy == n->work[0] ? n->work[1] : n->work[0]; }
 
 /* Runs layer i forward from x into a buffer of its own: its stored fp32 activation, else a work
- * buffer other than x's. With 16-bit storage the output is stored and rounded as stored. */
+ * buffer other than x's. With 16-bit storage the output is stored and rounded as stored; a layer
+ * that reads 16 bits itself takes its input from storage and writes into a gradient buffer, free
+ * during forward. */
 static float *forward_layer(kx_net *n, const kx_pass *p, int i, const float *x, int again) {
   kx_layer *l = &n->layers[i];
-  int store = n->acts[i + 1] && !again;
-  float *y = n->precision == KX_FP32 && n->acts[i + 1] ? n->acts[i + 1] : other_work(n, x);
+  int store = n->acts[i + 1] && !again, native = native_half(n, i) && !again;
+  float *y = n->precision == KX_FP32 && n->acts[i + 1] ? n->acts[i + 1]
+             : native                                  ? n->dbuf[x == n->dbuf[0]]
+                                                       : other_work(n, x);
   kx_pass q = *p;
+  if (native) {
+    q.x16 = n->acts[i];
+    q.bf16 = n->precision == KX_BF16;
+    x = NULL;
+  }
   kx_rng replay = {l->rng_state};
   if (again) { /* the same dropout mask, no second update of moving statistics */
     q.rng = &replay;
@@ -314,10 +340,19 @@ void kx_net_backward(kx_net *n, const kx_pass *p, float *dy) {
   for (int i = n->n_layers - 1, flip = 0; i >= first; i--) {
     kx_layer *l = &n->layers[i];
     if (l->ops->view) continue; /* the gradient passes through unchanged */
+    float *dx = i > first ? n->dbuf[flip ^= 1] : NULL;
+    if (native_half(n, i)) {
+      kx_pass q = *p;
+      q.x16 = n->acts[i];
+      q.y16 = n->acts[i + 1];
+      q.bf16 = n->precision == KX_BF16;
+      l->ops->backward(&q, l, NULL, NULL, dy, dx);
+      dy = dx;
+      continue;
+    }
     const float *x = activation(n, p, i, NULL), *y;
     if (n->acts[i + 1]) y = activation(n, p, i + 1, x);
     else y = forward_layer(n, p, i, x, 1);
-    float *dx = i > first ? n->dbuf[flip ^= 1] : NULL;
     l->ops->backward(p, l, x, y, dy, dx);
     dy = dx;
   }

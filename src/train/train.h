@@ -43,6 +43,8 @@ void kx_actfn_forward(kx_actfn a, float *y, int64_t rows, int64_t width);
 /* dz = dy * act'(z), written over dy, from the activation's output y (every supported
  * activation's derivative is a function of its output). */
 void kx_actfn_backward(kx_actfn a, const float *y, float *dy, int64_t rows, int64_t width);
+/* The same from y in 16-bit storage (bf16: bfloat16, else IEEE half). */
+void kx_actfn_backward16(kx_actfn a, int bf16, const uint16_t *y, float *dy, int64_t rows, int64_t width);
 
 /* ---------------------------------------------------------------- layers */
 
@@ -62,6 +64,10 @@ typedef struct kx_pass {
   int training;   /* dropout drops and batch norm uses batch statistics only when training */
   kx_rng *rng;    /* dropout masks */
   int recomputing; /* a forward pass again for --recompute: state (moving statistics) stays put */
+  /* 16-bit storage, for layers with half_io: their input (forward and backward) and output
+   * (backward) in place of x and y, which are then NULL */
+  const uint16_t *x16, *y16;
+  int bf16;        /* x16 and y16 hold bfloat16 (else IEEE half) */
   float *scratch; /* kx_net.scratch: shared by layers, one layer at a time */
 } kx_pass;
 
@@ -70,6 +76,7 @@ typedef struct kx_layer kx_layer;
 typedef struct kx_layer_ops {
   const char *name; /* Keras' snake_case class name: "dense", "conv2d", ... */
   int view;         /* output = input seen with another shape (flatten, reshape): no pass runs */
+  int half_io;      /* reads 16-bit activations itself (kx_pass.x16, y16): no fp32 copies needed */
   /* Reads the layer's keys from its JSON config (an object; unknown keys are errors naming
    * `where`, e.g. "model.layers[2].dense"). */
   kiln_status (*configure)(kx_layer *l, const struct cJSON *config, const char *where);

@@ -149,11 +149,11 @@ static size_t cnn_gradients(const char *model, kx_precision precision, int recom
  * mask, batch norm does not move its statistics twice) and holds fewer bytes; 16-bit storage
  * gives nearby gradients with half the bytes per stored activation. */
 static void test_recompute_and_precision(void) {
-  float g0[1024], g1[1024], g2[1024], s0[16] = {0}, s1[16] = {0}, s2[16] = {0};
+  float g0[4096], g1[4096], g2[4096], s0[16] = {0}, s1[16] = {0}, s2[16] = {0};
   int64_t n0, n1, n2;
   size_t kept = cnn_gradients(cnn, KX_FP32, 0, g0, s0, &n0);
   size_t recomputed = cnn_gradients(cnn, KX_FP32, 1, g1, s1, &n1); /* every layer */
-  CHECK(n0 == n1 && n0 < 1024 && memcmp(g0, g1, (size_t)n0 * sizeof *g0) == 0 && memcmp(s0, s1, sizeof s0) == 0);
+  CHECK(n0 == n1 && n0 < 4096 && memcmp(g0, g1, (size_t)n0 * sizeof *g0) == 0 && memcmp(s0, s1, sizeof s0) == 0);
   CHECK(recomputed < kept);
   cnn_gradients(marked_cnn, KX_FP32, 1, g1, s1, &n1); /* the two marked layers */
   CHECK(memcmp(g0, g1, (size_t)n0 * sizeof *g0) == 0 && memcmp(s0, s1, sizeof s0) == 0);
@@ -168,6 +168,17 @@ static void test_recompute_and_precision(void) {
   CHECK(half < kept + 2 * 4 * 8 * 8 * 4 * sizeof(float)); /* the 16-bit copies plus two fp32 work buffers */
   fprintf(stderr, "  activation bytes: fp32 %zu, recomputed %zu, bf16 %zu; bf16 gradients within %.2g of %.2g\n", kept,
           recomputed, half, worst, scale);
+  /* dense layers read 16-bit activations themselves: an MLP keeps exactly half the bytes */
+  static const char mlp[] = "{\"layers\": [\"flatten\", {\"dense\": {\"units\": 16, \"activation\": \"relu\"}}, "
+                            "{\"dense\": {\"units\": 5, \"activation\": \"softmax\"}}]}";
+  size_t mlp32 = cnn_gradients(mlp, KX_FP32, 0, g0, s0, &n0), mlp16 = cnn_gradients(mlp, KX_FP16, 0, g2, s2, &n2);
+  CHECK(2 * mlp16 == mlp32);
+  worst = scale = 0;
+  for (int64_t i = 0; i < n0; i++) {
+    worst = fmax(worst, fabs(g2[i] - g0[i]));
+    scale = fmax(scale, fabs(g0[i]));
+  }
+  CHECK(worst < 0.01 * scale);
 }
 
 /* ------------------------------------------------------------ the PyTorch comparison's C half */
