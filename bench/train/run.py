@@ -165,6 +165,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=32, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.kiln = os.path.abspath(args.kiln)  # each kiln run starts in its own directory
     if args.torch_worker:
         torch_worker(args.threads, args.epochs, args.batch_size, args.seed)
         return 0
