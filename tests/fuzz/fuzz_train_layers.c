@@ -1,6 +1,7 @@
 /* libFuzzer target: the trainer's layer configs — a model's JSON built on a small image, then a
  * training and an inference forward and a backward pass through whatever was built. Input: three
- * bytes (H, W, C; C 0 for an [H, W] image), then the model's JSON text. Numbers in the JSON are
+ * bytes (H, W, C; C 0 for an [H, W] image; the first two also pick 16-bit storage and
+ * recomputation), then the model's JSON text. Numbers in the JSON are
  * held to |v| <= 16 so that what the fuzzer finds is a bug, not a large allocation. */
 #include "train/train.h"
 
@@ -33,6 +34,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cJSON_Delete(model);
   if (s) kiln_status_free(s);
   if (!n) return 0;
+  /* the same bytes also choose the storage (fp32, bf16, fp16) and whether layers are recomputed */
+  if ((s = kx_net_configure(n, (kx_precision)(data[0] / 12 % 3), data[1] / 12 % 2))) {
+    kiln_status_free(s);
+    kx_net_free(n);
+    return 0;
+  }
   for (int64_t i = 0; i < 2 * kx_shape_size(&in); i++) n->input[i] = 2 * kx_rng_uniform(&rng) - 1;
   int64_t out = 2 * kx_net_output_size(n);
   float *dy = malloc((size_t)out * sizeof(float));

@@ -137,7 +137,7 @@ static size_t cnn_gradients(const char *model, kx_precision precision, int recom
   for (int i = 0; i < 20; i++) dy[i] = y[i] * 0.5f - (float)(i % 3);
   kx_net_backward(n, &p, dy);
   memcpy(grads, n->grads, (size_t)n->n_params * sizeof *grads);
-  memcpy(state, n->state, (size_t)n->n_state * sizeof *state);
+  if (n->n_state) memcpy(state, n->state, (size_t)n->n_state * sizeof *state);
   *n_params = n->n_params;
   size_t bytes = n->activation_bytes;
   kx_net_free(n);
