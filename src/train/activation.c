@@ -12,14 +12,21 @@
 
 static const char *const names[] = {"linear", "relu", "sigmoid", "tanh", "softmax"};
 
-int kx_actfn_parse(const char *name) {
-  if (!name) return -1;
+static int parse(const char *name) {
   for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
     if (strcmp(name, names[i]) == 0) return i;
   return -1;
 }
 
-const char *kx_actfn_name(kx_actfn a) { return names[a]; }
+kiln_status kx_actfn_read(const cJSON *config, const char *where, int required, kx_actfn *out) {
+  const char *name = "linear";
+  kiln_status s = kx_spec_string(config, where, "activation", required, &name);
+  if (s) return s;
+  int a = parse(name);
+  if (a < 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s: unknown activation '%s' (known: linear, relu, sigmoid, tanh, softmax)", where, name);
+  *out = (kx_actfn)a;
+  return NULL;
+}
 
 void kx_actfn_forward(kx_actfn a, float *y, int64_t rows, int64_t width) {
   int64_t n = rows * width;
@@ -106,12 +113,8 @@ static kiln_status configure(kx_layer *l, const cJSON *config, const char *where
   int general = strcmp(l->ops->name, "activation") == 0;
   kiln_status s = kx_spec_keys(config, where, general ? (const char *const[]){"activation", NULL}
                                                        : (const char *const[]){NULL});
-  const char *name = l->ops->name;
-  if (!s && general) s = kx_spec_string(config, where, "activation", 1, &name);
-  if (s) return s;
-  int a = kx_actfn_parse(name);
-  if (a < 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s: unknown activation '%s' (known: linear, relu, sigmoid, tanh, softmax)", where, name);
-  l->act = (kx_actfn)a;
+  if (s || general) return s ? s : kx_actfn_read(config, where, 1, &l->act);
+  l->act = (kx_actfn)parse(l->ops->name); /* relu, sigmoid, ...: the layer's name is the activation */
   return NULL;
 }
 

@@ -70,20 +70,15 @@ kiln_status kx_window_build(kx_layer *l, const char *what, int64_t *channels) {
 static kiln_status configure(kx_layer *l, const cJSON *config, const char *where) {
   kiln_status s = kx_spec_keys(config, where,
                                (const char *const[]){"filters", "kernel_size", "strides", "padding", "activation", "use_bias", NULL});
-  const char *act = "linear";
   l->use_bias = 1;
   l->strides[0] = l->strides[1] = 1;
   if (!s) s = kx_spec_int(config, where, "filters", 1, 1, 1 << 20, &l->filters);
   if (!s) s = kx_spec_pair(config, where, "kernel_size", 1, 1, MAX_WINDOW, l->kernel);
   if (!s) s = kx_spec_pair(config, where, "strides", 0, 1, MAX_WINDOW, l->strides);
   if (!s) s = kx_spec_padding(l, config, where);
-  if (!s) s = kx_spec_string(config, where, "activation", 0, &act);
+  if (!s) s = kx_actfn_read(config, where, 0, &l->act);
   if (!s) s = kx_spec_bool(config, where, "use_bias", &l->use_bias);
-  if (s) return s;
-  int a = kx_actfn_parse(act);
-  if (a < 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s: unknown activation '%s' (known: linear, relu, sigmoid, tanh, softmax)", where, act);
-  l->act = (kx_actfn)a;
-  return NULL;
+  return s;
 }
 
 /* Floats in one row of the im2col matrix: one output pixel's receptive field. */

@@ -13,16 +13,11 @@
 
 static kiln_status configure(kx_layer *l, const cJSON *config, const char *where) {
   kiln_status s = kx_spec_keys(config, where, (const char *const[]){"units", "activation", "use_bias", NULL});
-  const char *act = "linear";
   l->use_bias = 1;
   if (!s) s = kx_spec_int(config, where, "units", 1, 1, 1 << 20, &l->units);
-  if (!s) s = kx_spec_string(config, where, "activation", 0, &act);
+  if (!s) s = kx_actfn_read(config, where, 0, &l->act);
   if (!s) s = kx_spec_bool(config, where, "use_bias", &l->use_bias);
-  if (s) return s;
-  int a = kx_actfn_parse(act);
-  if (a < 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s: unknown activation '%s' (known: linear, relu, sigmoid, tanh, softmax)", where, act);
-  l->act = (kx_actfn)a;
-  return NULL;
+  return s;
 }
 
 /* Keras' Dense works on the last axis; kiln's takes a flat feature vector (put a flatten first). */

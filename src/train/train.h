@@ -35,9 +35,9 @@ typedef enum kx_actfn {
   KX_ACTFN_SOFTMAX,
 } kx_actfn;
 
-/* Parses Keras' names ("relu", "linear", ...); -1 when unknown. */
-int kx_actfn_parse(const char *name);
-const char *kx_actfn_name(kx_actfn a);
+/* Reads a layer config's "activation" (Keras' names: "relu", "linear", ...; absent: linear unless
+ * required); errors name `where` and the known activations. */
+kiln_status kx_actfn_read(const struct cJSON *config, const char *where, int required, kx_actfn *out);
 /* y = act(y) in place over rows of `width` (softmax works per row). */
 void kx_actfn_forward(kx_actfn a, float *y, int64_t rows, int64_t width);
 /* dz = dy * act'(z), written over dy, from the activation's output y (every supported
