@@ -78,7 +78,9 @@ kiln_status kiln_trainer_fit(kiln_trainer *t, kiln_train_result *result);
 /* Writes the model as ONNX (weights as initializers) with the data's schema and preprocessing
  * (schema.json, preprocess.json) into `dir`, which must exist: a model repository's version folder. */
 kiln_status kiln_trainer_export(kiln_trainer *t, const char *dir);
-/* MPI rank of this process (0 without MPI): only rank 0 writes files and logs. */
+/* MPI rank of this process (0 without MPI): only rank 0 writes files and logs. A rank whose
+ * trainer returned an error does not finalize MPI when freed, so that mpirun stops the job instead
+ * of leaving the other ranks waiting for it. */
 int kiln_trainer_rank(const kiln_trainer *t);
 /* Steps between TensorBoard scalars (and log lines): the option, else the run file's, else 100. */
 int64_t kiln_trainer_log_every(const kiln_trainer *t);

@@ -156,11 +156,11 @@ static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
   s = kiln_trainer_export(t, tmp);
   if (!s && rename(tmp, final) != 0) s = kiln_error(KILN_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
   if (!s) s = kiln_dir_sync(model_dir);
-  if (s) {
-    char cmd[4200];
+  if (s) { /* the temporary folder and what the export had written into it */
+    char file[4200];
     DIR *d = opendir(tmp);
     for (struct dirent *e; d && (e = readdir(d));)
-      if (e->d_name[0] != '.' && !cli_path(cmd, sizeof cmd, "%s/%s", tmp, e->d_name)) unlink(cmd);
+      if (e->d_name[0] != '.' && !cli_path(file, sizeof file, "%s/%s", tmp, e->d_name)) unlink(file);
     if (d) closedir(d);
     rmdir(tmp);
     return kiln_status_prefix(s, "--export: ");

@@ -442,5 +442,6 @@ kiln_status kiln_trainer_export(kiln_trainer *t, const char *dir) {
   kiln_preprocess *p = NULL;
   if (!s && !(s = kiln_preprocess_load(dir, &p)) && !p) s = kiln_error(KILN_INTERNAL, "preprocess.json did not load");
   kiln_preprocess_free(p);
+  t->failed |= s != NULL;
   return s ? kiln_status_prefix(s, "ONNX export to %s: ", dir) : NULL;
 }

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -73,7 +72,7 @@ static kiln_status count_source(kiln_trainer *t, int64_t *count) {
   cJSON_Delete(only);
   if (!text) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   kiln_data_options o = {.pool = t->pool, .base_dir = t->run.base_dir[0] ? t->run.base_dir : NULL};
-  kiln_dataset *d;
+  kiln_dataset *d = NULL;
   kiln_status s = kiln_dataset_open_spec(text, strlen(text), &o, &d);
   free(text);
   *count = 0;
@@ -83,7 +82,7 @@ static kiln_status count_source(kiln_trainer *t, int64_t *count) {
     *count += !s && !done;
     kiln_record_release(&r);
   }
-  if (!s) kiln_dataset_free(d);
+  kiln_dataset_free(d);
   return s ? kiln_status_prefix(s, "data: ") : NULL;
 }
 
@@ -373,6 +372,7 @@ kiln_status kiln_trainer_fit(kiln_trainer *t, kiln_train_result *result) {
   result->skipped_steps = t->skipped_steps;
   result->wall_s = kiln_now() - start;
   result->samples_per_s = result->wall_s > 0 ? (double)result->samples / result->wall_s : 0;
+  t->failed |= s != NULL;
   return s;
 }
 
@@ -430,6 +430,7 @@ kiln_status kiln_trainer_create(const kiln_train_options *options, kiln_trainer 
   t->options = *options;
   kiln_status s = create(t, options);
   if (s) {
+    t->failed = 1;
     kiln_trainer_free(t);
     return s;
   }
@@ -451,6 +452,8 @@ void kiln_trainer_free(kiln_trainer *t) {
   free(t->dy);
   kx_run_free(&t->run);
   kiln_pool_free(t->pool);
-  kx_world_finalize(&t->world);
+  /* A rank that failed leaves MPI without finalizing: mpirun then stops the other ranks, which
+   * would otherwise wait for it in their next all-reduce. */
+  if (!t->failed) kx_world_finalize(&t->world);
   free(t);
 }

@@ -35,6 +35,7 @@ struct kiln_trainer {
   int64_t checkpoint_every;
   int keep_checkpoints;
   kx_events *events;
+  int failed;                /* an error was returned: kiln_trainer_free does not finalize MPI */
 };
 
 /* Loss and accuracy of the model over a dataset (all ranks: each evaluates its shard). */
