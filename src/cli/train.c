@@ -183,15 +183,13 @@ int cmd_train(int argc, char **argv) {
       {"seed", CLI_INT, &seed, "N", "seed of initialization, shuffling and dropout"},
       {"lr", CLI_DOUBLE, &lr, "X", "the (initial) learning rate"},
       {"precision", CLI_STRING, &o.precision, "P", "fp32 (default), bf16 or fp16: 16-bit weights and activations"},
-      {"recompute", CLI_BOOL, &recompute, NULL, "recompute the outputs of the layers marked \"recompute\": true (all when none\n"
-                                                  "is marked) in the backward pass instead of keeping them"},
+      {"recompute", CLI_BOOL, &recompute, NULL, "recompute marked layers' outputs (all when none is marked) in backward"},
       {"checkpoint-dir", CLI_STRING, &o.checkpoint_dir, "DIR", "checkpoints (default ./checkpoints)"},
       {"checkpoint-every", CLI_INT, &every, "N", "also checkpoint every N steps (default: each epoch's end)"},
       {"keep-checkpoints", CLI_INT, &keep, "K", "keep the newest K checkpoints (default 3)"},
       {"resume", CLI_BOOL, &resume, NULL, "continue from the newest valid checkpoint"},
       {"logdir", CLI_STRING, &o.logdir, "DIR", "TensorBoard event files (default ./runs; \"\" for none)"},
-      {"log-every", CLI_INT, &log_every, "N", "TensorBoard scalars, and a JSON log line when stderr is not a terminal, every N steps\n"
-                                              "(default: the run file's log_every, else 100)"},
+      {"log-every", CLI_INT, &log_every, "N", "TensorBoard scalars and JSON log lines every N steps (default 100)"},
       {"metrics-out", CLI_STRING, &metrics_out, "FILE", "write the final metrics as one JSON object"},
       {"metrics-port", CLI_INT, &metrics_port, "PORT", "serve the run's Prometheus metrics on /metrics (0: any free port)"},
       {"metrics-host", CLI_STRING, &metrics_host, "ADDR", "address for --metrics-port (default 0.0.0.0)"},
