@@ -38,15 +38,15 @@ static void draw_bar(const kiln_train_progress *p) {
   bar[width] = 0;
   if (p->steps > 0 && p->step > 0 && p->step < p->steps)
     snprintf(eta, sizeof eta, " ETA %.0fs", p->elapsed_s / (double)p->step * (double)(p->steps - p->step));
-  if (p->steps > 0) fprintf(stderr, "\repoch %lld/%lld [%s] %lld/%lld loss %.4f%s %s samples/s%s", (long long)p->epoch + 1,
+  if (p->steps > 0) fprintf(stderr, "\repoch %lld/%lld [%s] %lld/%lld loss %.4f%s %s samples/s%s\033[K", (long long)p->epoch + 1,
                             (long long)p->epochs, bar, (long long)p->step, (long long)p->steps, p->loss, acc, rate, eta);
-  else fprintf(stderr, "\repoch %lld/%lld step %lld loss %.4f%s %s samples/s", (long long)p->epoch + 1, (long long)p->epochs,
+  else fprintf(stderr, "\repoch %lld/%lld step %lld loss %.4f%s %s samples/s\033[K", (long long)p->epoch + 1, (long long)p->epochs,
                (long long)p->step, p->loss, acc, rate);
 }
 
 static void on_progress(void *arg, const kiln_train_progress *p) {
   progress_view *v = arg;
-  train_metrics_update(v->metrics, p, p->step_samples);
+  train_metrics_update(v->metrics, p);
   char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32];
   if (v->tty) {
     double now = kiln_now();

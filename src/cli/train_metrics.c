@@ -75,7 +75,7 @@ kiln_status train_metrics_start(const char *host, int port, train_metrics **out)
 
 int train_metrics_port(const train_metrics *m) { return kiln_http_server_port(m->http); }
 
-void train_metrics_update(train_metrics *m, const kiln_train_progress *p, int64_t samples) {
+void train_metrics_update(train_metrics *m, const kiln_train_progress *p) {
   if (!m) return;
   double now = kiln_now();
   struct timespec wall;
@@ -83,7 +83,7 @@ void train_metrics_update(train_metrics *m, const kiln_train_progress *p, int64_
   kiln_metric_set(m->epoch, NULL, (double)(p->epoch + 1));
   if (!p->end_of_epoch) {
     kiln_metric_add(m->steps, NULL, 1);
-    kiln_metric_add(m->samples, NULL, (double)samples);
+    kiln_metric_add(m->samples, NULL, (double)p->step_samples);
     if (m->last_step_at > 0) kiln_metric_observe(m->step_seconds, NULL, now - m->last_step_at);
     m->last_step_at = now;
     kiln_metric_set(m->last_step, NULL, (double)wall.tv_sec + wall.tv_nsec * 1e-9);

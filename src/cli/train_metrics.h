@@ -9,8 +9,8 @@ typedef struct train_metrics train_metrics;
 /* Serves /metrics on host:port (port 0: any free port) from one I/O thread. */
 kiln_status train_metrics_start(const char *host, int port, train_metrics **out);
 int train_metrics_port(const train_metrics *m);
-/* Records a step or an epoch's end; `samples` is the step's rows over every rank. NULL m: nothing. */
-void train_metrics_update(train_metrics *m, const kiln_train_progress *p, int64_t samples);
+/* Records a step or an epoch's end. NULL m: nothing. */
+void train_metrics_update(train_metrics *m, const kiln_train_progress *p);
 /* Stops serving (requests in flight are answered first) and frees everything. NULL ok. */
 void train_metrics_stop(train_metrics *m);
 
