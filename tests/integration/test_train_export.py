@@ -98,7 +98,13 @@ class ExportTest(unittest.TestCase):
                                            rtol=RTOL, atol=ATOL)
 
     def test_onnxruntime(self):
-        node_path = runtime_bench().ensure_ort()
+        try:
+            node_path = runtime_bench().ensure_ort()
+        except subprocess.CalledProcessError as e:
+            # the peer comes from the npm registry (CLARIFICATIONS: ONNX Runtime peer); a machine that cannot reach
+            # it (no network, a proxy whose certificate it lacks) skips this comparison, loudly
+            print("SKIPPED: onnxruntime-node could not be installed from the npm registry (%s)" % e, file=sys.stderr)
+            self.skipTest("onnxruntime-node could not be installed from the npm registry")
         for d in self.exports():
             with self.subTest(model=d):
                 x, expected = np.load(os.path.join(d, "input.npy")), np.load(os.path.join(d, "expected.npy"))
