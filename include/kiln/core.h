@@ -232,6 +232,9 @@ kiln_status kiln_npy_write(const char *path, const kiln_tensor *t);
  * size accepted (0 = no limit). */
 kiln_status kiln_file_read(const char *path, size_t limit, void **out, size_t *len);
 
+/* mkdir -p: the directory and its missing parents; an error names the part that could not be
+ * made, or a path that exists but is no directory. */
+kiln_status kiln_dir_create(const char *dir);
 /* fsync of a directory: makes the renames and creations in it durable. */
 kiln_status kiln_dir_sync(const char *dir);
 /* Writes data to path atomically: a temporary file in the same directory, fsync, rename over path,

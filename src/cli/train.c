@@ -127,26 +127,12 @@ static kiln_status next_version(const char *model_dir, long long *version) {
   return NULL;
 }
 
-static kiln_status mkdir_parents(const char *path) {
-  char buf[4096];
-  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return kiln_error(KILN_INVALID_ARGUMENT, "path too long: %s", path);
-  for (char *p = buf + 1;; p++) {
-    int end = *p == 0;
-    if (*p == '/' || end) {
-      *p = 0;
-      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return kiln_error(KILN_IO, "cannot create %s: %s", buf, strerror(errno));
-      if (end) return NULL;
-      *p = '/';
-    }
-  }
-}
-
 /* --export REPO/NAME: the model into a temporary folder beside the versions, then renamed to the
  * next version number, so that a server watching the repository never sees half a version. */
 static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
   long long version;
   char tmp[4096], final[4096];
-  kiln_status s = mkdir_parents(model_dir);
+  kiln_status s = kiln_dir_create(model_dir);
   if (!s) s = next_version(model_dir, &version);
   if (s) return s;
   if (cli_path(tmp, sizeof tmp, "%s/.export-%lld-%ld", model_dir, version, (long)getpid()) ||

@@ -59,6 +59,30 @@ static kiln_status write_all(int fd, const char *tmp, const void *data, size_t l
   return NULL;
 }
 
+static int is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+kiln_status kiln_dir_create(const char *dir) {
+  char *p = strdup(dir);
+  if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory", dir);
+  kiln_status e = NULL;
+  for (char *s = p + 1; !e; s++) {
+    char c = *s;
+    if (c != '/' && c != '\0') continue;
+    *s = '\0';
+    int err = mkdir(p, 0777) != 0 ? errno : 0;
+    /* mkdir may say EACCES or EROFS about a directory that exists: only a missing one counts */
+    if (err && err != EEXIST && !is_dir(p)) e = kiln_error(KILN_IO, "cannot create the directory %s: %s", p, strerror(err));
+    *s = c;
+    if (!c) break;
+  }
+  free(p);
+  if (!e && !is_dir(dir)) e = kiln_error(KILN_IO, "%s exists but is not a directory (or cannot be searched)", dir);
+  return e;
+}
+
 /* Filesystems that cannot sync a directory say EINVAL; their renames are as durable as they get. */
 kiln_status kiln_dir_sync(const char *dir) {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -302,30 +302,6 @@ static kiln_status list_dir(const char *dir, int delete_temporaries, listed **ou
   return NULL;
 }
 
-/* mkdir -p: the directory and its missing parents. */
-static kiln_status make_dirs(const char *dir) {
-  char *p = strdup(dir);
-  if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "%s: out of memory", dir);
-  kiln_status e = NULL;
-  for (char *s = p + 1; !e; s++) {
-    int last = *s == '\0';
-    if (*s != '/' && !last) continue;
-    char saved = *s;
-    *s = '\0';
-    struct stat st;
-    int err = mkdir(p, 0777) == 0 ? 0 : errno;
-    /* an existing parent may answer EACCES or EROFS rather than EEXIST */
-    if (err && err != EEXIST && !(stat(p, &st) == 0 && S_ISDIR(st.st_mode)))
-      e = kiln_error(KILN_IO, "cannot create the checkpoint directory %s: %s", p, strerror(err));
-    *s = saved;
-    if (last) break;
-  }
-  free(p);
-  struct stat st;
-  if (!e && stat(dir, &st) != 0) e = kiln_error(KILN_IO, "checkpoint directory %s: %s", dir, strerror(errno));
-  else if (!e && !S_ISDIR(st.st_mode)) e = kiln_error(KILN_IO, "checkpoint directory %s: not a directory", dir);
-  return e;
-}
 
 static char *join(const char *dir, const char *name) {
   size_t size = strlen(dir) + strlen(name) + 2;
@@ -412,7 +388,7 @@ kiln_status kx_ckpt_write(const char *dir, int64_t step, const kx_ckpt_section *
   kiln_status e = check_sections(sections, n, step);
   if (e) return e;
   if (!dir || !*dir) return kiln_error(KILN_INVALID_ARGUMENT, "checkpoint: no directory given");
-  if ((e = make_dirs(dir))) return e;
+  if ((e = kiln_dir_create(dir))) return kiln_status_prefix(e, "checkpoint directory: ");
   char name[48];
   snprintf(name, sizeof name, "ckpt-%010lld.kiln", (long long)step);
   char *path = join(dir, name);

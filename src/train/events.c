@@ -7,7 +7,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,33 +39,6 @@ static void put_le(uint8_t *p, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static int is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* mkdir -p: every prefix that ends at a '/' and then the whole path. */
-static kiln_status make_dirs(const char *dir) {
-  char *p = strdup(dir);
-  if (!p) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
-  kiln_status e = NULL;
-  for (char *s = p + 1; !e; s++) {
-    char c = *s;
-    if (c != '/' && c != '\0') continue;
-    *s = '\0';
-    int err = mkdir(p, 0777) != 0 ? errno : 0;
-    /* mkdir may say EACCES or EROFS about a directory that exists: only a missing one counts */
-    if (err && err != EEXIST && !is_dir(p))
-      e = kiln_error(KILN_IO, "log directory %s: cannot create %s: %s", dir, p, strerror(err));
-    *s = c;
-    if (!c) break;
-  }
-  free(p);
-  if (!e && !is_dir(dir))
-    e = kiln_error(KILN_IO, "log directory %s: exists but is not a directory (or cannot be searched)", dir);
-  return e;
-}
-
 /* Frames and appends one packed Event. */
 static kiln_status write_event(kx_events *w, const Tensorflow__Event *ev) {
   if (w->failed) return kiln_error(KILN_FAILED_PRECONDITION, "%s: an earlier write failed", w->path);
@@ -95,7 +67,7 @@ kiln_status kx_events_open(const char *dir, kx_events **out) {
   *out = NULL;
   if (!dir || !*dir || strlen(dir) >= PATH_MAX)
     return kiln_error(KILN_INVALID_ARGUMENT, "log directory: expected a path of 1 to %d bytes", PATH_MAX - 1);
-  kiln_status e = make_dirs(dir);
+  kiln_status e = kiln_dir_create(dir);
   if (e) return e;
   char host[256];
   if (gethostname(host, sizeof host) != 0 || !host[0]) snprintf(host, sizeof host, "localhost");

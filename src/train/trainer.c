@@ -400,6 +400,8 @@ static kiln_status create(kiln_trainer *t, const kiln_train_options *o) {
   if (snprintf(t->checkpoint_dir, sizeof t->checkpoint_dir, "%s", o->checkpoint_dir ? o->checkpoint_dir : "checkpoints") >=
       (int)sizeof t->checkpoint_dir)
     return kiln_error(KILN_INVALID_ARGUMENT, "checkpoint directory path too long");
+  /* a checkpoint directory that cannot be made fails now, not after the first epoch */
+  if (t->world.rank == 0 && (s = kiln_dir_create(t->checkpoint_dir))) return kiln_status_prefix(s, "checkpoint directory: ");
   if ((s = kiln_pool_create(t->threads, &t->pool))) return s;
   if ((s = open_data(t))) return s;
   kx_shape shape;

@@ -234,6 +234,22 @@ class Train(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("every rank must run the same", r.stderr)
 
+    def test_mpi_job_stops_when_a_rank_fails(self):
+        """Rank 0 cannot make its checkpoint directory (a file is in the way): it fails at once with the reason,
+        and mpirun stops the job rather than leave rank 1 waiting in an all-reduce."""
+        d = self.workdir("mpi_fail")
+        open(os.path.join(d, "blocker"), "w").close()
+        run = self.write_run(d, small_run(records=2048, epochs=3))
+        cmd = ["mpirun", "-np", "2", KILN, "train", "--config", run, "--threads", "1", "--logdir", "", "--checkpoint-dir",
+               "blocker/checkpoints"]
+        r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=120, env=MPI_ENV)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("checkpoint directory: ", r.stderr)
+        self.assertIn("cannot create the directory blocker/checkpoints: Not a directory", r.stderr)
+        r = kiln("train", "--config", run, "--checkpoint-dir", "blocker/checkpoints", cwd=d)
+        self.assertEqual(r.returncode, 2)
+        self.assertNotIn("epoch end", r.stderr)  # refused before training, not after the first epoch
+
     def test_flags_override_the_run_file(self):
         d = self.workdir("flags")
         run = self.write_run(d, small_run(records=640, epochs=5))

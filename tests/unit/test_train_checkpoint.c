@@ -328,7 +328,7 @@ static void test_failed_writes(void) {
     char file_dir[300];
     snprintf(file_dir, sizeof file_dir, "%s/file", dir);
     CHECK_OK(kiln_file_write_atomic(file_dir, "x", 1));
-    CHECK_ERROR(write_step(file_dir, 3, 2), KILN_IO, "/file: not a directory");
+    CHECK_ERROR(write_step(file_dir, 3, 2), KILN_IO, "/file exists but is not a directory");
     CHECK_ERROR(write_step(path_in(dir, "file/sub"), 3, 2), KILN_IO, "Not a directory");
     CHECK(unlink(file_dir) == 0);
   }
