@@ -249,14 +249,23 @@ static inline float a16_at(const kx_gemm *g, int64_t i, int64_t k) {
 }
 
 static void pack_a(const kx_gemm *g, int64_t i0, int mr, int64_t k0, int64_t kc, float *dst) {
+  if (g->trans_a) { /* op(A)'s rows are A's columns: each k reads MR contiguous elements of A's row k */
+    for (int64_t k = 0; k < kc; k++) {
+      float *d = dst + k * MR;
+      if (g->A16)
+        for (int r = 0; r < MR; r++) d[r] = r < mr ? a16_at(g, i0 + r, k0 + k) : 0;
+      else {
+        const float *src = g->A + (k0 + k) * g->lda + i0;
+        for (int r = 0; r < MR; r++) d[r] = r < mr ? src[r] : 0;
+      }
+    }
+    return;
+  }
   for (int r = 0; r < MR; r++) {
     if (r >= mr) {
       for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = 0;
     } else if (g->A16) {
       for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = a16_at(g, i0 + r, k0 + k);
-    } else if (g->trans_a) {
-      const float *src = g->A + k0 * g->lda + i0 + r;
-      for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = src[k * g->lda];
     } else {
       const float *src = g->A + (i0 + r) * g->lda + k0;
       for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = src[k];
