@@ -31,6 +31,20 @@ int64_t kx_shape_size(const kx_shape *s) {
   return n;
 }
 
+kiln_status kx_shape_read(const cJSON *obj, const char *where, const char *key, kx_shape *out) {
+  const cJSON *list = cJSON_GetObjectItemCaseSensitive(obj, key);
+  int n = cJSON_GetArraySize(list);
+  int ok = cJSON_IsArray(list) && n >= 1 && n <= 3;
+  for (int i = 0; ok && i < n; i++) {
+    const cJSON *d = cJSON_GetArrayItem(list, i);
+    ok = cJSON_IsNumber(d) && d->valuedouble >= 1 && d->valuedouble <= (1 << 30) && d->valuedouble == (int64_t)d->valuedouble;
+    if (ok) out->d[i] = (int64_t)d->valuedouble;
+  }
+  if (!ok) return kiln_error(KILN_INVALID_ARGUMENT, "%s: '%s' must be a list of 1 to 3 positive sizes", where, key);
+  out->rank = n;
+  return NULL;
+}
+
 const kx_layer_ops *kx_layer_find(const char *name) {
   for (int i = 0; i < N_KINDS; i++)
     if (strcmp(layer_kinds[i]->name, name) == 0) return layer_kinds[i];

@@ -19,19 +19,7 @@ static kiln_status build_flatten(kx_layer *l) {
 
 static kiln_status configure_reshape(kx_layer *l, const cJSON *config, const char *where) {
   kiln_status s = kx_spec_keys(config, where, (const char *const[]){"target_shape", NULL});
-  const cJSON *t = cJSON_GetObjectItemCaseSensitive(config, "target_shape");
-  if (s) return s;
-  int n = cJSON_GetArraySize(t);
-  if (!cJSON_IsArray(t) || n < 1 || n > 3)
-    return kiln_error(KILN_INVALID_ARGUMENT, "%s: 'target_shape' must be a list of 1 to 3 positive sizes", where);
-  l->target.rank = n;
-  for (int i = 0; i < n; i++) {
-    const cJSON *d = cJSON_GetArrayItem(t, i);
-    if (!cJSON_IsNumber(d) || d->valuedouble < 1 || d->valuedouble > (1 << 30) || d->valuedouble != (int64_t)d->valuedouble)
-      return kiln_error(KILN_INVALID_ARGUMENT, "%s: 'target_shape' must be a list of 1 to 3 positive sizes", where);
-    l->target.d[i] = (int64_t)d->valuedouble;
-  }
-  return NULL;
+  return s ? s : kx_shape_read(config, where, "target_shape", &l->target);
 }
 
 static kiln_status build_reshape(kx_layer *l) {

@@ -55,6 +55,9 @@ typedef struct kx_shape {
 } kx_shape;
 
 int64_t kx_shape_size(const kx_shape *s);
+/* Reads obj's `key`, a list of 1 to 3 positive sizes (Keras' input_shape, target_shape); errors
+ * name `where` and the key. */
+kiln_status kx_shape_read(const struct cJSON *obj, const char *where, const char *key, kx_shape *out);
 
 /* What a forward or backward pass runs with. */
 typedef struct kx_pass {

@@ -159,19 +159,7 @@ static kiln_status load_batch(kiln_trainer *t, kiln_dataset *d, int64_t *rows) {
 
 /* The input shape: the run file's input_shape, else the first batch's. */
 static kiln_status input_shape(kiln_trainer *t, kx_shape *shape) {
-  const cJSON *is = cJSON_GetObjectItemCaseSensitive(t->run.model, "input_shape");
-  if (is) {
-    int n = cJSON_GetArraySize(is);
-    if (!cJSON_IsArray(is) || n < 1 || n > 3) return kiln_error(KILN_INVALID_ARGUMENT, "model.input_shape: expected 1 to 3 positive sizes");
-    shape->rank = n;
-    for (int i = 0; i < n; i++) {
-      const cJSON *d = cJSON_GetArrayItem(is, i);
-      if (!cJSON_IsNumber(d) || d->valuedouble < 1 || d->valuedouble > (1 << 30) || d->valuedouble != floor(d->valuedouble))
-        return kiln_error(KILN_INVALID_ARGUMENT, "model.input_shape: expected 1 to 3 positive sizes");
-      shape->d[i] = (int64_t)d->valuedouble;
-    }
-    return NULL;
-  }
+  if (cJSON_GetObjectItemCaseSensitive(t->run.model, "input_shape")) return kx_shape_read(t->run.model, "model", "input_shape", shape);
   kiln_record r = {0};
   int done = 0;
   kiln_status s = kiln_dataset_next(t->train, &r, &done);
