@@ -64,6 +64,7 @@ typedef struct cli_data_source {
   const char *on_error;   /* --on-error fail|skip */
   const char *quarantine; /* --quarantine FILE */
   long threads;           /* --threads N */
+  int64_t batch;          /* not a flag: > 0 ends the pipeline with a batch stage of this size */
 } cli_data_source;
 
 #define CLI_DATA_SOURCE_FLAGS(src)                                                                            \

@@ -26,36 +26,47 @@ int cli_data_open(const cli_data_source *src, const char *path, kiln_dataset **o
     fprintf(stderr, "kiln: --quarantine needs --on-error skip\n");
     return EXIT_USAGE;
   }
-  if (!src->pipeline) {
-    if (!path) {
-      fprintf(stderr, "kiln: give a SOURCE or --pipeline FILE.json\n");
-      return EXIT_USAGE;
-    }
+  if (!src->pipeline && !path) {
+    fprintf(stderr, "kiln: give a SOURCE or --pipeline FILE.json\n");
+    return EXIT_USAGE;
+  }
+  if (!src->pipeline && src->batch <= 0) {
     kiln_status s = kiln_dataset_open_path(path, &o, out);
     return s ? cli_fail(s) : -1;
   }
-  void *text;
-  size_t len;
-  kiln_status s = kiln_file_read(src->pipeline, 1 << 20, &text, &len);
-  if (s) return cli_fail(s);
-  if (path) { /* SOURCE replaces the pipeline's source */
-    cJSON *spec = cJSON_ParseWithLength(text, len);
-    char *printed = NULL;
-    if (spec && cJSON_IsObject(spec)) {
+  void *text = NULL;
+  size_t len = 0;
+  if (src->pipeline) {
+    kiln_status s = kiln_file_read(src->pipeline, 1 << 20, &text, &len);
+    if (s) return cli_fail(s);
+  }
+  /* SOURCE replaces the pipeline's source; a batch stage goes last. A pipeline that is not a JSON
+   * object is left for the data layer to report. */
+  cJSON *spec = !path && src->batch <= 0 ? NULL : text ? cJSON_ParseWithLength(text, len) : cJSON_CreateObject();
+  char *printed = NULL;
+  if (spec && cJSON_IsObject(spec)) {
+    if (path) {
       cJSON_DeleteItemFromObjectCaseSensitive(spec, "source");
       cJSON_AddStringToObject(spec, "source", path);
-      printed = cJSON_PrintUnformatted(spec);
     }
-    cJSON_Delete(spec);
-    if (printed) {
-      free(text);
-      text = printed;
-      len = strlen(printed);
+    cJSON *stages = cJSON_GetObjectItemCaseSensitive(spec, "stages"), *batch = NULL;
+    if (src->batch > 0 && !stages) stages = cJSON_AddArrayToObject(spec, "stages");
+    if (src->batch > 0 && cJSON_IsArray(stages) && (batch = cJSON_CreateObject())) {
+      cJSON_AddNumberToObject(batch, "batch", (double)src->batch);
+      cJSON_AddItemToArray(stages, batch);
     }
+    printed = cJSON_PrintUnformatted(spec);
   }
-  s = kiln_dataset_open_spec(text, len, &o, out);
+  cJSON_Delete(spec);
+  if (printed) {
+    free(text);
+    text = printed;
+    len = strlen(printed);
+  }
+  kiln_status s = text ? kiln_dataset_open_spec(text, len, &o, out) : kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   free(text);
-  return s ? cli_fail(kiln_status_prefix(s, "%s: ", src->pipeline)) : -1;
+  if (s && src->pipeline) s = kiln_status_prefix(s, "%s: ", src->pipeline);
+  return s ? cli_fail(s) : -1;
 }
 
 void cli_data_summary(const kiln_dataset *d) {

@@ -17,36 +17,17 @@ typedef struct eval_job {
   kiln_session *session;
   kiln_preprocess *pre; /* NULL: records carry the model's inputs by name */
   const char *label;
-  int64_t batch;
-  int n_raw;                            /* features read from each record */
+  int n_raw;                            /* features read from each batch */
   const char *raw_names[MAX_FEATURES];
-  kiln_record *records;                 /* the batch being gathered */
-  int64_t count, correct, rows;
+  int64_t correct, rows;
 } eval_job;
 
-/* Stacks feature `name` of n records into out [n, dims...]; every record must agree on its type. */
-static kiln_status stack(const kiln_record *records, int64_t n, const char *name, kiln_tensor *out) {
-  const kiln_tensor *first = NULL;
-  for (int64_t r = 0; r < n; r++) {
-    int i = kiln_record_find(&records[r], name);
-    const kiln_tensor *v = i >= 0 ? &records[r].values[i] : NULL;
-    if (!v || v->dtype == KILN_UNDEFINED)
-      return kiln_error(KILN_INVALID_ARGUMENT, "record %lld has no value for feature '%s'", (long long)records[r].index, name);
-    if (!first) {
-      first = v;
-      int64_t dims[8] = {n};
-      if (v->rank > 7) return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' has more than 7 dimensions", name);
-      memcpy(dims + 1, v->dims, (size_t)v->rank * sizeof *dims);
-      kiln_status s = kiln_tensor_alloc(out, v->dtype, v->rank + 1, dims);
-      if (s) return s;
-    } else if (v->dtype != first->dtype || kiln_tensor_numel(v) != kiln_tensor_numel(first) || v->rank != first->rank) {
-      kiln_tensor_release(out);
-      return kiln_error(KILN_INVALID_ARGUMENT, "feature '%s' of record %lld differs in type or shape from the batch's first", name,
-                        (long long)records[r].index);
-    }
-    size_t bytes = kiln_tensor_nbytes(v);
-    memcpy((char *)out->data + (size_t)r * bytes, v->data, bytes);
-  }
+/* Feature `name` of a batch. */
+static kiln_status feature(const kiln_record *batch, const char *name, const kiln_tensor **out) {
+  int i = kiln_record_find(batch, name);
+  if (i < 0 || batch->values[i].dtype == KILN_UNDEFINED)
+    return kiln_error(KILN_INVALID_ARGUMENT, "the data has no feature '%s' (records from %lld on)", name, (long long)batch->index);
+  *out = &batch->values[i];
   return NULL;
 }
 
@@ -66,43 +47,40 @@ static kiln_status cast_to(const kiln_tensor *in, kiln_dtype dtype, kiln_tensor 
   return NULL;
 }
 
-static kiln_status run_batch(eval_job *j) {
+/* One batch (a record whose features have a leading batch dimension, from the pipeline's batch
+ * stage): preprocessed, run, and its arg-max predictions counted against the labels. */
+static kiln_status run_batch(eval_job *j, const kiln_record *batch) {
   int n_in = kiln_model_input_count(j->model);
-  kiln_tensor raw[MAX_FEATURES] = {0}, inputs[MAX_FEATURES] = {0}, label = {0};
-  const kiln_tensor *in_ptrs[MAX_FEATURES], *outputs[MAX_FEATURES] = {0};
+  kiln_tensor raw[MAX_FEATURES] = {0}, inputs[MAX_FEATURES] = {0};
+  const kiln_tensor *in_ptrs[MAX_FEATURES], *outputs[MAX_FEATURES] = {0}, *label = NULL, *v = NULL;
   const char *names[MAX_FEATURES];
   kiln_status s = NULL;
-  for (int i = 0; !s && i < j->n_raw; i++) s = stack(j->records, j->count, j->raw_names[i], &raw[i]);
+  for (int i = 0; !s && i < j->n_raw; i++)
+    if (!(s = feature(batch, j->raw_names[i], &v))) raw[i] = *v; /* a view: the batch owns the data */
   for (int i = 0; i < n_in; i++) names[i] = kiln_model_input(j->model, i)->name;
   if (!s && j->pre) s = kiln_preprocess_apply(j->pre, raw, n_in, names, inputs);
+  for (int i = 0; i < n_in; i++) in_ptrs[i] = j->pre ? &inputs[i] : &raw[i];
   for (int i = 0; !s && !j->pre && i < n_in; i++) {
     kiln_dtype want = kiln_model_input(j->model, i)->dtype;
-    s = raw[i].dtype == want ? kiln_tensor_copy(&inputs[i], &raw[i]) : cast_to(&raw[i], want, &inputs[i]);
+    if (raw[i].dtype != want && !(s = cast_to(&raw[i], want, &inputs[i]))) in_ptrs[i] = &inputs[i];
   }
-  for (int i = 0; i < n_in; i++) in_ptrs[i] = &inputs[i];
-  if (!s) s = stack(j->records, j->count, j->label, &label);
+  if (!s) s = feature(batch, j->label, &label);
   if (!s) s = kiln_session_run_tensors(j->session, in_ptrs, outputs);
   if (!s) {
     const kiln_tensor *y = outputs[0];
-    int64_t classes = y->rank == 2 ? y->dims[1] : 0;
-    if (y->dtype != KILN_FLOAT || classes < 1 || y->dims[0] != j->count || kiln_tensor_numel(&label) != j->count)
+    int64_t rows = y->rank >= 1 ? y->dims[0] : 0, classes = y->rank == 2 ? y->dims[1] : 0;
+    if (y->dtype != KILN_FLOAT || classes < 1 || kiln_tensor_numel(label) != rows)
       s = kiln_error(KILN_INVALID_ARGUMENT, "kiln eval needs a classifier: output 0 [batch, classes] of floats and one label per record");
-    for (int64_t r = 0; !s && r < j->count; r++) {
+    for (int64_t r = 0; !s && r < rows; r++) {
       const float *row = (const float *)y->data + r * classes;
       int64_t best = 0;
       for (int64_t c = 1; c < classes; c++)
         if (row[c] > row[best]) best = c;
-      j->correct += best == (int64_t)kiln_tensor_get_f64(&label, r);
+      j->correct += best == (int64_t)kiln_tensor_get_f64(label, r);
     }
-    j->rows += j->count;
+    j->rows += rows;
   }
-  for (int i = 0; i < MAX_FEATURES; i++) {
-    kiln_tensor_release(&raw[i]);
-    kiln_tensor_release(&inputs[i]);
-  }
-  kiln_tensor_release(&label);
-  for (int64_t r = 0; r < j->count; r++) kiln_record_release(&j->records[r]);
-  j->count = 0;
+  for (int i = 0; i < MAX_FEATURES; i++) kiln_tensor_release(&inputs[i]);
   return s;
 }
 
@@ -133,8 +111,6 @@ static kiln_status open_model(eval_job *j, const char *path, kiln_pool *pool) {
 }
 
 static void eval_free(eval_job *j, kiln_pool *pool, kiln_dataset *d) {
-  for (int64_t r = 0; j->records && r < j->count; r++) kiln_record_release(&j->records[r]);
-  free(j->records);
   kiln_dataset_free(d);
   kiln_preprocess_free(j->pre);
   kiln_session_free(j->session);
@@ -157,7 +133,8 @@ int cmd_eval(int argc, char **argv) {
   const cli_spec spec = {"kiln eval", "MODEL [DATA] [flags]",
                          "Evaluates an exported classifier: MODEL is a model repository's version folder (model.onnx, and\n"
                          "preprocess.json when training had preprocessing) or a .onnx file; DATA a dataset (or --pipeline).\n"
-                         "Reports the accuracy: the share of records whose arg-max output is their label.",
+                         "Reports the accuracy: the share of records whose arg-max output is their label. The data is\n"
+                         "batched here: a --pipeline without a batch stage.",
                          flags, 1, 2};
   cli_list args;
   int rc = cli_parse(&spec, argc, argv, &args);
@@ -167,7 +144,7 @@ int cmd_eval(int argc, char **argv) {
     fprintf(stderr, "kiln eval: --batch-size must be in 1..65536\n");
     return EXIT_USAGE;
   }
-  eval_job j = {.label = label, .batch = batch};
+  eval_job j = {.label = label};
   kiln_pool *pool = NULL;
   kiln_dataset *d = NULL;
   kiln_status s = kiln_pool_create((int)src.threads, &pool);
@@ -177,19 +154,19 @@ int cmd_eval(int argc, char **argv) {
     eval_free(&j, pool, d);
     return cli_fail(s);
   }
+  src.batch = batch;
   rc = cli_data_open(&src, args.count > 1 ? args.items[1] : NULL, &d);
   cli_list_free(&args);
   if (rc >= 0) {
     eval_free(&j, pool, NULL);
     return rc;
   }
-  j.records = calloc((size_t)batch, sizeof *j.records);
-  if (!j.records) s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   double start = kiln_now();
   for (int done = 0; !s && !done;) {
-    s = kiln_dataset_next(d, &j.records[j.count], &done);
-    if (!s && !done) j.count++;
-    if (!s && j.count > 0 && (done || j.count == j.batch)) s = run_batch(&j);
+    kiln_record b = {0};
+    s = kiln_dataset_next(d, &b, &done);
+    if (!s && !done) s = run_batch(&j, &b);
+    kiln_record_release(&b);
   }
   double wall = kiln_now() - start, accuracy = j.rows ? (double)j.correct / (double)j.rows : 0;
   if (!s && j.rows == 0) s = kiln_error(KILN_INVALID_ARGUMENT, "the data holds no records");
