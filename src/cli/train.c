@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 #include "cli/train_metrics.h"
 #include "kiln/net.h"
+#include "kiln/serve.h"
 #include "kiln/train.h"
 
 #include <dirent.h>
@@ -110,19 +111,17 @@ static kiln_status write_metrics(const char *path, const kiln_train_result *r) {
   return s ? kiln_status_prefix(s, "--metrics-out: ") : NULL;
 }
 
-/* The next version number under REPO/NAME (1 when it holds none). */
-static kiln_status next_version(const char *model_dir, long long *version) {
+/* The next version number under REPO/NAME (1 when it holds none), as kiln serve numbers them. */
+static kiln_status next_version(const char *model_dir, int64_t *version) {
   *version = 1;
   DIR *d = opendir(model_dir);
   if (!d) {
     if (errno == ENOENT) return NULL;
     return kiln_error(KILN_IO, "cannot read %s: %s", model_dir, strerror(errno));
   }
-  for (struct dirent *e; (e = readdir(d));) {
-    char *end;
-    long long v = strtoll(e->d_name, &end, 10);
-    if (*end == 0 && end != e->d_name && e->d_name[0] != '-' && e->d_name[0] != '+' && v >= *version) *version = v + 1;
-  }
+  int64_t v;
+  for (struct dirent *e; (e = readdir(d));)
+    if (kiln_version_folder(e->d_name, &v) && v >= *version) *version = v + 1;
   closedir(d);
   return NULL;
 }
@@ -130,13 +129,13 @@ static kiln_status next_version(const char *model_dir, long long *version) {
 /* --export REPO/NAME: the model into a temporary folder beside the versions, then renamed to the
  * next version number, so that a server watching the repository never sees half a version. */
 static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
-  long long version;
+  int64_t version;
   char tmp[4096], final[4096];
   kiln_status s = kiln_dir_create(model_dir);
   if (!s) s = next_version(model_dir, &version);
   if (s) return s;
-  if (cli_path(tmp, sizeof tmp, "%s/.export-%lld-%ld", model_dir, version, (long)getpid()) ||
-      cli_path(final, sizeof final, "%s/%lld", model_dir, version))
+  if (cli_path(tmp, sizeof tmp, "%s/.export-%lld-%ld", model_dir, (long long)version, (long)getpid()) ||
+      cli_path(final, sizeof final, "%s/%lld", model_dir, (long long)version))
     return kiln_error(KILN_INVALID_ARGUMENT, "--export path too long");
   if (mkdir(tmp, 0755) != 0) return kiln_error(KILN_IO, "cannot create %s: %s", tmp, strerror(errno));
   s = kiln_trainer_export(t, tmp);
@@ -151,7 +150,7 @@ static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
     rmdir(tmp);
     return kiln_status_prefix(s, "--export: ");
   }
-  fprintf(stderr, "exported version %lld to %s\n", version, final);
+  fprintf(stderr, "exported version %lld to %s\n", (long long)version, final);
   return NULL;
 }
 

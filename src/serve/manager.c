@@ -553,7 +553,14 @@ static int cmp_i64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* Version folders under the base path (names of digits only), ascending. */
+int kiln_version_folder(const char *name, int64_t *version) {
+  size_t len = strlen(name);
+  if (len == 0 || len > 18 || strspn(name, "0123456789") != len) return 0;
+  *version = strtoll(name, NULL, 10);
+  return 1;
+}
+
+/* Version folders under the base path, ascending. */
 #define MAX_VERSIONS 4096
 static int list_versions(model_entry *e, int64_t *out, int max, char **error) {
   DIR *d = opendir(e->cfg.base_path);
@@ -566,12 +573,8 @@ static int list_versions(model_entry *e, int64_t *out, int max, char **error) {
   }
   *error = NULL;
   int n = 0;
-  for (struct dirent *de; (de = readdir(d)) != NULL && n < max;) {
-    const char *s = de->d_name;
-    size_t len = strlen(s);
-    if (len == 0 || len > 18 || strspn(s, "0123456789") != len) continue;
-    out[n++] = strtoll(s, NULL, 10);
-  }
+  for (struct dirent *de; (de = readdir(d)) != NULL && n < max;)
+    if (kiln_version_folder(de->d_name, &out[n])) n++;
   closedir(d);
   qsort(out, (size_t)n, sizeof *out, cmp_i64);
   return n;
