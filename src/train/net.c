@@ -138,7 +138,6 @@ static kiln_status build(kx_net *n, const cJSON *layers) {
   int64_t p = 0, st = 0;
   for (int i = 0; !s && i < n->n_layers; i++) {
     kx_layer *l = &n->layers[i];
-    l->params = n->params ? n->params + p : NULL;
     l->grads = n->grads ? n->grads + p : NULL;
     l->state = n->state ? n->state + st : NULL;
     p += l->n_params;
@@ -214,23 +213,18 @@ static kiln_status alloc_activations(kx_net *n) {
   /* the caller writes a batch straight into fp32 activation 0, or into a gradient buffer (unused
    * until backward) from which forward stores it in 16 bits */
   n->input = n->precision == KX_FP32 ? n->acts[0] : n->dbuf[0];
-  if (!s && n->precision != KX_FP32 && n->n_params) {
-    s = alloc_floats(n->n_params, &n->weights);
-    int64_t p = 0;
-    for (int i = 0; !s && i < n->n_layers; p += n->layers[i].n_params, i++) n->layers[i].params = n->weights + p;
-    if (!s) kx_net_sync_weights(n);
-  }
+  /* the layers compute with the master weights in fp32, else with their 16-bit rounding */
+  if (!s && n->precision != KX_FP32 && n->n_params) s = alloc_floats(n->n_params, &n->weights);
+  int64_t p = 0;
+  for (int i = 0; !s && i < n->n_layers; p += n->layers[i].n_params, i++) n->layers[i].params = n->weights ? n->weights + p : NULL;
+  if (!s) kx_net_sync_weights(n);
   return s;
 }
 
 kiln_status kx_net_configure(kx_net *n, kx_precision precision, int recompute) {
   free_activations(n);
-  int64_t p = 0;
   int marked = 0;
-  for (int i = 0; i < n->n_layers; p += n->layers[i].n_params, i++) {
-    n->layers[i].params = n->params ? n->params + p : NULL;
-    marked |= n->layers[i].recompute_mark;
-  }
+  for (int i = 0; i < n->n_layers; i++) marked |= n->layers[i].recompute_mark;
   n->precision = precision;
   for (int i = 0; i < n->n_layers; i++) n->layers[i].recompute = recompute && (n->layers[i].recompute_mark || !marked);
   return alloc_activations(n);
