@@ -20,7 +20,11 @@ kiln_status kx_spec_pair(const cJSON *config, const char *where, const char *key
   double v[2];
   int n = 0;
   kiln_status s = kx_spec_doubles(config, where, key, required, v, 2, &n);
-  if (s || n == 0) return s;
+  if (s) return s;
+  if (n == 0) /* absent and optional, or an empty list */
+    return cJSON_GetObjectItemCaseSensitive(config, key)
+               ? kiln_error(KILN_INVALID_ARGUMENT, "%s.%s: expected an integer or a pair of integers, got an empty list", where, key)
+               : NULL;
   if (n == 1) v[1] = v[0];
   for (int i = 0; i < 2; i++)
     if (!(v[i] >= (double)min && v[i] <= (double)max) || v[i] != (double)(int64_t)v[i])

@@ -448,6 +448,8 @@ static void test_config_errors(void) {
   kx_shape img = IMG(5, 5, 2);
   CHECK_ERROR(net_error("{\"layers\": [{\"conv2d\": {\"filters\": 2, \"kernel_size\": 3, \"dilation_rate\": 2}}]}", img),
               KILN_INVALID_ARGUMENT, "model.layers[0].conv2d: unknown key 'dilation_rate'");
+  CHECK_ERROR(net_error("{\"layers\": [{\"conv2d\": {\"filters\": 2, \"kernel_size\": []}}]}", img), KILN_INVALID_ARGUMENT,
+              "model.layers[0].conv2d.kernel_size: expected an integer or a pair of integers, got an empty list");
   CHECK_ERROR(net_error("{\"layers\": [\"flatten\", {\"max_pooling2d\": {\"pool\": 2}}]}", img), KILN_INVALID_ARGUMENT,
               "model.layers[1].max_pooling2d: unknown key 'pool'");
   CHECK_ERROR(net_error("{\"layers\": [{\"batch_normalization\": {\"axis\": 1}}]}", img), KILN_INVALID_ARGUMENT,
