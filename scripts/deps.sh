@@ -8,14 +8,15 @@ set -eu
 # wrk and python3-flask are bench/serve's load generator and Flask peer; python3-prometheus-client
 # parses the server's /metrics in the integration tests; python3-pandas and python3-pil write the data
 # tests' reference files and are bench/data's peers; OpenMPI runs kiln train's data-parallel jobs
-# (libkiln links it; mpirun starts them); python3-protobuf decodes TensorBoard files in a test.
+# (libkiln links it; mpirun starts them); python3-protobuf decodes TensorBoard files in a test; nettle
+# hashes the registry's manifests (SHA-256) and compares admin tokens in constant time.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
   libhttp-parser-dev libcjson-dev libjemalloc-dev
   zlib1g-dev libzip-dev libisal-dev libspng-dev libturbojpeg0-dev dataset-fashion-mnist
-  libopenmpi-dev openmpi-bin python3-protobuf
+  libopenmpi-dev openmpi-bin python3-protobuf nettle-dev
   libonnx-dev libonnx-testdata
   libopenblas-dev
   python3 python3-numpy python3-onnx python3-torch python3-pandas python3-pil

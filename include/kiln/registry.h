@@ -1,0 +1,121 @@
+/* kiln registry: the model repository on disk — the server's own layout (TF Serving's
+ * base_path/<version>/), so there is no second copy of the models — with a manifest in every
+ * version folder, one labels file per model, and the validation gate CI runs before a version is
+ * labelled stable.
+ *
+ *   REPO/NAME/labels.json              labels, earlier stable versions, rejected versions
+ *   REPO/NAME/<version>/model.onnx
+ *   REPO/NAME/<version>/manifest.json  size and SHA-256 of every other file, lineage, versions
+ *   REPO/NAME/<version>/...            preprocess.json, schema.json, warmup/ (optional)
+ *
+ * Every change is atomic: a version is written into a temporary folder beside the others, fsynced
+ * and renamed; labels.json is replaced with kiln_file_write_atomic. Writers of one model (the CLI,
+ * the server's rollbacks) take an exclusive flock on REPO/NAME/.lock around read-modify-write. */
+#ifndef KILN_REGISTRY_H
+#define KILN_REGISTRY_H
+
+#include "kiln/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- manifests */
+
+typedef struct kiln_registry_meta {
+  const char *key, *value;
+} kiln_registry_meta;
+
+typedef struct kiln_push_options {
+  const char *model_dir; /* REPO/NAME; created (with its parents) when missing */
+  /* An .onnx file (stored as model.onnx), or a folder holding model.onnx whose regular files and
+   * sub-folders (preprocess.json, schema.json, warmup/) are copied with it. */
+  const char *source;
+  const kiln_registry_meta *meta; /* the manifest's "meta" object (--meta key=value) */
+  int n_meta;
+  const char *lineage_json; /* a JSON object stored as the manifest's "lineage"; NULL: none */
+} kiln_push_options;
+
+/* Creates the next version folder (one above the highest present) with manifest.json:
+ *   {"format":1,"name":NAME,"version":V,"created":"2026-11-26T12:00:00Z",
+ *    "kiln_version":..., "libraries":{"protobuf-c":...,"cjson":...,"zlib":...,"nettle":...},
+ *    "files":[{"path":"model.onnx","bytes":N,"sha256":"<64 hex>"}, ...],
+ *    "meta":{...}, "lineage":{...}}
+ * Refuses a source that is not a loadable-looking ONNX file (empty, missing) and more than 4096
+ * files. The version number is in *version. */
+kiln_status kiln_registry_push(const kiln_push_options *opt, int64_t *version);
+
+/* Checks a version folder against its manifest: every listed file present with its size and
+ * SHA-256, and no other file (manifest.json aside). KILN_NOT_FOUND when the folder has no
+ * manifest; otherwise an error naming the first file that differs, e.g. "model.onnx: SHA-256
+ * differs from the manifest (tampered with or half-copied)". */
+kiln_status kiln_manifest_verify(const char *version_dir);
+
+/* The manifest's text (for `kiln registry show`); *out is malloc'd. */
+kiln_status kiln_manifest_read(const char *version_dir, char **out, size_t *len);
+
+/* Checks manifest text without touching files (the parser the verifier uses; fuzzed). */
+kiln_status kiln_manifest_check(const char *text, size_t len, const char *name);
+
+/* ---------------------------------------------------------------- labels */
+
+typedef struct kiln_label {
+  char *name; /* [A-Za-z0-9_.-]{1,64} */
+  int64_t version;
+} kiln_label;
+
+typedef struct kiln_rejection {
+  int64_t version;
+  char *reason;
+  char *at; /* RFC 3339 UTC */
+} kiln_rejection;
+
+/* labels.json:
+ *   {"labels":{"stable":3,"canary":4},"stable_history":[1,2],
+ *    "rejected":[{"version":5,"reason":"canary error rate 0.31 > stable 0.00 + 0.01","at":"..."}]} */
+typedef struct kiln_labels {
+  kiln_label *labels;
+  int n_labels;
+  int64_t *stable_history; /* earlier stable versions, oldest first */
+  int n_history;
+  kiln_rejection *rejected;
+  int n_rejected;
+} kiln_labels;
+
+/* Parses labels.json text (fuzzed); `name` appears in errors. On error *out is left zeroed. */
+kiln_status kiln_labels_parse(const char *text, size_t len, const char *name, kiln_labels *out);
+/* REPO/NAME/labels.json; a missing file gives empty labels and no error. */
+kiln_status kiln_labels_read(const char *model_dir, kiln_labels *out);
+void kiln_labels_free(kiln_labels *l);
+/* The version a label names, -1 when none. */
+int64_t kiln_labels_get(const kiln_labels *l, const char *label);
+/* The rejection of a version, NULL when it is not rejected. */
+const kiln_rejection *kiln_labels_rejection(const kiln_labels *l, int64_t version);
+
+/* Sets `label` to `version` (which must be a version folder). Labelling a version stable puts the
+ * previous stable on stable_history and drops a `canary` label that named the same version (the
+ * canary is promoted). Labelling a rejected version clears its rejection: an operator's explicit
+ * decision. */
+kiln_status kiln_registry_label(const char *model_dir, int64_t version, const char *label);
+/* Moves stable back to the newest entry of stable_history that is still a version folder and not
+ * rejected (dropping the entries it passes); FAILED_PRECONDITION when there is none. The new stable
+ * version is in *stable. */
+kiln_status kiln_registry_rollback(const char *model_dir, int64_t *stable);
+/* Marks a version rejected with a reason and removes every label that names it (the server does
+ * this when a canary fails; it never loads a rejected version again). */
+kiln_status kiln_registry_reject(const char *model_dir, int64_t version, const char *reason);
+
+/* ---------------------------------------------------------------- versions */
+
+/* The version folders of a model, ascending; *out is malloc'd (NULL when there are none). */
+kiln_status kiln_registry_versions(const char *model_dir, int64_t **out, int *n);
+/* Deletes all but the newest `keep` versions, never a labelled one; what it removed is in
+ * *removed (malloc'd, may be NULL) and *n_removed. */
+kiln_status kiln_registry_gc(const char *model_dir, int keep, int64_t **removed, int *n_removed);
+
+/* ---------------------------------------------------------------- validation gate */
+
+#ifdef __cplusplus
+}
+#endif
+#endif
