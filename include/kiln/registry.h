@@ -36,6 +36,14 @@ typedef struct kiln_push_options {
   const char *lineage_json; /* a JSON object stored as the manifest's "lineage"; NULL: none */
 } kiln_push_options;
 
+/* Whether a folder name under a model's base path is a version (digits only, at most 18 of them,
+ * as TF Serving's numbered versions); its number in *version when it is. The server and the
+ * registry share this one rule. */
+int kiln_version_folder(const char *name, int64_t *version);
+
+/* Whether `name` can name a model: [A-Za-z0-9_.-]{1,128}, not "." or "..". */
+int kiln_registry_model_name_ok(const char *name);
+
 /* Creates the next version folder (one above the highest present) with manifest.json:
  *   {"format":1,"name":NAME,"version":V,"created":"2026-11-26T12:00:00Z",
  *    "kiln_version":..., "libraries":{"protobuf-c":...,"cjson":...,"zlib":...,"nettle":...},
@@ -48,13 +56,18 @@ kiln_status kiln_registry_push(const kiln_push_options *opt, int64_t *version);
 /* Checks a version folder against its manifest: every listed file present with its size and
  * SHA-256, and no other file (manifest.json aside). KILN_NOT_FOUND when the folder has no
  * manifest; otherwise an error naming the first file that differs, e.g. "model.onnx: SHA-256
- * differs from the manifest (tampered with or half-copied)". */
+ * differs from the manifest (tampered with or half-copied)". Codes: FAILED_PRECONDITION for files
+ * that differ (changed, truncated, missing, extra, a symbolic link), INVALID_ARGUMENT for a
+ * manifest.json that does not parse (the message names manifest.json), IO when a file cannot be
+ * read. Files are hashed in 1 MiB reads, so this costs one pass over the version's bytes. */
 kiln_status kiln_manifest_verify(const char *version_dir);
 
 /* The manifest's text (for `kiln registry show`); *out is malloc'd. */
 kiln_status kiln_manifest_read(const char *version_dir, char **out, size_t *len);
 
-/* Checks manifest text without touching files (the parser the verifier uses; fuzzed). */
+/* Checks manifest text without touching files (the parser the verifier uses; fuzzed): format 1,
+ * the keys above and no others, at most 4096 files with relative paths (no "..", ".", empty or
+ * absolute part, no duplicate), sizes and 64-hex-digit digests; `name` starts the messages. */
 kiln_status kiln_manifest_check(const char *text, size_t len, const char *name);
 
 /* ---------------------------------------------------------------- labels */
@@ -107,10 +120,13 @@ kiln_status kiln_registry_reject(const char *model_dir, int64_t version, const c
 
 /* ---------------------------------------------------------------- versions */
 
-/* The version folders of a model, ascending; *out is malloc'd (NULL when there are none). */
+/* The version folders of a model, ascending; *out is malloc'd (NULL when there are none).
+ * NOT_FOUND when model_dir does not exist. */
 kiln_status kiln_registry_versions(const char *model_dir, int64_t **out, int *n);
 /* Deletes all but the newest `keep` versions, never a labelled one; what it removed is in
- * *removed (malloc'd, may be NULL) and *n_removed. */
+ * *removed (malloc'd, may be NULL) and *n_removed, also after an error (the caller frees it). Each
+ * version is first renamed to a hidden REPO/NAME/.gc-V-PID, then deleted, so that no half-deleted
+ * folder is ever seen under a version number. */
 kiln_status kiln_registry_gc(const char *model_dir, int keep, int64_t **removed, int *n_removed);
 
 /* ---------------------------------------------------------------- validation gate */

@@ -57,10 +57,6 @@ kiln_status kiln_model_server_config_parse(const char *text, size_t len, const c
 /* Frees everything and zeroes the struct; safe on a zeroed struct and on NULL. */
 void kiln_model_server_config_free(kiln_model_server_config *c);
 
-/* Whether a folder name under a model's base path is a version (digits only, at most 18 of them,
- * as TF Serving's numbered versions); its number in *version when it is. */
-int kiln_version_folder(const char *name, int64_t *version);
-
 typedef struct kiln_batching_config {
   int64_t max_batch_size;       /* default 32 */
   int64_t batch_timeout_micros; /* default 1000 */

@@ -2,6 +2,7 @@
  * (at start, on each poll, after a config reload), loads, validates and warms up the versions the
  * policy wants, swaps them in atomically, and retires the ones it no longer wants once their
  * in-flight requests are done — never leaving a model that had a healthy version without one. */
+#include "kiln/registry.h"
 #include "serve/serve.h"
 
 #include <dirent.h>
@@ -551,13 +552,6 @@ static void reap(kx_manager *mg) {
 static int cmp_i64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return (x > y) - (x < y);
-}
-
-int kiln_version_folder(const char *name, int64_t *version) {
-  size_t len = strlen(name);
-  if (len == 0 || len > 18 || strspn(name, "0123456789") != len) return 0;
-  *version = strtoll(name, NULL, 10);
-  return 1;
 }
 
 /* Version folders under the base path, ascending. */
