@@ -78,6 +78,14 @@ kiln_status kiln_trainer_fit(kiln_trainer *t, kiln_train_result *result);
 /* Writes the model as ONNX (weights as initializers) with the data's schema and preprocessing
  * (schema.json, preprocess.json) into `dir`, which must exist: a model repository's version folder. */
 kiln_status kiln_trainer_export(kiln_trainer *t, const char *dir);
+/* Where an exported model came from, as SHA-256 digests in lower-case hex: the run file's bytes
+ * as read (the built-in run's JSON text without one), and the text of the schema.json the last
+ * kiln_trainer_export wrote (the dataset's schema as serving checks it; "" before an export). */
+typedef struct kiln_train_lineage {
+  char run_file_sha256[65];
+  char dataset_schema_sha256[65];
+} kiln_train_lineage;
+void kiln_trainer_lineage(const kiln_trainer *t, kiln_train_lineage *out);
 /* MPI rank of this process (0 without MPI): only rank 0 writes files and logs. A rank whose
  * trainer returned an error does not finalize MPI when freed, so that mpirun stops the job instead
  * of leaving the other ranks waiting for it. */

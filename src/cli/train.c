@@ -1,10 +1,10 @@
 /* `kiln train`: trains a run file's model (the seed's Fashion-MNIST classifier by default), with a
  * progress bar on a terminal or JSON log lines otherwise, final metrics as JSON, and export into
- * the next version folder of a model repository. */
+ * the next version folder of a model repository (through the registry's push, with lineage). */
 #include "cli/cli.h"
 #include "cli/train_metrics.h"
 #include "kiln/net.h"
-#include "kiln/serve.h"
+#include "kiln/registry.h"
 #include "kiln/train.h"
 
 #include <dirent.h>
@@ -15,6 +15,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 typedef struct progress_view {
   int tty;
@@ -111,46 +113,53 @@ static kiln_status write_metrics(const char *path, const kiln_train_result *r) {
   return s ? kiln_status_prefix(s, "--metrics-out: ") : NULL;
 }
 
-/* The next version number under REPO/NAME (1 when it holds none), as kiln serve numbers them. */
-static kiln_status next_version(const char *model_dir, int64_t *version) {
-  *version = 1;
-  DIR *d = opendir(model_dir);
-  if (!d) {
-    if (errno == ENOENT) return NULL;
-    return kiln_error(KILN_IO, "cannot read %s: %s", model_dir, strerror(errno));
-  }
-  int64_t v;
-  for (struct dirent *e; (e = readdir(d));)
-    if (kiln_version_folder(e->d_name, &v) && v >= *version) *version = v + 1;
-  closedir(d);
-  return NULL;
+/* The lineage kiln_registry_push stores in the manifest: what the model was trained from (the run
+ * file's and the dataset schema's SHA-256) and how well it did; NaN metrics become null. */
+static char *lineage_json(const kiln_trainer *t, const kiln_train_result *r) {
+  kiln_train_lineage l;
+  kiln_trainer_lineage(t, &l);
+  cJSON *root = cJSON_CreateObject(), *m = NULL;
+  int ok = root && cJSON_AddStringToObject(root, "run_file_sha256", l.run_file_sha256) &&
+           cJSON_AddStringToObject(root, "dataset_schema_sha256", l.dataset_schema_sha256) && (m = cJSON_AddObjectToObject(root, "metrics")) &&
+           cJSON_AddNumberToObject(m, "train_loss", r->train_loss) && cJSON_AddNumberToObject(m, "train_accuracy", r->train_accuracy) &&
+           cJSON_AddNumberToObject(m, "test_loss", r->test_loss) && cJSON_AddNumberToObject(m, "test_accuracy", r->test_accuracy) &&
+           cJSON_AddNumberToObject(m, "epochs", (double)r->epochs) && cJSON_AddNumberToObject(m, "steps", (double)r->steps);
+  char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
+  cJSON_Delete(root);
+  return text;
 }
 
-/* --export REPO/NAME: the model into a temporary folder beside the versions, then renamed to the
- * next version number, so that a server watching the repository never sees half a version. */
-static kiln_status export_version(kiln_trainer *t, const char *model_dir) {
-  int64_t version;
-  char tmp[4096], final[4096];
+/* The export's temporary folder and what the trainer wrote into it (files only). */
+static void remove_export(const char *tmp) {
+  char file[4200];
+  DIR *d = opendir(tmp);
+  for (struct dirent *e; d && (e = readdir(d));)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 && !cli_path(file, sizeof file, "%s/%s", tmp, e->d_name)) unlink(file);
+  if (d) closedir(d);
+  rmdir(tmp);
+}
+
+/* --export REPO/NAME: the trainer exports into a hidden temporary folder beside the versions, and
+ * the registry pushes that folder as the next version, with a manifest and the run's lineage (the
+ * push copies, fsyncs and renames: a server watching the repository never sees half a version). */
+static kiln_status export_version(kiln_trainer *t, const char *model_dir, const kiln_train_result *r) {
+  char tmp[4096];
   kiln_status s = kiln_dir_create(model_dir);
-  if (!s) s = next_version(model_dir, &version);
-  if (s) return s;
-  if (cli_path(tmp, sizeof tmp, "%s/.export-%lld-%ld", model_dir, (long long)version, (long)getpid()) ||
-      cli_path(final, sizeof final, "%s/%lld", model_dir, (long long)version))
-    return kiln_error(KILN_INVALID_ARGUMENT, "--export path too long");
-  if (mkdir(tmp, 0755) != 0) return kiln_error(KILN_IO, "cannot create %s: %s", tmp, strerror(errno));
+  if (s) return kiln_status_prefix(s, "--export: ");
+  if (cli_path(tmp, sizeof tmp, "%s/.export-XXXXXX", model_dir)) return kiln_error(KILN_INVALID_ARGUMENT, "--export path too long");
+  if (!mkdtemp(tmp)) return kiln_error(KILN_IO, "--export: cannot create %s: %s", tmp, strerror(errno));
   s = kiln_trainer_export(t, tmp);
-  if (!s && rename(tmp, final) != 0) s = kiln_error(KILN_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
-  if (!s) s = kiln_dir_sync(model_dir);
-  if (s) { /* the temporary folder and what the export had written into it */
-    char file[4200];
-    DIR *d = opendir(tmp);
-    for (struct dirent *e; d && (e = readdir(d));)
-      if (e->d_name[0] != '.' && !cli_path(file, sizeof file, "%s/%s", tmp, e->d_name)) unlink(file);
-    if (d) closedir(d);
-    rmdir(tmp);
-    return kiln_status_prefix(s, "--export: ");
+  char *lineage = s ? NULL : lineage_json(t, r);
+  if (!s && !lineage) s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  int64_t version = -1;
+  if (!s) {
+    kiln_push_options push = {.model_dir = model_dir, .source = tmp, .lineage_json = lineage};
+    s = kiln_registry_push(&push, &version);
   }
-  fprintf(stderr, "exported version %lld to %s\n", (long long)version, final);
+  free(lineage);
+  remove_export(tmp);
+  if (s) return kiln_status_prefix(s, "--export: ");
+  fprintf(stderr, "exported version %lld to %s/%lld\n", (long long)version, model_dir, (long long)version);
   return NULL;
 }
 
@@ -233,7 +242,7 @@ int cmd_train(int argc, char **argv) {
     if (!isnan(r.test_accuracy)) fprintf(stderr, ", test accuracy %.4f", r.test_accuracy);
     fprintf(stderr, ", %.0f samples/s\n", r.samples_per_s);
     if (metrics_out) s = write_metrics(metrics_out, &r);
-    if (!s && export_dir) s = export_version(t, export_dir);
+    if (!s && export_dir) s = export_version(t, export_dir, &r);
   }
   kiln_trainer_free(t);
   train_metrics_stop(view.metrics);

@@ -3,6 +3,8 @@
  * spec that let `kiln serve` take the raw input feature and treat it as training did. */
 #include "train/trainer.h"
 
+#include "core/sha256.h"
+
 #include "onnx/onnx.pb-c.h"
 
 #include <stdarg.h>
@@ -360,7 +362,7 @@ static kiln_status write_file(const char *dir, const char *name, const void *dat
 
 /* schema.json: inferred over the training source reduced to the input feature, which is what a
  * request carries. */
-static kiln_status write_schema(const kiln_trainer *t, const char *dir) {
+static kiln_status write_schema(kiln_trainer *t, const char *dir) {
   static const char fmt[] = "{\"source\": %s, \"stages\": [{\"map\": {\"transforms\": [{\"select\": {\"features\": [%s]}}]}}]}";
   const cJSON *source = cJSON_GetObjectItemCaseSensitive(t->run.data, "source");
   if (!source) return kiln_error(KILN_INVALID_ARGUMENT, "the run's data has no 'source' to infer the schema from");
@@ -387,6 +389,7 @@ static kiln_status write_schema(const kiln_trainer *t, const char *dir) {
   kiln_schema_free(schema);
   if (!json) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory writing the schema");
   s = write_file(dir, "schema.json", json, strlen(json));
+  if (!s) kx_sha256_hex(json, strlen(json), t->schema_sha256);
   free(json);
   return s;
 }
@@ -424,6 +427,7 @@ static kiln_status write_preprocess(const kiln_trainer *t, const char *dir) {
 
 kiln_status kiln_trainer_export(kiln_trainer *t, const char *dir) {
   if (t->world.rank != 0) return NULL;
+  t->schema_sha256[0] = '\0';
   if (strcmp(t->run.features, "output") == 0)
     return kiln_error(KILN_INVALID_ARGUMENT, "ONNX export: the input feature may not be named 'output' (the model's output is)");
   builder b = {0};
@@ -444,4 +448,9 @@ kiln_status kiln_trainer_export(kiln_trainer *t, const char *dir) {
   kiln_preprocess_free(p);
   t->failed |= s != NULL;
   return s ? kiln_status_prefix(s, "ONNX export to %s: ", dir) : NULL;
+}
+
+void kiln_trainer_lineage(const kiln_trainer *t, kiln_train_lineage *out) {
+  memcpy(out->run_file_sha256, t->run.sha256, sizeof out->run_file_sha256);
+  memcpy(out->dataset_schema_sha256, t->schema_sha256, sizeof out->dataset_schema_sha256);
 }

@@ -2,6 +2,7 @@
  * and checked up front so that a typo fails in the first second, not after an epoch. */
 #include "train/train.h"
 
+#include "core/sha256.h"
 #include "data/data.h"
 
 #include <libgen.h>
@@ -120,6 +121,7 @@ kiln_status kx_run_parse(const char *json, size_t len, const char *base_dir, kx_
   if (!canonical) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   snprintf(r->hash, sizeof r->hash, "%016llx", (unsigned long long)fnv1a(canonical));
   free(canonical);
+  kx_sha256_hex(json, len, r->sha256);
   if (base_dir && snprintf(r->base_dir, sizeof r->base_dir, "%s", base_dir) >= (int)sizeof r->base_dir)
     return kiln_error(KILN_INVALID_ARGUMENT, "run file: its folder's path is too long");
   kiln_status s = parse(r);

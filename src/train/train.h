@@ -304,6 +304,7 @@ typedef struct kx_run {
   char base_dir[4096];         /* the run file's folder: relative data paths resolve against it */
   char hash[17];               /* FNV-1a 64 of the run file's canonical JSON, in hex: checkpoints and MPI
                                   ranks refuse a different run */
+  char sha256[65];             /* SHA-256 of the run file's bytes (the built-in run's text): its lineage */
 } kx_run;
 
 /* Gives every shuffle stage without a seed the run's seed, so that a run replays exactly (call

@@ -36,6 +36,7 @@ struct kiln_trainer {
   int keep_checkpoints;
   kx_events *events;
   int failed;                /* an error was returned: kiln_trainer_free does not finalize MPI */
+  char schema_sha256[65];    /* SHA-256 of the schema.json the last export wrote ("" before one) */
 };
 
 /* Loss and accuracy of the model over a dataset (all ranks: each evaluates its shard). */
