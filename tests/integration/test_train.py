@@ -312,8 +312,9 @@ class Train(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr[-2000:])
             self.assertIn("exported version %d" % version, r.stderr)
             self.assertEqual(sorted(os.listdir(os.path.join(d, "repo", "fmnist", str(version)))),
-                             ["model.onnx", "preprocess.json", "schema.json"])
-        self.assertEqual(sorted(os.listdir(os.path.join(d, "repo", "fmnist"))), ["1", "2"])  # no temporary left
+                             ["manifest.json", "model.onnx", "preprocess.json", "schema.json"])
+        # no temporary left: the versions and the registry's lock file
+        self.assertEqual(sorted(os.listdir(os.path.join(d, "repo", "fmnist"))), [".lock", "1", "2"])
         # kiln eval on the raw validation records, through the exported preprocessing: the trainer's accuracy
         raw = {"source": run["validation_data"]["source"], "stages": [{"take": 1000}]}
         with open(os.path.join(d, "raw.json"), "w") as f:
