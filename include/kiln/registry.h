@@ -44,13 +44,17 @@ int kiln_version_folder(const char *name, int64_t *version);
 /* Whether `name` can name a model: [A-Za-z0-9_.-]{1,128}, not "." or "..". */
 int kiln_registry_model_name_ok(const char *name);
 
-/* Creates the next version folder (one above the highest present) with manifest.json:
+/* Creates the next version folder (one above the highest present, 1 for the first) with manifest.json:
  *   {"format":1,"name":NAME,"version":V,"created":"2026-11-26T12:00:00Z",
  *    "kiln_version":..., "libraries":{"protobuf-c":...,"cjson":...,"zlib":...,"nettle":...},
  *    "files":[{"path":"model.onnx","bytes":N,"sha256":"<64 hex>"}, ...],
  *    "meta":{...}, "lineage":{...}}
- * Refuses a source that is not a loadable-looking ONNX file (empty, missing) and more than 4096
- * files. The version number is in *version. */
+ * Refuses a source that is not a loadable-looking ONNX file (empty, missing, not starting like a
+ * ModelProto), a folder holding symbolic links or special files, more than 4096 files, meta keys
+ * that repeat or are not printable ASCII, and lineage that is not a JSON object. The files are
+ * copied (each hashed as written and fsynced) into REPO/NAME/.push-PID-N, which is fsynced and
+ * renamed to the version under the model's lock; on failure it is removed. The version number
+ * is in *version. */
 kiln_status kiln_registry_push(const kiln_push_options *opt, int64_t *version);
 
 /* Checks a version folder against its manifest: every listed file present with its size and
