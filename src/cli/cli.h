@@ -48,6 +48,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
 /* `kiln data schema infer`, `validate`, `stats`, `diff` (data_schema.c); argv[0] is the command. */
 int cmd_data_schema(int argc, char **argv);
 int cmd_data_validate(int argc, char **argv);

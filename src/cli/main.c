@@ -21,6 +21,7 @@ static const struct {
     {"serve", cmd_serve, "serve models over TF Serving's REST API and KServe V2, with metrics"},
     {"train", cmd_train, "train a Keras-style model on a data pipeline (Fashion-MNIST by default), with MPI"},
     {"eval", cmd_eval, "evaluate an exported classifier's accuracy on a dataset"},
+    {"validate", cmd_validate, "the CI gate for a version: signature, golden outputs, accuracy, latency"},
     {"data", cmd_data, "read, check, convert and time datasets (cat, convert, bench, schema, validate, stats, diff)"},
 };
 
