@@ -171,8 +171,8 @@ void kiln_gate_report_free(kiln_gate_report *r);
 
 /* Whether every check passed or was skipped. */
 int kiln_gate_report_passed(const kiln_gate_report *r);
-/* The checks done, in order; name, status and a one-line detail ("3 of 3 cases match") of check i,
- * valid while the report lives. */
+/* The checks, in order (all seven, those not run as skipped); name, status and a one-line detail
+ * ("3 of 3 cases match") of check i (0 <= i < count), valid while the report lives. */
 int kiln_gate_report_count(const kiln_gate_report *r);
 void kiln_gate_report_check(const kiln_gate_report *r, int i, const char **name, kiln_check_status *status,
                                 const char **detail);

@@ -50,13 +50,14 @@ static int fail_usage(const char *report_path, const kiln_gate_report *r, kiln_s
   return EXIT_USAGE;
 }
 
-static void print_checks(const kiln_gate_report *r) {
+/* One line per check; after an error only the checks that ran (the others say "not run"). */
+static void print_checks(const kiln_gate_report *r, int after_error) {
   static const char *const words[] = {"PASS", "FAIL", "SKIP"};
   for (int i = 0; i < kiln_gate_report_count(r); i++) {
     const char *name, *detail;
     kiln_check_status st;
     kiln_gate_report_check(r, i, &name, &st, &detail);
-    fprintf(stderr, "%s %s: %s\n", words[st], name, detail);
+    if (!after_error || st != KILN_CHECK_SKIPPED) fprintf(stderr, "%s %s: %s\n", words[st], name, detail);
   }
 }
 
@@ -102,6 +103,8 @@ int cmd_validate(int argc, char **argv) {
     return fail_usage(report, NULL, kiln_error(KILN_INVALID_ARGUMENT, "--batch-size must be in 1..65536"));
   if (latency_runs < 0 || latency_runs > MAX_LATENCY_RUNS)
     return fail_usage(report, NULL, kiln_error(KILN_INVALID_ARGUMENT, "--latency-runs must be in 0..%d", MAX_LATENCY_RUNS));
+  if (src.threads < 0 || src.threads > 1024)
+    return fail_usage(report, NULL, kiln_error(KILN_INVALID_ARGUMENT, "--threads must be in 0..1024"));
   if (max_regression >= 0 && !baseline)
     return fail_usage(report, NULL, kiln_error(KILN_INVALID_ARGUMENT, "--max-regression needs --baseline"));
   if ((src.on_error || src.quarantine) && !eval && !src.pipeline)
@@ -131,8 +134,8 @@ int cmd_validate(int argc, char **argv) {
   };
   kiln_gate_report *r = NULL;
   if (!s) s = kiln_gate_run(&o, &r);
-  if (r) print_checks(r);
-  if (e.data) cli_data_summary(e.data);
+  if (r) print_checks(r, s != NULL);
+  if (e.data && !s) cli_data_summary(e.data);
   kiln_dataset_free(e.data);
   kiln_pool_free(e.pool);
   if (s) {

@@ -5,6 +5,7 @@
 #include "kiln/serve.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -409,7 +410,9 @@ static kiln_status check_options(const kiln_gate_options *o) {
   if (!(o->rtol >= 0) || !(o->atol >= 0)) return kiln_error(KILN_INVALID_ARGUMENT, "rtol and atol must be >= 0");
   if (!(o->max_regression >= 0 && o->max_regression < 1))
     return kiln_error(KILN_INVALID_ARGUMENT, "the maximum regression must be a fraction in [0, 1), not %g", o->max_regression);
-  if (o->min_accuracy > 1) return kiln_error(KILN_INVALID_ARGUMENT, "the minimum accuracy must be in [0, 1], not %g", o->min_accuracy);
+  if (isnan(o->min_accuracy) || o->min_accuracy > 1)
+    return kiln_error(KILN_INVALID_ARGUMENT, "the minimum accuracy must be in [0, 1], not %g", o->min_accuracy);
+  if (isnan(o->max_latency_p99_ms)) return kiln_error(KILN_INVALID_ARGUMENT, "the p99 latency budget is not a number");
   if (o->max_latency_p99_ms > 0 && o->latency_runs <= 0)
     return kiln_error(KILN_INVALID_ARGUMENT, "a p99 latency budget needs latency runs");
   if (o->min_accuracy >= 0 && !o->accuracy) return kiln_error(KILN_INVALID_ARGUMENT, "a minimum accuracy needs evaluation data");
