@@ -128,6 +128,9 @@ double kiln_tensor_get_f64(const kiln_tensor *t, int64_t i);
  * signs are. Integers, bools and strings must match exactly; dtypes and shapes must be equal.
  * Returns NULL when they match, else an error describing the mismatch (worst element, count). */
 kiln_status kiln_tensor_compare(const kiln_tensor *got, const kiln_tensor *want, double rtol, double atol);
+/* The flat index of the first element where got and want differ under kiln_tensor_compare's rule;
+ * -1 when every element matches or when their dtypes or shapes differ (kiln_tensor_compare says so). */
+int64_t kiln_tensor_first_mismatch(const kiln_tensor *got, const kiln_tensor *want, double rtol, double atol);
 
 /* ---------------------------------------------------------------- values */
 

@@ -135,6 +135,76 @@ kiln_status kiln_registry_gc(const char *model_dir, int keep, int64_t **removed,
 
 /* ---------------------------------------------------------------- validation gate */
 
+/* `kiln validate`: the checks CI runs on a version folder before it is labelled canary or stable.
+ * Every check ends as pass, fail or skipped; the gate passes when none fails. A check that cannot
+ * start because the gate's own inputs are missing or unreadable (the version folder, the golden
+ * folder or its files, the baseline) is not a failure of the model: kiln_gate_run returns an error
+ * for it (exit 2 in the CLI) and the report keeps the checks done so far. */
+
+typedef enum kiln_check_status {
+  KILN_CHECK_PASS = 0,
+  KILN_CHECK_FAIL = 1,
+  KILN_CHECK_SKIPPED = 2,
+} kiln_check_status;
+
+/* Accuracy of the classifier in a version folder (the CLI's `kiln eval` core over --eval DATA):
+ * *accuracy in [0, 1] over *records records. An error fails the accuracy check with its message. */
+typedef kiln_status (*kiln_accuracy_fn)(void *ctx, const char *version_dir, double *accuracy, int64_t *records);
+
+typedef struct kiln_gate_options {
+  const char *version_dir; /* holds model.onnx, maybe preprocess.json and manifest.json */
+  /* The version to compare with: its signature, accuracy and latency. NULL: the signature is
+   * compared with the previous version (the highest-numbered sibling version folder below
+   * version_dir's number), and there is no baseline check. */
+  const char *baseline_dir;
+  const char *golden_dir; /* NULL: no golden check */
+  double rtol, atol;      /* golden tolerances (kiln_tensor_compare); the CLI's defaults are 1e-4, 1e-5 */
+  kiln_accuracy_fn accuracy; /* NULL: no accuracy check */
+  void *accuracy_ctx;
+  double min_accuracy; /* the accuracy check fails below it; < 0: no minimum */
+  /* Timed batch-1 runs on synthetic inputs after 20 warm-up runs, stopped after 10 s; 0: no
+   * latency check (then max_latency_p99_ms must be <= 0). */
+  int latency_runs;
+  double max_latency_p99_ms; /* the latency check fails above it; <= 0: no budget */
+  int threads;               /* threads one timed run uses; <= 1: the calling thread only */
+  /* With a baseline: the candidate fails when its accuracy < baseline accuracy * (1 - r), or its
+   * p99 latency > baseline p99 * (1 + r) + 0.05 ms (the constant absorbs timer noise on
+   * sub-millisecond models). Both models are timed in the same loop, alternating run by run, so
+   * machine noise hits both. */
+  double max_regression;
+} kiln_gate_options;
+
+typedef struct kiln_gate_report kiln_gate_report;
+
+/* Runs the checks in order: load (model.onnx and preprocess.json), manifest (when manifest.json
+ * is present: kiln_manifest_verify), signature, golden, accuracy, latency, baseline; a failed load
+ * skips the rest. Golden: golden_dir holds cases (sub-folders, in name order; or golden_dir itself
+ * when it holds input_0.*), each with input_K.npy or input_K.pb per model input K (an optional
+ * input may be left out) and output_K.npy / output_K.pb for the outputs it checks (at least one).
+ * A signature change is breaking when an input or output is removed or renamed, its dtype, kind or
+ * rank changes, a fixed dimension changes or a dynamic one becomes fixed, or a required input is
+ * added; a fixed dimension made dynamic and a new output (or optional input) are noted only.
+ * *report is set (free it with kiln_gate_report_free) also when an error is returned, unless
+ * memory ran out first; checks the error kept from running say "not run". */
+kiln_status kiln_gate_run(const kiln_gate_options *opt, kiln_gate_report **report);
+void kiln_gate_report_free(kiln_gate_report *r);
+
+/* Whether every check passed or was skipped. */
+int kiln_gate_report_passed(const kiln_gate_report *r);
+/* The checks, in order (all seven, those not run as skipped); name, status and a one-line detail
+ * ("3 of 3 cases match") of check i (0 <= i < count), valid while the report lives. */
+int kiln_gate_report_count(const kiln_gate_report *r);
+void kiln_gate_report_check(const kiln_gate_report *r, int i, const char **name, kiln_check_status *status,
+                                const char **detail);
+/* "pass", "fail", "skipped". */
+const char *kiln_check_status_name(kiln_check_status s);
+/* The report as JSON (malloc'd, *out): {"version_dir":..., "passed":bool, "checks":[{"name":...,
+ * "status":..., "detail":..., numbers and lists of the check}], "kiln_version":...}, plus "error"
+ * (and "passed": false) when `error` is not NULL: the message of kiln_gate_run's error. r may be
+ * NULL (an error before there was a report, e.g. a bad flag): "version_dir" is then null and
+ * "checks" empty. */
+kiln_status kiln_gate_report_json(const kiln_gate_report *r, const char *error, char **out, size_t *len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -50,6 +50,8 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 /* `kiln registry push|list|show|verify|label|rollback|gc` (registry.c); argv[0] is "registry". */
 int cmd_registry(int argc, char **argv);
+/* `kiln validate VERSION_DIR` (validate.c): the CI gate. */
+int cmd_validate(int argc, char **argv);
 /* `kiln data schema infer`, `validate`, `stats`, `diff` (data_schema.c); argv[0] is the command. */
 int cmd_data_schema(int argc, char **argv);
 int cmd_data_validate(int argc, char **argv);
@@ -78,7 +80,25 @@ typedef struct cli_data_source {
 /* Opens SOURCE (may be NULL) and/or src->pipeline. Returns -1 on success, else the exit code after
  * printing the error. */
 int cli_data_open(const cli_data_source *src, const char *path, struct kiln_dataset **out);
+/* The same, returning the error (a bad flag combination included) instead of printing it. */
+kiln_status cli_data_open_status(const cli_data_source *src, const char *path, struct kiln_dataset **out);
 /* "Q of N records quarantined (FILE)" or "N records read", on stderr. */
 void cli_data_summary(const struct kiln_dataset *d);
+
+/* ---------------------------------------------------------------- kiln eval */
+
+/* What an evaluation found: records read, records whose arg-max output is their label, their
+ * share, and the seconds the pass took. */
+typedef struct cli_eval_result {
+  int64_t records, correct;
+  double accuracy, seconds;
+} cli_eval_result;
+
+/* kiln eval's core, shared with kiln validate: loads MODEL (a .onnx file, or a version folder with
+ * model.onnx and maybe preprocess.json), runs it on every batch left in `d` (opened with a batch
+ * stage, src.batch > 0) and counts arg-max hits against the feature `label`. Errors name the
+ * feature or the model's problem; an empty dataset is one. */
+kiln_status cli_eval_model(const char *model, struct kiln_dataset *d, const char *label, kiln_pool *pool,
+                           cli_eval_result *out);
 
 #endif

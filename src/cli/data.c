@@ -9,7 +9,7 @@
 
 #include <cjson/cJSON.h>
 
-int cli_data_open(const cli_data_source *src, const char *path, kiln_dataset **out) {
+kiln_status cli_data_open_status(const cli_data_source *src, const char *path, kiln_dataset **out) {
   kiln_data_options o = {0};
   o.threads = (int)src->threads;
   o.quarantine_path = src->quarantine;
@@ -17,28 +17,17 @@ int cli_data_open(const cli_data_source *src, const char *path, kiln_dataset **o
     o.on_error_set = 1;
     if (strcmp(src->on_error, "skip") == 0) o.on_error = KILN_ON_ERROR_SKIP;
     else if (strcmp(src->on_error, "fail") == 0) o.on_error = KILN_ON_ERROR_FAIL;
-    else {
-      fprintf(stderr, "kiln: --on-error takes fail or skip, not '%s'\n", src->on_error);
-      return EXIT_USAGE;
-    }
+    else return kiln_error(KILN_INVALID_ARGUMENT, "--on-error takes fail or skip, not '%s'", src->on_error);
   }
-  if (src->quarantine && !(src->on_error && o.on_error == KILN_ON_ERROR_SKIP) && !src->pipeline) {
-    fprintf(stderr, "kiln: --quarantine needs --on-error skip\n");
-    return EXIT_USAGE;
-  }
-  if (!src->pipeline && !path) {
-    fprintf(stderr, "kiln: give a SOURCE or --pipeline FILE.json\n");
-    return EXIT_USAGE;
-  }
-  if (!src->pipeline && src->batch <= 0) {
-    kiln_status s = kiln_dataset_open_path(path, &o, out);
-    return s ? cli_fail(s) : -1;
-  }
+  if (src->quarantine && !(src->on_error && o.on_error == KILN_ON_ERROR_SKIP) && !src->pipeline)
+    return kiln_error(KILN_INVALID_ARGUMENT, "--quarantine needs --on-error skip");
+  if (!src->pipeline && !path) return kiln_error(KILN_INVALID_ARGUMENT, "give a SOURCE or --pipeline FILE.json");
+  if (!src->pipeline && src->batch <= 0) return kiln_dataset_open_path(path, &o, out);
   void *text = NULL;
   size_t len = 0;
   if (src->pipeline) {
     kiln_status s = kiln_file_read(src->pipeline, 1 << 20, &text, &len);
-    if (s) return cli_fail(s);
+    if (s) return s;
   }
   /* SOURCE replaces the pipeline's source; a batch stage goes last. A pipeline that is not a JSON
    * object is left for the data layer to report. */
@@ -66,6 +55,11 @@ int cli_data_open(const cli_data_source *src, const char *path, kiln_dataset **o
   kiln_status s = text ? kiln_dataset_open_spec(text, len, &o, out) : kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   free(text);
   if (s && src->pipeline) s = kiln_status_prefix(s, "%s: ", src->pipeline);
+  return s;
+}
+
+int cli_data_open(const cli_data_source *src, const char *path, kiln_dataset **out) {
+  kiln_status s = cli_data_open_status(src, path, out);
   return s ? cli_fail(s) : -1;
 }
 

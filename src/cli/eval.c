@@ -110,12 +110,32 @@ static kiln_status open_model(eval_job *j, const char *path, kiln_pool *pool) {
   return NULL;
 }
 
-static void eval_free(eval_job *j, kiln_pool *pool, kiln_dataset *d) {
-  kiln_dataset_free(d);
+static void job_free(eval_job *j) {
   kiln_preprocess_free(j->pre);
   kiln_session_free(j->session);
   kiln_model_free(j->model);
-  kiln_pool_free(pool);
+}
+
+kiln_status cli_eval_model(const char *model, kiln_dataset *d, const char *label, kiln_pool *pool, cli_eval_result *out) {
+  eval_job j = {.label = label};
+  memset(out, 0, sizeof *out);
+  kiln_status s = open_model(&j, model, pool);
+  double start = kiln_now();
+  for (int done = 0; !s && !done;) {
+    kiln_record b = {0};
+    s = kiln_dataset_next(d, &b, &done);
+    if (!s && !done) s = run_batch(&j, &b);
+    kiln_record_release(&b);
+  }
+  if (!s && j.rows == 0) s = kiln_error(KILN_INVALID_ARGUMENT, "the data holds no records");
+  if (!s) {
+    out->records = j.rows;
+    out->correct = j.correct;
+    out->accuracy = (double)j.correct / (double)j.rows;
+    out->seconds = kiln_now() - start;
+  }
+  job_free(&j);
+  return s;
 }
 
 int cmd_eval(int argc, char **argv) {
@@ -144,39 +164,32 @@ int cmd_eval(int argc, char **argv) {
     fprintf(stderr, "kiln eval: --batch-size must be in 1..65536\n");
     return EXIT_USAGE;
   }
-  eval_job j = {.label = label};
   kiln_pool *pool = NULL;
   kiln_dataset *d = NULL;
   kiln_status s = kiln_pool_create((int)src.threads, &pool);
-  if (!s) s = open_model(&j, args.items[0], pool);
   if (s) {
     cli_list_free(&args);
-    eval_free(&j, pool, d);
     return cli_fail(s);
   }
   src.batch = batch;
   rc = cli_data_open(&src, args.count > 1 ? args.items[1] : NULL, &d);
-  cli_list_free(&args);
   if (rc >= 0) {
-    eval_free(&j, pool, NULL);
+    cli_list_free(&args);
+    kiln_pool_free(pool);
     return rc;
   }
-  double start = kiln_now();
-  for (int done = 0; !s && !done;) {
-    kiln_record b = {0};
-    s = kiln_dataset_next(d, &b, &done);
-    if (!s && !done) s = run_batch(&j, &b);
-    kiln_record_release(&b);
-  }
-  double wall = kiln_now() - start, accuracy = j.rows ? (double)j.correct / (double)j.rows : 0;
-  if (!s && j.rows == 0) s = kiln_error(KILN_INVALID_ARGUMENT, "the data holds no records");
+  cli_eval_result r;
+  s = cli_eval_model(args.items[0], d, label, pool, &r);
+  cli_list_free(&args);
   if (!s) {
     if (json)
-      printf("{\"records\": %lld, \"correct\": %lld, \"accuracy\": %.6f, \"samples_per_s\": %.1f}\n", (long long)j.rows,
-             (long long)j.correct, accuracy, wall > 0 ? (double)j.rows / wall : 0);
-    fprintf(stderr, "accuracy %.4f (%lld of %lld records) in %.2f s\n", accuracy, (long long)j.correct, (long long)j.rows, wall);
+      printf("{\"records\": %lld, \"correct\": %lld, \"accuracy\": %.6f, \"samples_per_s\": %.1f}\n", (long long)r.records,
+             (long long)r.correct, r.accuracy, r.seconds > 0 ? (double)r.records / r.seconds : 0);
+    fprintf(stderr, "accuracy %.4f (%lld of %lld records) in %.2f s\n", r.accuracy, (long long)r.correct, (long long)r.records,
+            r.seconds);
     cli_data_summary(d);
   }
-  eval_free(&j, pool, d);
+  kiln_dataset_free(d);
+  kiln_pool_free(pool);
   return s ? cli_fail(s) : EXIT_OK;
 }

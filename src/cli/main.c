@@ -22,6 +22,7 @@ static const struct {
     {"train", cmd_train, "train a Keras-style model on a data pipeline (Fashion-MNIST by default), with MPI"},
     {"eval", cmd_eval, "evaluate an exported classifier's accuracy on a dataset"},
     {"registry", cmd_registry, "the model repository: push, list, show, verify, label, rollback, gc"},
+    {"validate", cmd_validate, "the CI gate for a version: signature, golden outputs, accuracy, latency"},
     {"data", cmd_data, "read, check, convert and time datasets (cat, convert, bench, schema, validate, stats, diff)"},
 };
 
