@@ -83,6 +83,24 @@ void kiln_batching_config_free(kiln_batching_config *c);
 
 typedef struct kiln_server kiln_server;
 
+/* Canary rollout: while a model's repository labels a version `canary` (labels.json, see
+ * kiln/registry.h), that share of the requests that name no version or label goes to it, the rest
+ * to `stable`. Every served version's health is watched; when the canary's is worse than stable's
+ * beyond these thresholds, the server routes everything back to stable, marks the canary rejected
+ * in the repository (it is never loaded again), logs and counts it in kiln_rollbacks_total. A
+ * canary request that fails or returns NaN/Inf is answered by stable instead, so clients see no
+ * failure. A canary that fails to load or warm up is rejected the same way. */
+typedef struct kiln_canary_options {
+  int percent;              /* 0..100; the split is sticky per X-Request-Id */
+  int64_t min_requests;     /* canary requests before its health is judged; <= 0: 100 */
+  double max_error_rate;    /* the canary's failure rate (errors and NaN/Inf outputs) may exceed
+                             * stable's by this much; <= 0: 0.01 */
+  double max_latency_ratio; /* the canary's p99 latency may be this times stable's (plus 1 ms,
+                             * against timer noise on idle models); <= 0: 2 */
+  int64_t promote_requests; /* a canary still healthy after this many requests is labelled stable;
+                             * 0: never (an operator promotes it) */
+} kiln_canary_options;
+
 typedef struct kiln_server_options {
   const kiln_model_server_config *models; /* copied */
   const char *host;                       /* NULL: 0.0.0.0 */
@@ -99,6 +117,10 @@ typedef struct kiln_server_options {
   int intra_op_threads; /* kernel threads one run uses; <= 0: 1 */
   int warmup_runs;      /* per warm-up input; <= 0: 3 */
   int access_log;       /* one JSON line per request on stderr */
+  int require_manifest; /* refuse versions without manifest.json (a version with one is always checked) */
+  kiln_canary_options canary;
+  const char *admin_token;     /* bearer token of /v1/admin/...; NULL: the admin API is disabled */
+  const char *admin_audit_log; /* file the admin API appends its JSON lines to; NULL: the log */
 } kiln_server_options;
 
 /* Loads every model's versions (each loaded, validated and warmed up before it is served),

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static kiln_status read_config(const char *path, kiln_model_server_config *out) {
   void *text;
@@ -40,6 +41,26 @@ static kiln_status single_model(const char *name, const char *base_path, kiln_mo
   m->policy = KILN_POLICY_LATEST;
   m->latest_num_versions = 1;
   if (!m->name || !m->base_path || !m->platform) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  return NULL;
+}
+
+/* The admin token: the file's content without trailing whitespace. */
+static kiln_status read_token(const char *path, char **out) {
+  void *text;
+  size_t len;
+  kiln_status s = kiln_file_read(path, 4096, &text, &len);
+  if (s) return kiln_status_prefix(s, "--admin_token_file: ");
+  char *t = text;
+  while (len > 0 && (t[len - 1] == '\n' || t[len - 1] == '\r' || t[len - 1] == ' ' || t[len - 1] == '\t')) len--;
+  t[len] = '\0';
+  if (len == 0 || strlen(t) != len) {
+    free(t);
+    return kiln_error(KILN_INVALID_ARGUMENT, "--admin_token_file %s: the token is empty or holds a NUL byte", path);
+  }
+  struct stat st;
+  if (stat(path, &st) == 0 && (st.st_mode & 077))
+    kiln_log(KILN_LOG_WARN, "--admin_token_file %s can be read by other users (chmod 600 it)", path);
+  *out = t;
   return NULL;
 }
 
@@ -99,7 +120,10 @@ int cmd_serve(int argc, char **argv) {
   long port = 8500, rest_port = 8501, rest_threads = 0, timeout_ms = 30000, intra = 0, inter = 0;
   long max_body = 64 << 20, max_header = 64 << 10, max_connections = 10000, warmup_runs = 3;
   double poll = 1, idle_timeout = 60, read_timeout = 30, drain_timeout = 30;
-  int enable_batching = 0, access_log = 0;
+  int enable_batching = 0, access_log = 0, require_manifest = 0;
+  long canary_percent = 10, canary_min = 100, canary_promote = 0;
+  double canary_error_rate = 0.01, canary_latency_ratio = 2;
+  const char *token_file = NULL, *audit_log = NULL;
   const cli_flag flags[] = {
       {"model_name", CLI_STRING, &model_name, "NAME", "name of the one model to serve (with --model_base_path)"},
       {"model_base_path", CLI_STRING, &base_path, "DIR", "its repository: DIR/<version>/model.onnx"},
@@ -123,6 +147,14 @@ int cmd_serve(int argc, char **argv) {
       {"warmup_runs", CLI_INT, &warmup_runs, "N", "runs per warm-up input before a version is served (default 3)"},
       {"log_level", CLI_STRING, &log_level, "LEVEL", "debug, info, warn or error (default info)"},
       {"access_log", CLI_BOOL, &access_log, NULL, "log one JSON line per request"},
+      {"require_manifest", CLI_BOOL, &require_manifest, NULL, "refuse versions without manifest.json (with one, the files are always checked)"},
+      {"canary_percent", CLI_INT, &canary_percent, "P", "share of requests sent to a model's `canary` version, sticky per X-Request-Id (default 10)"},
+      {"canary_min_requests", CLI_INT, &canary_min, "N", "canary requests before its health is judged (default 100)"},
+      {"canary_max_error_rate", CLI_DOUBLE, &canary_error_rate, "R", "failure rate (errors, NaN/Inf) the canary may have above stable's (default 0.01)"},
+      {"canary_max_latency_ratio", CLI_DOUBLE, &canary_latency_ratio, "X", "canary p99 latency allowed, as a multiple of stable's, plus 1 ms (default 2)"},
+      {"canary_promote_requests", CLI_INT, &canary_promote, "N", "label a canary stable once it answered N requests healthily; 0: an operator promotes (default)"},
+      {"admin_token_file", CLI_STRING, &token_file, "FILE", "enables POST /v1/admin/...: the bearer token clients must send"},
+      {"admin_audit_log", CLI_STRING, &audit_log, "FILE", "append the admin API's audit entries (JSON lines) to FILE (default: the log)"},
       {0},
   };
   const cli_spec spec = {
@@ -151,14 +183,25 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "kiln serve: ports must be 0-65535, limits and timeouts positive\n");
     return EXIT_USAGE;
   }
+  if (canary_percent < 0 || canary_percent > 100 || canary_min < 0 || canary_promote < 0 || canary_error_rate < 0 ||
+      canary_error_rate > 1 || canary_latency_ratio < 0) {
+    fprintf(stderr, "kiln serve: --canary_percent must be 0-100, the other --canary_ flags non-negative (error rate at most 1)\n");
+    return EXIT_USAGE;
+  }
+  if (audit_log && !token_file) {
+    fprintf(stderr, "kiln serve: --admin_audit_log needs --admin_token_file (without a token the admin API is disabled)\n");
+    return EXIT_USAGE;
+  }
   if (batching_file && !enable_batching) kiln_log(KILN_LOG_WARN, "--batching_parameters_file given without --enable_batching: batching stays off");
   if (port != 8500) kiln_log(KILN_LOG_WARN, "gRPC is not served yet: --port %ld is ignored", port);
 
   kiln_model_server_config cfg;
   kiln_batching_config batching;
   kiln_batching_config_default(&batching);
+  char *token = NULL;
   kiln_status s = config_file ? read_config(config_file, &cfg) : single_model(model_name, base_path, &cfg);
   if (!s && batching_file) s = read_batching(batching_file, &batching);
+  if (!s && token_file) s = read_token(token_file, &token);
   if (s) {
     kiln_model_server_config_free(&cfg);
     kiln_batching_config_free(&batching);
@@ -190,9 +233,19 @@ int cmd_serve(int argc, char **argv) {
       .intra_op_threads = (int)intra,
       .warmup_runs = (int)warmup_runs,
       .access_log = access_log,
+      .require_manifest = require_manifest,
+      .canary = {.percent = (int)canary_percent,
+                 .min_requests = canary_min,
+                 .max_error_rate = canary_error_rate,
+                 .max_latency_ratio = canary_latency_ratio,
+                 .promote_requests = canary_promote},
+      .admin_token = token,
+      .admin_audit_log = audit_log,
   };
   kiln_server *server;
   s = kiln_server_start(&opt, &server);
+  if (token) memset(token, 0, strlen(token));
+  free(token);
   kiln_model_server_config_free(&cfg);
   kiln_batching_config_free(&batching);
   if (s) return cli_fail(s);

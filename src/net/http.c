@@ -69,8 +69,9 @@ struct conn {
   kx_buf in;         /* bytes read; [in_off, in.len) not yet parsed */
   size_t in_off;
   /* the request being assembled */
-  kx_buf url, field, value, path, body, content_type, request_id, traceparent;
-  int has_content_type, has_request_id, has_traceparent;
+  kx_buf url, field, value, path, body, content_type, request_id, traceparent, authorization;
+  int has_content_type, has_request_id, has_traceparent, has_authorization;
+  char peer[64]; /* the client's address, "ip:port" */
   enum header_part header_part;
   int64_t inference_header_length;
   int reject_status; /* set by a parser callback: answer with this and close */
@@ -245,7 +246,7 @@ static int conn_free(conn *c) {
   ev_timer_stop(c->io->loop, &c->timer);
   conn_unlink(c);
   kx_buf *bufs[] = {&c->in, &c->url, &c->field, &c->value, &c->path, &c->body,
-                    &c->content_type, &c->request_id, &c->traceparent, &c->out, &c->ex.head};
+                    &c->content_type, &c->request_id, &c->traceparent, &c->authorization, &c->out, &c->ex.head};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kx_buf_free(bufs[i]);
   free(c->ex.body);
   free(c->out_body);
@@ -331,9 +332,9 @@ static int parse_append(conn *c, kx_buf *b, const char *at, size_t len) {
 
 static void reset_request(conn *c) {
   kx_buf *bufs[] = {&c->url, &c->field, &c->value, &c->path, &c->body, &c->content_type, &c->request_id,
-                    &c->traceparent};
+                    &c->traceparent, &c->authorization};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) buf_clear(bufs[i]);
-  c->has_content_type = c->has_request_id = c->has_traceparent = 0;
+  c->has_content_type = c->has_request_id = c->has_traceparent = c->has_authorization = 0;
   c->header_part = H_NONE;
   c->inference_header_length = -1;
   c->in_request = c->headers_done = c->expect_continue = c->is_head = 0;
@@ -381,6 +382,7 @@ static int finish_header(conn *c) {
   if (!strcasecmp(name, "content-type")) return capture(c, &c->content_type, &c->has_content_type);
   if (!strcasecmp(name, "x-request-id")) return capture(c, &c->request_id, &c->has_request_id);
   if (!strcasecmp(name, "traceparent")) return capture(c, &c->traceparent, &c->has_traceparent);
+  if (!strcasecmp(name, "authorization")) return capture(c, &c->authorization, &c->has_authorization);
   if (!strcasecmp(name, "expect")) {
     if (!strcasecmp(value, "100-continue")) c->expect_continue = 1;
     return 0;
@@ -536,6 +538,8 @@ static int conn_dispatch(conn *c) {
       .inference_header_length = c->inference_header_length,
       .request_id = c->has_request_id ? buf_str(&c->request_id) : NULL,
       .traceparent = c->has_traceparent ? buf_str(&c->traceparent) : NULL,
+      .authorization = c->has_authorization ? buf_str(&c->authorization) : NULL,
+      .peer = c->peer,
       .keep_alive = c->keep_alive && !atomic_load(&s->draining),
       .received_at = kiln_now(),
   };
@@ -843,10 +847,21 @@ static void on_accept_resume(ev_loop *l, void *arg) {
     kiln_log(KILN_LOG_ERROR, "http: cannot resume accepting: %s", strerror(errno));
 }
 
+/* "127.0.0.1:5000" or "[::1]:5000" ("" when the address cannot be formatted). */
+static void describe_peer(const struct sockaddr_storage *a, socklen_t len, char *out, size_t size) {
+  char host[INET6_ADDRSTRLEN + 2], port[8];
+  out[0] = '\0';
+  if (getnameinfo((const struct sockaddr *)a, len, host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return;
+  snprintf(out, size, a->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
 static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
   kx_io *io = arg;
   for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
-    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_storage addr;
+    socklen_t addr_len = sizeof addr;
+    int cfd = accept4(fd, (struct sockaddr *)&addr, &addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -865,6 +880,7 @@ static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
       close(cfd);
       continue;
     }
+    describe_peer(&addr, addr_len, c->peer, sizeof c->peer);
     conn_start(c);
   }
 }

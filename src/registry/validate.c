@@ -2,7 +2,6 @@
  * their outcome in a report that CI reads as JSON. The bigger checks live in validate_*.c. */
 #include "kiln/data.h"
 #include "registry/validate_internal.h"
-#include "kiln/serve.h"
 
 #include <dirent.h>
 #include <math.h>

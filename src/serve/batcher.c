@@ -35,6 +35,7 @@ struct kx_batcher {
   int stop;
   int ready, failed; /* workers done with warm-up; first warm-up error kept in warmup_error */
   kiln_status warmup_error;
+  atomic_int warmup_nonfinite; /* a warm-up run returned NaN or Inf */
   worker *workers;
 };
 
@@ -256,7 +257,10 @@ static kiln_status warm_up(worker *w) {
   if (!outputs) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   kiln_status s = NULL;
   for (int r = 0; r < b->opt.n_warmup && !s; r++)
-    for (int k = 0; k < b->opt.warmup_runs && !s; k++) s = run_one(w, b->opt.warmup[r], outputs);
+    for (int k = 0; k < b->opt.warmup_runs && !s; k++) {
+      s = run_one(w, b->opt.warmup[r], outputs);
+      if (!s && k == 0 && kx_outputs_nonfinite(outputs, b->n_outputs)) atomic_store(&b->warmup_nonfinite, 1);
+    }
   free(outputs);
   return s ? kiln_status_prefix(s, "warm-up: ") : NULL;
 }
@@ -315,6 +319,7 @@ kiln_status kx_batcher_start(const kiln_model *m, const kx_batcher_options *opt,
   *out = NULL;
   kx_batcher *b = calloc(1, sizeof *b);
   if (!b) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+  atomic_init(&b->warmup_nonfinite, 0);
   b->model = m;
   b->opt = *opt;
   if (b->opt.workers < 1) b->opt.workers = 1;
@@ -404,3 +409,5 @@ void kx_batcher_free(kx_batcher *b) {
   pthread_mutex_destroy(&b->lock);
   free(b);
 }
+
+int kx_batcher_warmup_nonfinite(const kx_batcher *b) { return atomic_load(&b->warmup_nonfinite); }

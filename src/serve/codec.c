@@ -31,6 +31,22 @@ kiln_status kx_signature_from_model(const kiln_model *m, kx_signature *out) {
   return NULL;
 }
 
+static int value_info_equal(const kiln_value_info *a, const kiln_value_info *b) {
+  if (strcmp(a->name, b->name) != 0 || a->kind != b->kind || a->dtype != b->dtype || a->rank != b->rank) return 0;
+  for (int d = 0; d < a->rank; d++)
+    if (a->dims[d] != b->dims[d]) return 0;
+  return 1;
+}
+
+int kx_signature_equal(const kx_signature *a, const kx_signature *b) {
+  if (a->n_inputs != b->n_inputs || a->n_outputs != b->n_outputs) return 0;
+  for (int i = 0; i < a->n_inputs; i++)
+    if (!value_info_equal(&a->inputs[i], &b->inputs[i])) return 0;
+  for (int i = 0; i < a->n_outputs; i++)
+    if (!value_info_equal(&a->outputs[i], &b->outputs[i])) return 0;
+  return 1;
+}
+
 void kx_signature_free(kx_signature *s) {
   free(s->inputs);
   free(s->outputs);

@@ -20,6 +20,8 @@ typedef struct kx_signature {
 
 kiln_status kx_signature_from_model(const kiln_model *m, kx_signature *out);
 void kx_signature_free(kx_signature *s);
+/* Whether two signatures take and give the same tensors: names, kinds, dtypes and shapes. */
+int kx_signature_equal(const kx_signature *a, const kx_signature *b);
 
 /* Most elements one decoded request may hold (all inputs together); more is RESOURCE_EXHAUSTED. */
 #define KX_MAX_REQUEST_ELEMENTS ((int64_t)1 << 28)

@@ -57,7 +57,7 @@ static void server_metadata(kiln_server *s, kx_call *c) {
 
 static void model_ready(kiln_server *s, kx_call *c, const route *rt) {
   kx_version *v;
-  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, NULL, &v);
+  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, NULL, NULL, &v, NULL);
   if (e && kiln_status_code(e) == KILN_NOT_FOUND) {
     kx_answer_error(s, c, e);
     return;
@@ -78,7 +78,7 @@ static void model_ready(kiln_server *s, kx_call *c, const route *rt) {
 
 static void model_metadata(kiln_server *s, kx_call *c, const route *rt) {
   kx_version *v;
-  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, NULL, &v);
+  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, NULL, NULL, &v, NULL);
   if (e) {
     kx_answer_error(s, c, e);
     return;

@@ -1,9 +1,11 @@
 /* The model manager: which versions of which models are served. It scans every model's base path
- * (at start, on each poll, after a config reload), loads, validates and warms up the versions the
- * policy wants, swaps them in atomically, and retires the ones it no longer wants once their
- * in-flight requests are done — never leaving a model that had a healthy version without one. */
-#include "kiln/registry.h"
+ * (at start, on each poll, after a config reload), follows the repository's labels, loads, checks
+ * against their manifests, validates and warms up the versions the policy wants, swaps them in
+ * atomically, and retires the ones it no longer wants once their in-flight requests are done —
+ * never leaving a model that had a healthy version without one. It routes the canary's share of
+ * traffic and acts on the canary's verdict (rollout.c): rejection or promotion. */
 #include "serve/serve.h"
+#include "kiln/registry.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -12,12 +14,16 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct model_entry {
   kiln_model_config cfg;
   kx_version **versions; /* ascending by number: LOADING, AVAILABLE and failed (END) records */
   int n_versions, cap;
   char *scan_error; /* why the base path could not be read, NULL when it could */
+  kiln_labels repo;    /* the repository's labels.json (empty when there is none) */
+  char *labels_error;  /* why labels.json could not be read (the last good labels stay) */
+  int64_t last_stable; /* the stable version last served, kept while a new stable loads; -1 */
 } model_entry;
 
 /* A failed version keeps the file identity it failed with, so that it is retried only when the
@@ -26,6 +32,7 @@ typedef struct version_record {
   kx_version v;
   int64_t file_size;
   int64_t file_mtime_ns;
+  int rejection_recorded; /* a failed canary's rejection is in labels.json */
 } version_record;
 
 struct kx_manager {
@@ -40,11 +47,13 @@ struct kx_manager {
   int n_retired, cap_retired;
   pthread_mutex_t wake_lock;
   pthread_cond_t wake;
-  int stop, poll_now;
+  int stop, poll_now, retry_failed;
   double poll_seconds;
   pthread_t poller;
   int polling;
   kiln_metric *versions_loaded, *loads, *load_failures, *queue_seconds, *inference_seconds, *batch_size;
+  kiln_metric *rollbacks, *promotions;
+  kiln_canary_options canary;
 };
 
 static const char *state_names[] = {"START", "LOADING", "AVAILABLE", "UNLOADING", "END"};
@@ -104,18 +113,39 @@ static kx_version *find_version(model_entry *e, int64_t number) {
   return NULL;
 }
 
+/* The repository's labels (what `kiln registry label` and the admin API change) come before the
+ * config file's version_labels. */
 static int64_t label_version(const model_entry *e, const char *label) {
+  int64_t v = kiln_labels_get(&e->repo, label);
+  if (v >= 0) return v;
   for (int i = 0; i < e->cfg.n_labels; i++)
     if (strcmp(e->cfg.labels[i].label, label) == 0) return e->cfg.labels[i].version;
   return -1;
 }
 
-static kx_version *default_version(model_entry *e) {
+static int usable(const kx_version *v) { return v && v->state == KX_AVAILABLE && !atomic_load(&v->rejected); }
+
+/* Where requests that name no version go (never `not`): stable; while a newly labelled stable
+ * loads, the stable served before; without labels, the newest version that is not the canary. */
+static kx_version *default_version(model_entry *e, const kx_version *not) {
   int64_t stable = label_version(e, "stable");
   kx_version *v = stable >= 0 ? find_version(e, stable) : NULL;
-  if (v && v->state == KX_AVAILABLE) return v;
-  for (int i = e->n_versions - 1; i >= 0; i--)
-    if (e->versions[i]->state == KX_AVAILABLE) return e->versions[i];
+  if (usable(v) && v != not) return v;
+  v = e->last_stable >= 0 ? find_version(e, e->last_stable) : NULL;
+  if (usable(v) && v != not) return v;
+  kx_version *canary = NULL;
+  for (int i = e->n_versions - 1; i >= 0; i--) {
+    kx_version *x = e->versions[i];
+    if (!usable(x) || x == not) continue;
+    if (!x->canary) return x;
+    if (!canary) canary = x;
+  }
+  return canary;
+}
+
+static kx_version *canary_version(model_entry *e) {
+  for (int i = 0; i < e->n_versions; i++)
+    if (e->versions[i]->canary && usable(e->versions[i])) return e->versions[i];
   return NULL;
 }
 
@@ -126,8 +156,9 @@ static int available_count(const model_entry *e) {
 }
 
 kiln_status kx_manager_acquire(kx_manager *mg, const char *model, int64_t version, const char *label,
-                               kx_version **out) {
+                               const char *request_id, kx_version **out, int *canary) {
   *out = NULL;
+  if (canary) *canary = 0;
   kiln_status s = NULL;
   pthread_rwlock_rdlock(&mg->lock);
   model_entry *e = find_model(mg, model);
@@ -143,14 +174,84 @@ kiln_status kx_manager_acquire(kx_manager *mg, const char *model, int64_t versio
     else if (v->state != KX_AVAILABLE)
       s = kiln_error(KILN_UNAVAILABLE, "model '%s' version %lld is %s%s%s", model, (long long)number,
                      kx_state_name(v->state), v->error ? ": " : "", v->error ? kiln_status_message(v->error) : "");
-  } else if (!(v = default_version(e))) {
+    else if (atomic_load(&v->rejected))
+      s = kiln_error(KILN_UNAVAILABLE, "model '%s' version %lld was rejected as a canary", model, (long long)number);
+  } else if (!(v = default_version(e, NULL))) {
     s = kiln_error(KILN_UNAVAILABLE, "model '%s' has no available version%s%s", model, e->scan_error ? ": " : "",
                    e->scan_error ? e->scan_error : "");
+  } else if (request_id && mg->canary.percent > 0) {
+    kx_version *c = canary_version(e);
+    if (c && c != v && kx_canary_bucket(request_id) < mg->canary.percent) {
+      v = c;
+      if (canary) *canary = 1;
+    }
   }
   if (!s) {
     atomic_fetch_add(&v->refs, 1);
     *out = v;
   }
+  pthread_rwlock_unlock(&mg->lock);
+  return s;
+}
+
+kx_version *kx_manager_acquire_fallback(kx_manager *mg, const kx_version *not) {
+  pthread_rwlock_rdlock(&mg->lock);
+  model_entry *e = find_model(mg, not->model_name);
+  kx_version *v = e ? default_version(e, not) : NULL;
+  if (v) atomic_fetch_add(&v->refs, 1);
+  pthread_rwlock_unlock(&mg->lock);
+  return v;
+}
+
+static void wake_poller(kx_manager *mg, int retry_failed) {
+  pthread_mutex_lock(&mg->wake_lock);
+  mg->poll_now = 1;
+  mg->retry_failed |= retry_failed;
+  pthread_cond_broadcast(&mg->wake);
+  pthread_mutex_unlock(&mg->wake_lock);
+}
+
+void kx_manager_poll_now(kx_manager *mg) { wake_poller(mg, 1); }
+
+static void log_version(kiln_log_level level, const kx_version *v, const char *fmt, const char *detail);
+
+/* Stops a canary's traffic at once (the first thread to see the breach does it) and leaves the
+ * repository change and the unload to the poller. */
+static void reject_canary(kx_manager *mg, kx_version *v, const char *kind, const char *reason) {
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&v->rejected, &expected, 2)) return;
+  snprintf(v->reject_kind, sizeof v->reject_kind, "%s", kind);
+  snprintf(v->reject_reason, sizeof v->reject_reason, "%s", reason);
+  atomic_store(&v->rejected, 1);
+  const char *labels[2] = {v->model_name, kind};
+  kiln_metric_add(mg->rollbacks, labels, 1);
+  log_version(KILN_LOG_ERROR, v, "canary rolled back, all traffic to stable: %s", reason);
+  wake_poller(mg, 0);
+}
+
+void kx_manager_observe(kx_manager *mg, kx_version *v, int failed, int nonfinite, double seconds) {
+  kx_health_record(&v->health, failed, nonfinite, seconds);
+  pthread_rwlock_rdlock(&mg->lock);
+  model_entry *e = v->canary && !atomic_load(&v->rejected) ? find_model(mg, v->model_name) : NULL;
+  kx_version *stable = e ? default_version(e, v) : NULL;
+  const char *kind = NULL;
+  char reason[200];
+  int breach = stable && kx_canary_breach(&mg->canary, &v->health, &stable->health, &kind, reason, sizeof reason);
+  int64_t promote = mg->canary.promote_requests;
+  int healthy = stable && !breach && promote > 0 && atomic_load(&v->health.requests) >= promote &&
+                atomic_load(&v->health.requests) >= kx_canary_defaults(&mg->canary).min_requests;
+  pthread_rwlock_unlock(&mg->lock);
+  if (breach) reject_canary(mg, v, kind, reason);
+  int expected = 0;
+  if (healthy && atomic_compare_exchange_strong(&v->promote, &expected, 1)) wake_poller(mg, 0);
+}
+
+kiln_status kx_manager_base_path(kx_manager *mg, const char *model, char *out, size_t size) {
+  pthread_rwlock_rdlock(&mg->lock);
+  model_entry *e = find_model(mg, model);
+  kiln_status s = NULL;
+  if (!e) s = kiln_error(KILN_NOT_FOUND, "model '%s' is not served", model);
+  else if (snprintf(out, size, "%s", e->cfg.base_path) >= (int)size) s = kiln_error(KILN_INVALID_ARGUMENT, "base path too long");
   pthread_rwlock_unlock(&mg->lock);
   return s;
 }
@@ -367,12 +468,25 @@ static void version_unload(kx_version *v) {
   v->model = NULL;
 }
 
+/* A version with a manifest loads only when its files match it (no tampering, no half-copied
+ * upload); one without loads unless the server requires manifests. */
+static kiln_status check_manifest(const kx_manager *mg, const char *dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  if (access(path, F_OK) != 0)
+    return mg->server.require_manifest ? kiln_error(KILN_FAILED_PRECONDITION, "refused: %s has no manifest.json (--require_manifest)", dir)
+                                       : NULL;
+  kiln_status s = kiln_manifest_verify(dir);
+  return s ? kiln_status_prefix(s, "refused: the files do not match manifest.json: ") : NULL;
+}
+
 /* Loads, validates and warms up a version; on failure the record keeps the error. */
 static kiln_status load_version(kx_manager *mg, const model_entry *e, version_record *rec) {
   kx_version *v = &rec->v;
   char dir[4096], file[4200];
   model_file(e, v->number, dir, sizeof dir, file, sizeof file);
-  kiln_status s = kiln_model_load(file, NULL, &v->model);
+  kiln_status s = check_manifest(mg, dir);
+  if (!s) s = kiln_model_load(file, NULL, &v->model);
   if (!s) s = kx_signature_from_model(v->model, &v->sig);
   if (!s) s = kiln_preprocess_load(dir, &v->pre);
   if (!s && v->pre) s = request_signature(v);
@@ -408,21 +522,26 @@ static kiln_status load_version(kx_manager *mg, const model_entry *e, version_re
   return s;
 }
 
+/* What identifies a version's files: the model's and the manifest's sizes and modification times
+ * (a failed version is retried when they change, e.g. after an upload completes). */
 static void file_identity(const model_entry *e, int64_t number, int64_t *size, int64_t *mtime_ns) {
   char dir[4096], file[4200];
   model_file(e, number, dir, sizeof dir, file, sizeof file);
+  *size = -1, *mtime_ns = -1;
   struct stat st;
-  if (stat(file, &st) != 0) {
-    *size = -1, *mtime_ns = -1;
-    return;
-  }
+  if (stat(file, &st) != 0) return;
   *size = (int64_t)st.st_size;
   *mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+  snprintf(file, sizeof file, "%s/manifest.json", dir);
+  if (stat(file, &st) != 0) return;
+  *size += (int64_t)st.st_size << 32;
+  *mtime_ns ^= (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
 }
 
 /* Frees a version that no request can reach any more. */
 static void version_destroy(kx_version *v) {
   version_unload(v);
+  kx_health_destroy(&v->health);
   kiln_status_free(v->error);
   free(v->model_name);
   free(v);
@@ -473,6 +592,9 @@ static void add_version(kx_manager *mg, model_entry *e, int64_t number) {
   snprintf(v->version_text, sizeof v->version_text, "%lld", (long long)number);
   v->state = KX_LOADING;
   atomic_init(&v->refs, 0);
+  atomic_init(&v->rejected, 0);
+  atomic_init(&v->promote, 0);
+  kx_health_init(&v->health);
   file_identity(e, number, &rec->file_size, &rec->file_mtime_ns);
   pthread_rwlock_wrlock(&mg->lock);
   int fail = insert_version(e, v);
@@ -580,26 +702,121 @@ static int contains(const int64_t *xs, int n, int64_t x) {
   return 0;
 }
 
-/* The versions the policy wants among those on disk, plus every labelled version on disk. */
+static int rejected(const model_entry *e, int64_t number) {
+  const kx_version *v = find_version((model_entry *)e, number);
+  return kiln_labels_rejection(&e->repo, number) != NULL || (v && atomic_load(&v->rejected));
+}
+
+/* The versions the policy wants among those on disk, plus every labelled version on disk; never a
+ * rejected one (the latest versions are counted without them). */
 static int wanted_versions(const model_entry *e, const int64_t *present, int n, int64_t *out) {
-  int k = 0;
-  for (int i = 0; i < n; i++) {
+  int k = 0, newer = 0;
+  int64_t latest = e->cfg.latest_num_versions > 0 ? e->cfg.latest_num_versions : 1;
+  for (int i = n - 1; i >= 0; i--) {
     int64_t x = present[i];
+    if (rejected(e, x)) continue;
     int want = 0;
     switch (e->cfg.policy) {
-    case KILN_POLICY_LATEST: want = i >= n - (e->cfg.latest_num_versions > 0 ? e->cfg.latest_num_versions : 1); break;
+    case KILN_POLICY_LATEST: want = newer++ < latest; break;
     case KILN_POLICY_ALL: want = 1; break;
     case KILN_POLICY_SPECIFIC: want = contains(e->cfg.versions, e->cfg.n_versions, x); break;
     }
     for (int l = 0; l < e->cfg.n_labels; l++) want |= e->cfg.labels[l].version == x;
+    for (int l = 0; l < e->repo.n_labels; l++) want |= e->repo.labels[l].version == x;
     if (want) out[k++] = x;
   }
+  qsort(out, (size_t)k, sizeof *out, cmp_i64);
   return k;
 }
 
-static void scan_model(kx_manager *mg, model_entry *e) {
+/* Re-reads the repository's labels.json; on a read or parse error the last good labels stay. */
+static void read_labels(kx_manager *mg, model_entry *e) {
+  kiln_labels labels;
+  kiln_status s = kiln_labels_read(e->cfg.base_path, &labels);
+  const char *msg = s ? kiln_status_message(s) : NULL;
+  int changed = (msg == NULL) != (e->labels_error == NULL) || (msg && strcmp(msg, e->labels_error) != 0);
+  if (changed && msg) {
+    kiln_log_field f[1] = {{"model", e->cfg.name}};
+    kiln_log_fields(KILN_LOG_ERROR, f, 1, "labels not updated, the last good ones stay: %s", msg);
+  }
+  pthread_rwlock_wrlock(&mg->lock);
+  free(e->labels_error);
+  e->labels_error = msg ? strdup(msg) : NULL;
+  if (!s) {
+    kiln_labels_free(&e->repo);
+    e->repo = labels;
+  }
+  pthread_rwlock_unlock(&mg->lock);
+  kiln_status_free(s);
+}
+
+/* Writes the canaries' verdicts into the repository: a rejection (the version is never loaded
+ * again) or a promotion to stable. Returns whether it changed labels.json. */
+static int record_verdicts(kx_manager *mg, model_entry *e) {
+  int changed = 0;
+  for (int i = 0; i < e->n_versions; i++) {
+    kx_version *v = e->versions[i];
+    version_record *rec = (version_record *)v;
+    kiln_status s = NULL;
+    if (atomic_load(&v->rejected) == 1 && !rec->rejection_recorded) {
+      rec->rejection_recorded = 1;
+      s = kiln_registry_reject(e->cfg.base_path, v->number, v->reject_reason);
+      changed = 1;
+    } else if (!atomic_load(&v->rejected) && atomic_load(&v->promote) == 1) {
+      atomic_store(&v->promote, 2);
+      s = kiln_registry_label(e->cfg.base_path, v->number, "stable");
+      if (!s) {
+        const char *labels[1] = {e->cfg.name};
+        kiln_metric_add(mg->promotions, labels, 1);
+        char count[24];
+        snprintf(count, sizeof count, "%lld", (long long)atomic_load(&v->health.requests));
+        log_version(KILN_LOG_INFO, v, "canary promoted to stable after %s healthy requests", count);
+      }
+      changed = 1;
+    }
+    if (s) log_version(KILN_LOG_ERROR, v, "cannot record the canary's verdict in labels.json: %s", kiln_status_message(s));
+    kiln_status_free(s);
+  }
+  return changed;
+}
+
+/* A canary that failed to load or warm up, or whose warm-up outputs hold NaN/Inf where stable's do
+ * not, is rejected without ever taking traffic. */
+static void judge_loaded_canary(kx_manager *mg, model_entry *e) {
+  int64_t number = label_version(e, "canary");
+  kx_version *v = number >= 0 && number != label_version(e, "stable") ? find_version(e, number) : NULL;
+  if (!v || atomic_load(&v->rejected)) return;
+  char reason[240];
+  if (v->state == KX_END && v->error) {
+    snprintf(reason, sizeof reason, "failed to load or warm up: %s", kiln_status_message(v->error));
+  } else if (v->state == KX_AVAILABLE && kx_batcher_warmup_nonfinite(v->batcher)) {
+    pthread_rwlock_rdlock(&mg->lock);
+    kx_version *stable = default_version(e, v);
+    int stable_finite = stable && !kx_batcher_warmup_nonfinite(stable->batcher);
+    pthread_rwlock_unlock(&mg->lock);
+    if (!stable_finite) return;
+    snprintf(reason, sizeof reason, "NaN/Inf outputs on the warm-up inputs (stable's are finite)");
+  } else {
+    return;
+  }
+  reject_canary(mg, v, "warmup", reason);
+}
+
+/* Which version is the canary and which stable was served last (manager lock taken here). */
+static void update_roles(kx_manager *mg, model_entry *e) {
+  pthread_rwlock_wrlock(&mg->lock);
+  int64_t stable = label_version(e, "stable"), canary = label_version(e, "canary");
+  for (int i = 0; i < e->n_versions; i++) e->versions[i]->canary = e->versions[i]->number == canary && canary != stable;
+  kx_version *v = stable >= 0 ? find_version(e, stable) : NULL;
+  if (usable(v)) e->last_stable = stable;
+  pthread_rwlock_unlock(&mg->lock);
+}
+
+static void scan_model(kx_manager *mg, model_entry *e, int retry_failed) {
   static int64_t present[MAX_VERSIONS], wanted[MAX_VERSIONS]; /* poll lock held */
   char *error = NULL;
+  record_verdicts(mg, e);
+  read_labels(mg, e);
   int n = list_versions(e, present, MAX_VERSIONS, &error);
   pthread_rwlock_wrlock(&mg->lock);
   int changed = (error == NULL) != (e->scan_error == NULL) || (error && strcmp(error, e->scan_error) != 0);
@@ -611,35 +828,45 @@ static void scan_model(kx_manager *mg, model_entry *e) {
     kiln_log_fields(KILN_LOG_ERROR, f, 1, "cannot scan the model's versions: %s", error);
   }
   int k = wanted_versions(e, present, n, wanted);
-  /* load what is wanted and missing, newest first; retry a failed version when its file changed */
+  /* load what is wanted and missing, newest first; retry a failed version when its files changed
+   * (or when an operator asks for a reload) */
   for (int i = k - 1; i >= 0; i--) {
     kx_version *v = find_version(e, wanted[i]);
     if (v && v->state == KX_END) {
       version_record *rec = (version_record *)v;
       int64_t size, mtime;
       file_identity(e, v->number, &size, &mtime);
-      if (size == rec->file_size && mtime == rec->file_mtime_ns) continue;
+      if (!retry_failed && size == rec->file_size && mtime == rec->file_mtime_ns) continue;
       retire_version(mg, e, v);
       v = NULL;
     }
     if (!v) add_version(mg, e, wanted[i]);
   }
-  /* retire what is no longer wanted, as long as an AVAILABLE wanted version remains */
+  update_roles(mg, e);
+  judge_loaded_canary(mg, e);
+  if (record_verdicts(mg, e)) {
+    read_labels(mg, e);
+    k = wanted_versions(e, present, n, wanted);
+    update_roles(mg, e);
+  }
+  /* retire what is no longer wanted, as long as an AVAILABLE wanted version remains, and the stable
+   * served last until the newly labelled one is AVAILABLE */
   int healthy_wanted = 0;
   for (int i = 0; i < e->n_versions; i++)
-    healthy_wanted += e->versions[i]->state == KX_AVAILABLE && contains(wanted, k, e->versions[i]->number);
+    healthy_wanted += usable(e->versions[i]) && contains(wanted, k, e->versions[i]->number);
+  kx_version *stable = find_version(e, label_version(e, "stable"));
   for (int i = e->n_versions - 1; i >= 0; i--) {
     kx_version *v = e->versions[i];
-    if (contains(wanted, k, v->number)) continue;
-    if (v->state == KX_AVAILABLE && !healthy_wanted) continue;
+    if (contains(wanted, k, v->number) && !atomic_load(&v->rejected)) continue;
+    if (usable(v) && (!healthy_wanted || (v->number == e->last_stable && !usable(stable)))) continue;
     retire_version(mg, e, v);
   }
 }
 
 /* Scans every model's base path once, loading and retiring versions per policy. */
-static void poll_models(kx_manager *mg) {
+static void poll_models(kx_manager *mg, int retry_failed) {
   pthread_mutex_lock(&mg->poll_lock);
-  for (int i = 0; i < mg->n_models; i++) scan_model(mg, mg->models[i]);
+  for (int i = 0; i < mg->n_models; i++) scan_model(mg, mg->models[i], retry_failed);
   reap(mg);
   pthread_mutex_unlock(&mg->poll_lock);
 }
@@ -648,6 +875,8 @@ static void poll_models(kx_manager *mg) {
 
 static void entry_free(model_entry *e) {
   config_free(&e->cfg);
+  kiln_labels_free(&e->repo);
+  free(e->labels_error);
   free(e->versions);
   free(e->scan_error);
   free(e);
@@ -689,6 +918,7 @@ kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config 
       e->cfg = copy;
     } else if ((e = calloc(1, sizeof *e))) {
       e->cfg = copy;
+      e->last_stable = -1;
       mg->models[mg->n_models++] = e;
     } else {
       config_free(&copy);
@@ -696,7 +926,7 @@ kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config 
     }
     pthread_rwlock_unlock(&mg->lock);
   }
-  for (int i = 0; !s && i < mg->n_models; i++) scan_model(mg, mg->models[i]);
+  for (int i = 0; !s && i < mg->n_models; i++) scan_model(mg, mg->models[i], 0);
   reap(mg);
   pthread_mutex_unlock(&mg->poll_lock);
   return s;
@@ -716,11 +946,11 @@ static void *poll_main(void *arg) {
     if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
     if (!mg->poll_now) pthread_cond_timedwait(&mg->wake, &mg->wake_lock, &ts);
     if (mg->stop) break;
-    int scan = mg->poll_now || (mg->poll_seconds > 0 && kiln_now() >= next_scan);
-    mg->poll_now = 0;
+    int scan = mg->poll_now || (mg->poll_seconds > 0 && kiln_now() >= next_scan), retry = mg->retry_failed;
+    mg->poll_now = mg->retry_failed = 0;
     pthread_mutex_unlock(&mg->wake_lock);
     if (scan) {
-      poll_models(mg);
+      poll_models(mg, retry);
       next_scan = kiln_now() + mg->poll_seconds;
     } else {
       pthread_mutex_lock(&mg->poll_lock);
@@ -773,6 +1003,10 @@ kiln_status kx_manager_create(const kx_manager_options *opt, kx_manager **out) {
   mg->load_failures = kiln_metrics_counter(r, "kiln_model_load_failures_total", "Version loads or warm-ups that failed.", 1, model);
   mg->queue_seconds = kiln_metrics_histogram(r, "kiln_queue_duration_seconds", "Time requests waited in a version's queue.", 2, mv, kiln_latency_bucket_count, kiln_latency_buckets);
   mg->inference_seconds = kiln_metrics_histogram(r, "kiln_inference_duration_seconds", "Time of one model run (one batch).", 2, mv, kiln_latency_bucket_count, kiln_latency_buckets);
+  const char *mr[2] = {"model", "reason"};
+  mg->rollbacks = kiln_metrics_counter(r, "kiln_rollbacks_total", "Canaries rolled back (all traffic to stable), by reason: error_rate, nonfinite, latency, warmup.", 2, mr);
+  mg->promotions = kiln_metrics_counter(r, "kiln_canary_promotions_total", "Canaries promoted to stable by the server.", 1, model);
+  mg->canary = opt->server->canary;
   mg->batch_size = kiln_metrics_histogram(r, "kiln_batch_size", "Rows per model run, padding included.", 2, mv, (int)(sizeof batch_buckets / sizeof batch_buckets[0]), batch_buckets);
   *out = mg;
   return NULL;

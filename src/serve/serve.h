@@ -29,6 +29,7 @@ typedef enum kx_api {
   KX_API_V2_SERVER,
   KX_API_HEALTH,
   KX_API_METRICS,
+  KX_API_ADMIN,
   KX_API_UNKNOWN,
   KX_API_COUNT
 } kx_api;
@@ -50,6 +51,7 @@ typedef struct kx_call {
 typedef struct kx_request {
   kx_call call;        /* the HTTP side: exchange, ids, timing */
   kx_version *version;  /* holds a reference (kx_version_release when done) */
+  int canary;          /* routed to the canary by the traffic split: stable answers if it fails */
   kiln_tensor *inputs; /* version's n_inputs owned tensors; dims[0] is the batch */
   int columnar;        /* TF Serving: answer in the columnar format */
   kx_v2_request v2;    /* KServe V2: id and the outputs asked for */
@@ -88,10 +90,39 @@ typedef struct kx_batcher_options {
 kiln_status kx_batcher_start(const kiln_model *m, const kx_batcher_options *opt, kx_batcher **out);
 /* Queues a request; returns 0, or -1 when the queue is full (the caller answers 429). */
 int kx_batcher_submit(kx_batcher *b, kx_request *req);
+/* Whether a warm-up run returned NaN or Inf (the manager judges a canary by it). */
+int kx_batcher_warmup_nonfinite(const kx_batcher *b);
 /* Answers everything queued, then joins the workers and frees the batcher. */
 void kx_batcher_free(kx_batcher *b);
 
 /* ---------------------------------------------------------------- versions and the manager */
+
+/* ---------------------------------------------------------------- rollout (rollout.c) */
+
+/* What a version's answers have been like: counts since it was loaded and its recent latencies. */
+#define KX_LATENCY_WINDOW 1024
+typedef struct kx_health {
+  atomic_llong requests, errors, nonfinite;
+  pthread_mutex_t lock; /* the latency window */
+  float latency_ms[KX_LATENCY_WINDOW];
+  int n_latency, next_latency;
+} kx_health;
+
+void kx_health_init(kx_health *h);
+void kx_health_destroy(kx_health *h);
+/* One answered request: failed (an error), non-finite (NaN/Inf in its outputs), its latency. */
+void kx_health_record(kx_health *h, int failed, int nonfinite, double seconds);
+/* Whether the canary's health breaches the options' thresholds against stable's. Returns 0 while
+ * it is healthy or has fewer than min_requests requests; otherwise 1 with `kind` ("error_rate",
+ * "nonfinite" or "latency") and a sentence with the figures in `reason`. */
+int kx_canary_breach(const kiln_canary_options *o, kx_health *canary, kx_health *stable, const char **kind,
+                     char *reason, size_t size);
+/* The options with every default filled in. */
+kiln_canary_options kx_canary_defaults(const kiln_canary_options *o);
+/* Whether any floating-point output holds NaN or Inf. */
+int kx_outputs_nonfinite(const kiln_tensor *const *outputs, int n);
+/* 0..99, the same for the same request id: where it falls in the traffic split. */
+int kx_canary_bucket(const char *request_id);
 
 /* TF Serving's ManagerState names. */
 typedef enum kx_state { KX_START, KX_LOADING, KX_AVAILABLE, KX_UNLOADING, KX_END } kx_state;
@@ -110,6 +141,12 @@ struct kx_version {
   kx_state state;     /* guarded by the manager's lock */
   kiln_status error;  /* why it is END without having served (load or warm-up failure) */
   int batchable;      /* every input has a free first dimension */
+  kx_health health;
+  int canary;              /* the model's `canary` label names it (guarded by the manager's lock) */
+  atomic_int rejected;     /* routed no more: a failed canary, on its way to being retired */
+  atomic_int promote;      /* a healthy canary to be labelled stable by the poller */
+  char reject_kind[16];    /* kiln_rollbacks_total's reason, set before `rejected` */
+  char reject_reason[240];
 };
 
 /* The signature requests are decoded against and metadata describes: the raw features when the
@@ -138,11 +175,22 @@ kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config 
 kiln_status kx_manager_start_polling(kx_manager *mg, double seconds);
 
 /* Finds the version a request names: `version` >= 0, else `label` non-NULL, else the default
- * (the "stable" label, else the newest AVAILABLE). Returns it with a reference taken, or an
- * error: NOT_FOUND for an unknown model / version / label, UNAVAILABLE when it exists but is not
- * AVAILABLE (loading, unloading, failed). */
+ * (the "stable" label, else the newest AVAILABLE version that is not the canary) — or, for the
+ * canary's share of request ids (`request_id` non-NULL), the canary, with *canary set (may be
+ * NULL). Returns it with a reference taken, or an error: NOT_FOUND for an unknown model / version /
+ * label, UNAVAILABLE when it exists but is not AVAILABLE (loading, unloading, failed). */
 kiln_status kx_manager_acquire(kx_manager *mg, const char *model, int64_t version, const char *label,
-                               kx_version **out);
+                               const char *request_id, kx_version **out, int *canary);
+/* The default version of a model other than `not` (where a failed canary request goes), with a
+ * reference taken; NULL when there is none. */
+kx_version *kx_manager_acquire_fallback(kx_manager *mg, const kx_version *not);
+/* Records an answered request in the version's health and judges a canary: a breach stops its
+ * traffic at once and leaves the repository change and the unload to the poller. */
+void kx_manager_observe(kx_manager *mg, kx_version *v, int failed, int nonfinite, double seconds);
+/* A model's base path (its repository folder) into out; NOT_FOUND for an unknown model. */
+kiln_status kx_manager_base_path(kx_manager *mg, const char *model, char *out, size_t size);
+/* Wakes the poller to scan now (labels, new versions; failed versions are retried). */
+void kx_manager_poll_now(kx_manager *mg);
 /* Status of a model's versions (all, or just the one named), as TF Serving's GetModelStatus
  * JSON: {"model_version_status":[{"version":"1","state":"AVAILABLE","status":{"error_code":"OK",
  * "error_message":""}}]}. NOT_FOUND for an unknown model or version. */
@@ -171,8 +219,13 @@ struct kiln_server {
   atomic_uint_fast64_t next_id;
   uint64_t id_salt;
   kiln_metric *requests, *request_seconds, *in_flight, *connections;
+  int admin_enabled;
+  uint8_t admin_token_sha256[32]; /* of opt.admin_token, compared in constant time */
+  int audit_fd;                   /* the audit log, -1: the log */
 };
 
+/* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
+int kx_http_status(kiln_code code);
 /* Answers a call: records its metrics and access-log line, then responds (takes `body`). */
 void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
                char *body, size_t len);
@@ -190,6 +243,12 @@ void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, co
 
 /* Parses a version number from a URL segment (digits only). */
 kiln_status kx_parse_version(const char *text, int64_t *out);
+
+/* The admin API (/v1/admin/models/{m}/labels|reload|rollback), on the I/O thread (admin.c). */
+void kx_admin_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);
+/* Opens the audit log and keeps the token's digest (at server start). */
+kiln_status kx_admin_start(kiln_server *s);
+void kx_admin_stop(kiln_server *s);
 
 /* Front ends: each answers the paths under its prefix (/v1/ and /v2), on the I/O thread. */
 void kx_tfs_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);

@@ -14,11 +14,11 @@ static const char *api_names[KX_API_COUNT] = {
     [KX_API_TFS_METADATA] = "tfserving_metadata", [KX_API_V2_INFER] = "v2_infer",
     [KX_API_V2_METADATA] = "v2_metadata", [KX_API_V2_READY] = "v2_ready",
     [KX_API_V2_SERVER] = "v2_server", [KX_API_HEALTH] = "health",
-    [KX_API_METRICS] = "metrics", [KX_API_UNKNOWN] = "unknown",
+    [KX_API_METRICS] = "metrics", [KX_API_ADMIN] = "admin", [KX_API_UNKNOWN] = "unknown",
 };
 
 /* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
-static int http_status(kiln_code code) {
+int kx_http_status(kiln_code code) {
   switch (code) {
   case KILN_OK: return 200;
   case KILN_INVALID_ARGUMENT:
@@ -65,7 +65,7 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
 }
 
 void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error) {
-  int status = http_status(kiln_status_code(error));
+  int status = kx_http_status(kiln_status_code(error));
   if (status >= 500 && status != 503) {
     kiln_log_field f[3] = {{"model", c->version ? c->version->model_name : NULL},
                            {"version", c->version ? c->version->version_text : NULL},
@@ -122,9 +122,35 @@ static void request_free(kx_request *r) {
   free(r);
 }
 
-/* The batcher's completion callback, on a worker thread: encode, answer, free. */
+static void submit(kiln_server *s, kx_request *r);
+
+/* A canary request that failed or returned NaN/Inf goes to stable instead, when there is one that
+ * takes the same inputs; returns whether it did (the request is then stable's). */
+static int fall_back(kiln_server *s, kx_request *r) {
+  kx_version *canary = r->version, *stable = kx_manager_acquire_fallback(s->manager, canary);
+  if (!stable) return 0;
+  int same = kx_signature_equal(&stable->sig, &canary->sig) && input_slots(stable) == input_slots(canary);
+  if (!same) {
+    kx_version_release(stable);
+    return 0;
+  }
+  r->version = stable;
+  r->call.version = stable;
+  r->canary = 0;
+  kx_version_release(canary);
+  submit(s, r);
+  return 1;
+}
+
+/* The batcher's completion callback, on a worker thread: judge, encode, answer, free. */
 static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
   kiln_server *s = ctx;
+  int nonfinite = !error && kx_outputs_nonfinite(outputs, r->version->sig.n_outputs);
+  kx_manager_observe(s->manager, r->version, error != NULL, nonfinite, kiln_now() - r->call.received_at);
+  if (r->canary && (error || nonfinite) && fall_back(s, r)) {
+    kiln_status_free(error);
+    return;
+  }
   kx_buf b = {0};
   size_t json_len = 0;
   if (!error) {
@@ -188,8 +214,10 @@ void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, co
               const kiln_http_request *req, kx_decode_fn decode) {
   kx_version *v;
   kx_request *r = NULL;
-  kiln_status e = kx_manager_acquire(s->manager, model, version, label, &v);
+  int canary;
+  kiln_status e = kx_manager_acquire(s->manager, model, version, label, c->request_id, &v, &canary);
   if (!e && (e = request_new(c, v, &r))) kx_version_release(v);
+  if (r) r->canary = canary;
   if (!e && (e = decode(r, req)) == NULL && v->pre) e = preprocess(r);
   if (r && e) {
     kx_answer_error(s, &r->call, e);
@@ -232,7 +260,9 @@ static void handle(void *ctx, kiln_http_exchange *ex, const kiln_http_request *r
   set_request_id(s, &c, req->request_id);
   const char *p = req->path;
   int get = strcmp(req->method, "GET") == 0;
-  if (strncmp(p, "/v1/", 4) == 0) {
+  if (strncmp(p, "/v1/admin/", 10) == 0) {
+    kx_admin_handle(s, &c, req);
+  } else if (strncmp(p, "/v1/", 4) == 0) {
     kx_tfs_handle(s, &c, req);
   } else if (strcmp(p, "/v2") == 0 || strncmp(p, "/v2/", 4) == 0) {
     kx_v2_handle(s, &c, req);
@@ -280,6 +310,7 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
                            .version_metrics = {s->requests, s->request_seconds},
                            .n_version_metrics = 2};
   if (!e) e = kx_manager_create(&mo, &s->manager);
+  if (!e) e = kx_admin_start(s);
   kiln_http_options ho = {
       .host = opt->host,
       .port = opt->rest_port,
@@ -331,5 +362,6 @@ void kiln_server_free(kiln_server *s) {
   kiln_http_server_free(s->http);
   kiln_pool_free(s->pool);
   kiln_metrics_free(s->metrics);
+  kx_admin_stop(s);
   free(s);
 }

@@ -74,7 +74,7 @@ static kiln_status decode(kx_request *r, const kiln_http_request *req) {
 
 static void metadata(kiln_server *s, kx_call *c, const route *rt) {
   kx_version *v;
-  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, rt->has_label ? rt->label : NULL, &v);
+  kiln_status e = kx_manager_acquire(s->manager, rt->model, rt->version, rt->has_label ? rt->label : NULL, NULL, &v, NULL);
   if (e) {
     kx_answer_error(s, c, e);
     return;
