@@ -3,9 +3,10 @@
 # (Flatten -> Dense(128, relu) -> Dense(10) on 28x28 images) with PyTorch, then inspects it, runs
 # it on an input and benchmarks it at batch 1 and 64, runs one of ONNX's conformance suites, streams
 # Fashion-MNIST through a data pipeline and checks its test set against the training set's schema,
-# trains the same classifier on Fashion-MNIST with `kiln train` (the built-in run) and exports it into a
-# model repository, and finally serves both models with `kiln serve`: the PyTorch one's prediction
-# checked against PyTorch's, the trained one's taken from raw pixels through its saved preprocessing.
+# trains the same classifier on Fashion-MNIST with `kiln train` (the built-in run) and pushes it into a
+# model repository (with a manifest), passes it through the validation gate and labels it stable,
+# and finally serves both models with `kiln serve`: the PyTorch one's prediction checked against
+# PyTorch's, the trained one's taken from raw pixels through its saved preprocessing.
 set -eu
 build=${1:-build}
 kiln=$build/kiln
@@ -48,11 +49,14 @@ mkdir -p "$work/train"
 abs_work=$(cd "$work" && pwd)
 abs_kiln=$(cd "$build" && pwd)/kiln
 (cd "$work/train" && "$abs_kiln" train --export ../repo/fmnist --metrics-out metrics.json --log-every 1000)
-echo "== kiln eval: the exported version on the test set, through its preprocess.json" >&2
-"$kiln" eval "$work/repo/fmnist/1" "$fmnist/t10k-images-idx3-ubyte.gz"
+echo "== kiln validate: the CI gate on the exported version (manifest, accuracy on the test set through its" >&2
+echo "   preprocess.json, latency), then kiln registry labels it stable" >&2
+"$kiln" validate "$work/repo/fmnist/1" --eval "$fmnist/t10k-images-idx3-ubyte.gz" --min-accuracy 0.85 \
+  --max-latency-p99-ms 50 --report "$work/validate.json"
+"$kiln" registry label fmnist 1 stable --repo "$work/repo"
+"$kiln" registry push "$work/mlp.onnx" --name mlp --repo "$work/repo" >/dev/null
+"$kiln" registry list --repo "$work/repo"
 echo "== kiln serve: both models from one repository, one predict each over REST, then SIGTERM" >&2
-mkdir -p "$work/repo/mlp/1"
-cp "$work/mlp.onnx" "$work/repo/mlp/1/model.onnx"
 printf 'model_config_list {\n  config { name: "mlp" base_path: "%s" }\n  config { name: "fmnist" base_path: "%s" }\n}\n' \
   "$abs_work/repo/mlp" "$abs_work/repo/fmnist" >"$work/models.config"
 port=$(/usr/bin/python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")

@@ -3,13 +3,13 @@
  * (who, what, when, result). It changes the repository (kiln/registry.h) and wakes the model
  * manager, which follows the repository as it does on every poll. */
 #include "serve/serve.h"
+#include "core/sha256.h"
 #include "kiln/registry.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <nettle/memops.h>
-#include <nettle/sha2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,18 +17,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static void sha256(const char *text, size_t len, uint8_t out[32]) {
-  struct sha256_ctx ctx;
-  sha256_init(&ctx);
-  sha256_update(&ctx, len, (const uint8_t *)text);
-  sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
-}
-
 kiln_status kx_admin_start(kiln_server *s) {
   s->audit_fd = -1;
   if (!s->opt.admin_token) return NULL;
   if (!s->opt.admin_token[0]) return kiln_error(KILN_INVALID_ARGUMENT, "the admin token is empty");
-  sha256(s->opt.admin_token, strlen(s->opt.admin_token), s->admin_token_sha256);
+  kx_sha256_hex(s->opt.admin_token, strlen(s->opt.admin_token), s->admin_token_sha256);
   s->opt.admin_token = NULL; /* the caller's memory; only the digest is kept */
   s->admin_enabled = 1;
   const char *path = s->opt.admin_audit_log;
@@ -121,8 +114,8 @@ static const char *authenticate(const kiln_server *s, const char *header) {
   if (!header || strncasecmp(header, "Bearer ", 7) != 0) return "no token";
   const char *token = header + 7;
   while (*token == ' ') token++;
-  uint8_t digest[32];
-  sha256(token, strlen(token), digest);
+  char digest[KX_SHA256_HEX];
+  kx_sha256_hex(token, strlen(token), digest);
   return memeql_sec(digest, s->admin_token_sha256, sizeof digest) ? "token" : "wrong token";
 }
 

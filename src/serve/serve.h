@@ -220,7 +220,7 @@ struct kiln_server {
   uint64_t id_salt;
   kiln_metric *requests, *request_seconds, *in_flight, *connections;
   int admin_enabled;
-  uint8_t admin_token_sha256[32]; /* of opt.admin_token, compared in constant time */
+  char admin_token_sha256[65]; /* of opt.admin_token (hex), compared in constant time */
   int audit_fd;                   /* the audit log, -1: the log */
 };
 

@@ -253,6 +253,8 @@ class RolloutTest(unittest.TestCase):
         doc = labels_json(self.repo, "m")
         rejected = [r for r in doc.get("rejected", []) if r["version"] == canary]
         self.assertEqual(len(rejected), 1, "canary %d not rejected in labels.json: %r" % (canary, doc))
+        print("  %s canary rolled back after %d requests (answered by version: %r): %s" %
+              (reason, sum(traffic.by_version.values()) + len(traffic.failures), traffic.by_version, rejected[0]["reason"]))
         self.assertNotIn("canary", doc.get("labels", {}))
         self.assertEqual(doc["labels"]["stable"], stable)
         self.assertEqual(self.rollbacks(reason), 1)
