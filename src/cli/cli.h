@@ -30,6 +30,17 @@ typedef struct cli_spec {
   int min_args, max_args; /* positional arguments; max < 0 = unbounded */
 } cli_spec;
 
+/* One command of a group (`kiln data cat`, `kiln registry push`). */
+typedef struct cli_command {
+  const char *name;
+  int (*fn)(int argc, char **argv); /* argv[0] is the command's name */
+  const char *summary;
+} cli_command;
+
+/* `kiln GROUP COMMAND ...`: runs the command argv[1] names, or prints the group's usage (the
+ * commands, then `epilogue`) for --help (exit 0) or a missing or unknown command (exit 2). */
+int cli_dispatch(const char *group, const cli_command *commands, int n, const char *epilogue, int argc, char **argv);
+
 /* Parses argv (argv[0] is the subcommand). Fills flag destinations and the positional list.
  * Returns -1 to go on, or an exit code (0 after --help, 2 after a usage error, with the message
  * on stderr). */

@@ -208,11 +208,7 @@ static int bench(int argc, char **argv) {
   return s ? cli_fail(s) : EXIT_OK;
 }
 
-static const struct {
-  const char *name;
-  int (*fn)(int, char **);
-  const char *summary;
-} commands[] = {
+static const cli_command commands[] = {
     {"cat", cat, "print records as JSON lines"},
     {"convert", convert, "write a dataset as CSV, NPZ or TFRecord"},
     {"bench", bench, "measure a pipeline's throughput"},
@@ -222,27 +218,9 @@ static const struct {
     {"diff", cmd_data_diff, "drift between two datasets"},
 };
 
-static void usage(FILE *f) {
-  fprintf(f, "usage: kiln data <command> [SOURCE] [flags]\n\ncommands:\n");
-  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-  fprintf(f, "\nSOURCE is a file or folder (.csv, .npy, .npz, .tfrecord, *-ubyte[.gz], a folder of class folders of\n"
-             "images); --pipeline FILE.json describes a source and stages (README: Data pipelines).\n"
-             "Run 'kiln data <command> --help' for a command's flags.\n");
-}
-
 int cmd_data(int argc, char **argv) {
-  if (argc < 2) {
-    usage(stderr);
-    return EXIT_USAGE;
-  }
-  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
-    usage(stdout);
-    return EXIT_OK;
-  }
-  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
-  fprintf(stderr, "kiln data: unknown command '%s'\n\n", argv[1]);
-  usage(stderr);
-  return EXIT_USAGE;
+  return cli_dispatch("data", commands, (int)(sizeof commands / sizeof commands[0]),
+                      "SOURCE is a file or folder (.csv, .npy, .npz, .tfrecord, *-ubyte[.gz], a folder of class folders of\n"
+                      "images); --pipeline FILE.json describes a source and stages (README: Data pipelines).\n"
+                      "Run 'kiln data <command> --help' for a command's flags.", argc, argv);
 }

@@ -144,3 +144,25 @@ int cli_path(char *buf, size_t size, const char *fmt, ...) {
   }
   return 0;
 }
+
+static void group_usage(FILE *f, const char *group, const cli_command *commands, int n, const char *epilogue) {
+  fprintf(f, "usage: kiln %s <command> [args] [flags]\n\ncommands:\n", group);
+  for (int i = 0; i < n; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(f, "\n%s\n", epilogue);
+}
+
+int cli_dispatch(const char *group, const cli_command *commands, int n, const char *epilogue, int argc, char **argv) {
+  if (argc < 2) {
+    group_usage(stderr, group, commands, n, epilogue);
+    return EXIT_USAGE;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    group_usage(stdout, group, commands, n, epilogue);
+    return EXIT_OK;
+  }
+  for (int i = 0; i < n; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "kiln %s: unknown command '%s'\n\n", group, argv[1]);
+  group_usage(stderr, group, commands, n, epilogue);
+  return EXIT_USAGE;
+}

@@ -272,11 +272,7 @@ static int gc(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- dispatch */
 
-static const struct {
-  const char *name;
-  int (*fn)(int, char **);
-  const char *summary;
-} commands[] = {
+static const cli_command commands[] = {
     {"push", push, "store a model as the next version, with its manifest"},
     {"list", cmd_registry_list, "a table of models and versions: labels, creation time, size"},
     {"show", cmd_registry_show, "a version's manifest and labels"},
@@ -286,25 +282,8 @@ static const struct {
     {"gc", gc, "delete all but the newest K versions, never a labelled one"},
 };
 
-static void usage(FILE *f) {
-  fprintf(f, "usage: kiln registry <command> [args] [--repo DIR]\n\ncommands:\n");
-  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-  fprintf(f, "\nThe repository is --repo DIR, else $KILN_REPO, else ./models; it is the server's layout\n"
-             "(REPO/NAME/<version>/model.onnx). Run 'kiln registry <command> --help' for a command's flags.\n");
-}
-
 int cmd_registry(int argc, char **argv) {
-  if (argc < 2) {
-    usage(stderr);
-    return EXIT_USAGE;
-  }
-  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
-    usage(stdout);
-    return EXIT_OK;
-  }
-  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
-  fprintf(stderr, "kiln registry: unknown command '%s'\n\n", argv[1]);
-  usage(stderr);
-  return EXIT_USAGE;
+  return cli_dispatch("registry", commands, (int)(sizeof commands / sizeof commands[0]),
+                      "The repository is --repo DIR, else $KILN_REPO, else ./models; it is the server's layout\n"
+                      "(REPO/NAME/<version>/model.onnx). Run 'kiln registry <command> --help' for a command's flags.", argc, argv);
 }

@@ -143,12 +143,12 @@ static void put_string(gate *g, kx_check *c, const char *key, const char *v) {
   if (!cJSON_AddStringToObject(c->extra, key, v)) g->oom = 1;
 }
 
-static int is_dir(const char *path) {
+int kx_is_dir(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static int is_file(const char *path) {
+int kx_is_file(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
@@ -190,7 +190,7 @@ static void check_manifest(gate *g) {
   kx_check *c = check(g->r, "manifest");
   char path[PATH_CHARS];
   kiln_status s = join_status(path, g->opt->version_dir, "manifest.json");
-  if (!s && !is_file(path)) {
+  if (!s && !kx_is_file(path)) {
     kx_check_set(c, KILN_CHECK_SKIPPED, "no manifest.json");
     return;
   }
@@ -219,7 +219,7 @@ static int64_t previous_version(const char *dir, char *prev_dir) {
   struct dirent *e;
   char path[PATH_CHARS];
   while ((e = readdir(d)))
-    if (kiln_version_folder(e->d_name, &v) && v < self && v > best && !join(path, parent, e->d_name) && is_dir(path)) best = v;
+    if (kiln_version_folder(e->d_name, &v) && v < self && v > best && !join(path, parent, e->d_name) && kx_is_dir(path)) best = v;
   closedir(d);
   char name[24];
   snprintf(name, sizeof name, "%lld", (long long)best);
@@ -402,10 +402,10 @@ static void check_baseline(gate *g, int have_accuracy, double accuracy, int have
 
 static kiln_status check_options(const kiln_gate_options *o) {
   if (!o->version_dir) return kiln_error(KILN_INVALID_ARGUMENT, "no version folder given");
-  if (!is_dir(o->version_dir)) return kiln_error(KILN_NOT_FOUND, "%s: not a folder (expected a version folder holding model.onnx)", o->version_dir);
-  if (o->baseline_dir && !is_dir(o->baseline_dir))
+  if (!kx_is_dir(o->version_dir)) return kiln_error(KILN_NOT_FOUND, "%s: not a folder (expected a version folder holding model.onnx)", o->version_dir);
+  if (o->baseline_dir && !kx_is_dir(o->baseline_dir))
     return kiln_error(KILN_NOT_FOUND, "baseline %s: not a folder (expected a version folder holding model.onnx)", o->baseline_dir);
-  if (o->golden_dir && !is_dir(o->golden_dir)) return kiln_error(KILN_NOT_FOUND, "golden folder %s: not a folder", o->golden_dir);
+  if (o->golden_dir && !kx_is_dir(o->golden_dir)) return kiln_error(KILN_NOT_FOUND, "golden folder %s: not a folder", o->golden_dir);
   if (!(o->rtol >= 0) || !(o->atol >= 0)) return kiln_error(KILN_INVALID_ARGUMENT, "rtol and atol must be >= 0");
   if (!(o->max_regression >= 0 && o->max_regression < 1))
     return kiln_error(KILN_INVALID_ARGUMENT, "the maximum regression must be a fraction in [0, 1), not %g", o->max_regression);

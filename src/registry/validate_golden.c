@@ -8,20 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define MAX_CASES 10000
 #define PATH_CHARS 4096
-
-static int is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int is_file(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -43,7 +32,7 @@ static kiln_status list_cases(const char *dir, char ***out, int *n_out) {
   while (!s && (e = readdir(d))) {
     if (e->d_name[0] == '.') continue;
     int w = snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    if (w < 0 || (size_t)w >= sizeof path || !is_dir(path)) continue;
+    if (w < 0 || (size_t)w >= sizeof path || !kx_is_dir(path)) continue;
     if (n == MAX_CASES) {
       s = kiln_error(KILN_RESOURCE_EXHAUSTED, "golden folder %s: more than %d cases", dir, MAX_CASES);
       break;
@@ -72,13 +61,13 @@ static kiln_status read_golden(const char *case_dir, const char *prefix, int k, 
   *found = 0;
   int w = snprintf(path, sizeof path, "%s/%s_%d.npy", case_dir, prefix, k);
   if (w < 0 || (size_t)w >= sizeof path) return kiln_error(KILN_INVALID_ARGUMENT, "golden path too long: %s", case_dir);
-  if (is_file(path)) {
+  if (kx_is_file(path)) {
     *found = 1;
     v->kind = KILN_VALUE_TENSOR;
     return kiln_npy_read(path, &v->tensor);
   }
   snprintf(path, sizeof path, "%s/%s_%d.pb", case_dir, prefix, k);
-  if (!is_file(path)) return NULL;
+  if (!kx_is_file(path)) return NULL;
   *found = 1;
   kiln_proto_kind kind = info->optional                     ? KILN_PROTO_OPTIONAL
                          : info->kind == KILN_VALUE_SEQUENCE ? KILN_PROTO_SEQUENCE
@@ -186,8 +175,8 @@ kiln_status kx_validate_golden(const kiln_model *m, kiln_session *session, const
   char **cases = NULL, case_dir[PATH_CHARS], probe[PATH_CHARS];
   int n_cases = 0;
   /* a folder holding input_0.* is a single case */
-  int single = (snprintf(probe, sizeof probe, "%s/input_0.npy", dir), is_file(probe)) ||
-               (snprintf(probe, sizeof probe, "%s/input_0.pb", dir), is_file(probe));
+  int single = (snprintf(probe, sizeof probe, "%s/input_0.npy", dir), kx_is_file(probe)) ||
+               (snprintf(probe, sizeof probe, "%s/input_0.pb", dir), kx_is_file(probe));
   kiln_status s = single ? NULL : list_cases(dir, &cases, &n_cases);
   if (s) return s;
   if (!single && n_cases == 0) return kiln_error(KILN_NOT_FOUND, "golden folder %s holds no cases (sub-folders with input_K/output_K files)", dir);

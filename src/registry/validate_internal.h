@@ -28,6 +28,10 @@ typedef struct kx_signature_diff {
 
 /* Compares the inputs and outputs of `cand` with those of `prev` by name (the rules are in
  * registry.h at kiln_gate_run). The arrays are created here; the caller deletes them. */
+/* Whether path is a folder / a regular file (following links). */
+int kx_is_dir(const char *path);
+int kx_is_file(const char *path);
+
 kiln_status kx_validate_signature(const kiln_model *prev, const kiln_model *cand, kx_signature_diff *out);
 
 /* Runs every golden case of `dir` through `session` (a session of `m`) and sets `c`: pass when
