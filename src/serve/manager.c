@@ -23,6 +23,11 @@ typedef struct model_entry {
   char *scan_error; /* why the base path could not be read, NULL when it could */
   kiln_labels repo;    /* the repository's labels.json (empty when there is none) */
   char *labels_error;  /* why labels.json could not be read (the last good labels stay) */
+  int64_t labels_mtime_ns; /* of labels.json when last read (-1: none) */
+  /* Canaries this process rejected but could not record in labels.json (a read-only repository):
+   * kept out of service until labels.json changes. */
+  int64_t unrecorded[64];
+  int n_unrecorded;
   int64_t last_stable; /* the stable version last served, kept while a new stable loads; -1 */
 } model_entry;
 
@@ -704,7 +709,8 @@ static int contains(const int64_t *xs, int n, int64_t x) {
 
 static int rejected(const model_entry *e, int64_t number) {
   const kx_version *v = find_version((model_entry *)e, number);
-  return kiln_labels_rejection(&e->repo, number) != NULL || (v && atomic_load(&v->rejected));
+  return kiln_labels_rejection(&e->repo, number) != NULL || (v && atomic_load(&v->rejected)) ||
+         contains(e->unrecorded, e->n_unrecorded, number);
 }
 
 /* The versions the policy wants among those on disk, plus every labelled version on disk; never a
@@ -729,8 +735,20 @@ static int wanted_versions(const model_entry *e, const int64_t *present, int n, 
   return k;
 }
 
-/* Re-reads the repository's labels.json; on a read or parse error the last good labels stay. */
+static int64_t labels_mtime(const model_entry *e) {
+  char path[4200];
+  struct stat st;
+  snprintf(path, sizeof path, "%s/labels.json", e->cfg.base_path);
+  return stat(path, &st) == 0 ? (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec : -1;
+}
+
+/* Re-reads the repository's labels.json; on a read or parse error the last good labels stay. A
+ * change of the file ends the rejections this process could not record in it: an operator has
+ * spoken. */
 static void read_labels(kx_manager *mg, model_entry *e) {
+  int64_t mtime = labels_mtime(e);
+  if (mtime != e->labels_mtime_ns) e->n_unrecorded = 0;
+  e->labels_mtime_ns = mtime;
   kiln_labels labels;
   kiln_status s = kiln_labels_read(e->cfg.base_path, &labels);
   const char *msg = s ? kiln_status_message(s) : NULL;
@@ -761,6 +779,11 @@ static int record_verdicts(kx_manager *mg, model_entry *e) {
     if (atomic_load(&v->rejected) == 1 && !rec->rejection_recorded) {
       rec->rejection_recorded = 1;
       s = kiln_registry_reject(e->cfg.base_path, v->number, v->reject_reason);
+      if (s) { /* keep it out of service from memory; the oldest such entry gives way */
+        if (e->n_unrecorded == (int)(sizeof e->unrecorded / sizeof e->unrecorded[0]))
+          memmove(e->unrecorded, e->unrecorded + 1, (size_t)--e->n_unrecorded * sizeof e->unrecorded[0]);
+        e->unrecorded[e->n_unrecorded++] = v->number;
+      }
       changed = 1;
     } else if (!atomic_load(&v->rejected) && atomic_load(&v->promote) == 1) {
       atomic_store(&v->promote, 2);
@@ -774,7 +797,7 @@ static int record_verdicts(kx_manager *mg, model_entry *e) {
       }
       changed = 1;
     }
-    if (s) log_version(KILN_LOG_ERROR, v, "cannot record the canary's verdict in labels.json: %s", kiln_status_message(s));
+    if (s) log_version(KILN_LOG_ERROR, v, "cannot record the canary's verdict in labels.json (a rejected canary stays out of service in this process until labels.json changes): %s", kiln_status_message(s));
     kiln_status_free(s);
   }
   return changed;
@@ -919,6 +942,7 @@ kiln_status kx_manager_configure(kx_manager *mg, const kiln_model_server_config 
     } else if ((e = calloc(1, sizeof *e))) {
       e->cfg = copy;
       e->last_stable = -1;
+      e->labels_mtime_ns = -1;
       mg->models[mg->n_models++] = e;
     } else {
       config_free(&copy);

@@ -307,6 +307,27 @@ class RolloutTest(unittest.TestCase):
         self.assertEqual(self.status()[canary]["state"], "AVAILABLE")
         self.assert_rolled_back(traffic, stable, canary, "error_rate")
 
+    def test_rollback_in_a_read_only_repository(self):
+        x = np.full((1, 4), 3.0, np.float32)
+        traffic, stable, canary = self.start_canary(self.model("error", error_beyond_two), x, None)
+        lock = os.path.join(self.repo, "m", ".lock")  # the registry cannot lock the model: no write succeeds
+        os.remove(lock)
+        os.mkdir(lock)
+        traffic.send(1500, until=lambda: self.rollbacks("error_rate") == 1)
+        self.assertEqual(self.rollbacks("error_rate"), 1)
+        self.assertIn("cannot record the canary's verdict", self.server.log_text())
+        self.assertEqual(labels_json(self.repo, "m")["labels"].get("canary"), canary)  # unchanged on disk
+        wait_for("the canary to be unloaded", lambda: canary not in self.status())
+        time.sleep(1)  # five polls: the rejected canary must not come back
+        self.assertNotIn(canary, self.status())
+        traffic.send(200)
+        self.assertEqual(self.rollbacks("error_rate"), 1)
+        self.assertEqual(traffic.failures, [])
+        self.assertEqual(list(traffic.by_version), [stable])
+        traffic.client.close()
+        self.server.stop_ok()
+        self.server = None
+
     def test_slow_canary_is_rolled_back(self):
         x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(1, 512)
         stable = push(self.repo, "m", self.model("fast", scaled_512))
