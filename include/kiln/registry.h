@@ -119,7 +119,9 @@ kiln_status kiln_registry_label(const char *model_dir, int64_t version, const ch
  * version is in *stable. */
 kiln_status kiln_registry_rollback(const char *model_dir, int64_t *stable);
 /* Marks a version rejected with a reason and removes every label that names it (the server does
- * this when a canary fails; it never loads a rejected version again). */
+ * this when a canary fails; it never loads a rejected version again). FAILED_PRECONDITION when the
+ * version is labelled stable: an operator promoted it after the server judged it, and the
+ * operator's word stands. */
 kiln_status kiln_registry_reject(const char *model_dir, int64_t version, const char *reason);
 
 /* ---------------------------------------------------------------- versions */

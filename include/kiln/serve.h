@@ -96,7 +96,8 @@ typedef struct kiln_canary_options {
   double max_error_rate;    /* the canary's failure rate (errors and NaN/Inf outputs) may exceed
                              * stable's by this much; <= 0: 0.01 */
   double max_latency_ratio; /* the canary's p99 latency may be this times stable's (plus 1 ms,
-                             * against timer noise on idle models); <= 0: 2 */
+                             * against timer noise on idle models); it is too slow when its median
+                             * is over the same bound too; <= 0: 2 */
   int64_t promote_requests; /* a canary still healthy after this many requests is labelled stable;
                              * 0: never (an operator promotes it) */
 } kiln_canary_options;

@@ -343,6 +343,9 @@ typedef struct reject_args {
 
 static kiln_status do_reject(kiln_labels *l, void *arg) {
   reject_args *a = arg;
+  if (kiln_labels_get(l, "stable") == a->version)
+    return kiln_error(KILN_FAILED_PRECONDITION, "version %lld is labelled stable: a verdict on it as a canary came too late (it was promoted)",
+                      (long long)a->version);
   for (int i = l->n_labels - 1; i >= 0; i--)
     if (l->labels[i].version == a->version) remove_label_at(l, i);
   char at[32];

@@ -142,7 +142,7 @@ static kx_version *default_version(model_entry *e, const kx_version *not) {
   for (int i = e->n_versions - 1; i >= 0; i--) {
     kx_version *x = e->versions[i];
     if (!usable(x) || x == not) continue;
-    if (!x->canary) return x;
+    if (!atomic_load(&x->canary)) return x;
     if (!canary) canary = x;
   }
   return canary;
@@ -150,7 +150,7 @@ static kx_version *default_version(model_entry *e, const kx_version *not) {
 
 static kx_version *canary_version(model_entry *e) {
   for (int i = 0; i < e->n_versions; i++)
-    if (e->versions[i]->canary && usable(e->versions[i])) return e->versions[i];
+    if (atomic_load(&e->versions[i]->canary) && usable(e->versions[i])) return e->versions[i];
   return NULL;
 }
 
@@ -236,8 +236,9 @@ static void reject_canary(kx_manager *mg, kx_version *v, const char *kind, const
 
 void kx_manager_observe(kx_manager *mg, kx_version *v, int failed, int nonfinite, double seconds) {
   kx_health_record(&v->health, failed, nonfinite, seconds);
+  if (!atomic_load(&v->canary) || atomic_load(&v->rejected)) return; /* only a canary is judged */
   pthread_rwlock_rdlock(&mg->lock);
-  model_entry *e = v->canary && !atomic_load(&v->rejected) ? find_model(mg, v->model_name) : NULL;
+  model_entry *e = find_model(mg, v->model_name);
   kx_version *stable = e ? default_version(e, v) : NULL;
   const char *kind = NULL;
   char reason[200];
@@ -599,6 +600,7 @@ static void add_version(kx_manager *mg, model_entry *e, int64_t number) {
   atomic_init(&v->refs, 0);
   atomic_init(&v->rejected, 0);
   atomic_init(&v->promote, 0);
+  atomic_init(&v->canary, 0);
   kx_health_init(&v->health);
   file_identity(e, number, &rec->file_size, &rec->file_mtime_ns);
   pthread_rwlock_wrlock(&mg->lock);
@@ -779,7 +781,11 @@ static int record_verdicts(kx_manager *mg, model_entry *e) {
     if (atomic_load(&v->rejected) == 1 && !rec->rejection_recorded) {
       rec->rejection_recorded = 1;
       s = kiln_registry_reject(e->cfg.base_path, v->number, v->reject_reason);
-      if (s) { /* keep it out of service from memory; the oldest such entry gives way */
+      if (s && kiln_status_code(s) == KILN_FAILED_PRECONDITION) { /* promoted meanwhile: it is reloaded */
+        log_version(KILN_LOG_WARN, v, "the canary's rejection is not recorded: %s", kiln_status_message(s));
+        kiln_status_free(s);
+        s = NULL;
+      } else if (s) { /* keep it out of service from memory; the oldest such entry gives way */
         if (e->n_unrecorded == (int)(sizeof e->unrecorded / sizeof e->unrecorded[0]))
           memmove(e->unrecorded, e->unrecorded + 1, (size_t)--e->n_unrecorded * sizeof e->unrecorded[0]);
         e->unrecorded[e->n_unrecorded++] = v->number;
@@ -829,7 +835,8 @@ static void judge_loaded_canary(kx_manager *mg, model_entry *e) {
 static void update_roles(kx_manager *mg, model_entry *e) {
   pthread_rwlock_wrlock(&mg->lock);
   int64_t stable = label_version(e, "stable"), canary = label_version(e, "canary");
-  for (int i = 0; i < e->n_versions; i++) e->versions[i]->canary = e->versions[i]->number == canary && canary != stable;
+  for (int i = 0; i < e->n_versions; i++)
+    atomic_store(&e->versions[i]->canary, e->versions[i]->number == canary && canary != stable);
   kx_version *v = stable >= 0 ? find_version(e, stable) : NULL;
   if (usable(v)) e->last_stable = stable;
   pthread_rwlock_unlock(&mg->lock);
@@ -1015,7 +1022,13 @@ kiln_status kx_manager_create(const kx_manager_options *opt, kx_manager **out) {
       memcpy(mg->batching.allowed_batch_sizes, b->allowed_batch_sizes, bytes);
     }
   }
-  pthread_rwlock_init(&mg->lock, NULL);
+  /* Writers first: every request takes the lock to read, and with glibc's default (readers first)
+   * a busy server kept the poller from ever swapping in new labels or versions. */
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&mg->lock, &attr);
+  pthread_rwlockattr_destroy(&attr);
   pthread_mutex_init(&mg->poll_lock, NULL);
   pthread_mutex_init(&mg->wake_lock, NULL);
   pthread_cond_init(&mg->wake, NULL);

@@ -114,7 +114,8 @@ void kx_health_destroy(kx_health *h);
 void kx_health_record(kx_health *h, int failed, int nonfinite, double seconds);
 /* Whether the canary's health breaches the options' thresholds against stable's. Returns 0 while
  * it is healthy or has fewer than min_requests requests; otherwise 1 with `kind` ("error_rate",
- * "nonfinite" or "latency") and a sentence with the figures in `reason`. */
+ * "nonfinite" or "latency": p99 and median both over the ratio) and a sentence with the figures
+ * in `reason`. */
 int kx_canary_breach(const kiln_canary_options *o, kx_health *canary, kx_health *stable, const char **kind,
                      char *reason, size_t size);
 /* The options with every default filled in. */
@@ -142,7 +143,7 @@ struct kx_version {
   kiln_status error;  /* why it is END without having served (load or warm-up failure) */
   int batchable;      /* every input has a free first dimension */
   kx_health health;
-  int canary;              /* the model's `canary` label names it (guarded by the manager's lock) */
+  atomic_int canary;       /* the model's `canary` label names it (changed under the manager's lock) */
   atomic_int rejected;     /* routed no more: a failed canary, on its way to being retired */
   atomic_int promote;      /* a healthy canary to be labelled stable by the poller */
   char reject_kind[16];    /* kiln_rollbacks_total's reason, set before `rejected` */

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import uuid
@@ -292,6 +293,50 @@ class RolloutTest(unittest.TestCase):
         self.assertGreater(traffic.by_version.get(stable, 0), before)
         self.assertEqual(traffic.failures, [])
         traffic.client.close()
+        self.server.stop_ok()
+        self.server = None
+
+    def test_rollout_and_rollback_under_concurrent_traffic(self):
+        x = np.full((1, 4), 0.5, np.float32)
+        v1 = push(self.repo, "m", self.model("a", linear))
+        label(self.repo, "m", v1, "stable")
+        self.serve("m")
+        v2 = push(self.repo, "m", self.model("b", linear, 2.0))
+        expected = {v1: x @ W, v2: x @ (W * 2)}
+        stop = threading.Event()
+        clients = [Traffic(self.server.port, "m", x, expected) for _ in range(3)]
+
+        def run(t):
+            while not stop.is_set():
+                t.send(20)
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in clients]
+        for t in threads:
+            t.start()
+        try:
+            def answered(version):
+                return lambda: sum(c.by_version.get(version, 0) for c in clients) > 0
+
+            label(self.repo, "m", v2, "canary")
+            wait_for("canary traffic", answered(v2))
+            label(self.repo, "m", v2, "stable")  # the rollout
+            wait_for("v1 to be unloaded", lambda: v1 not in self.status())
+            before = sum(c.by_version.get(v1, 0) for c in clients)
+            kiln("registry", "rollback", "m", "--repo", self.repo)
+            wait_for("v1 to serve again", lambda: sum(c.by_version.get(v1, 0) for c in clients) > before)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        total = sum(sum(c.by_version.values()) for c in clients)
+        failures = [f for c in clients for f in c.failures]
+        print("  %d requests over a canary, a rollout and a rollback: %d failed" % (total, len(failures)))
+        self.assertEqual(failures, [])
+        for reason in ("error_rate", "nonfinite", "latency", "warmup"):  # a healthy canary under load stays
+            self.assertEqual(self.rollbacks(reason), 0, reason)
+        for c in clients:
+            c.client.close()
         self.server.stop_ok()
         self.server = None
 

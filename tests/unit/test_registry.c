@@ -214,6 +214,11 @@ static void test_label_semantics(void) {
   CHECK_OK(kiln_labels_read(dir, &l));
   CHECK(kiln_labels_rejection(&l, 3) == NULL && kiln_labels_get(&l, "canary") == 3);
   kiln_labels_free(&l);
+  /* a verdict that arrives after the operator promoted the version does not demote it */
+  CHECK_ERROR(kiln_registry_reject(dir, 2, "too late"), KILN_FAILED_PRECONDITION, "labelled stable");
+  CHECK_OK(kiln_labels_read(dir, &l));
+  CHECK(kiln_labels_get(&l, "stable") == 2 && kiln_labels_rejection(&l, 2) == NULL);
+  kiln_labels_free(&l);
 
   /* rollback: stable 2 -> 1 */
   int64_t stable = -1;

@@ -1,5 +1,5 @@
 /* The canary's judgement (serve/rollout.c): the minimum sample count, each threshold (failure rate,
- * NaN/Inf rate, p99 latency against stable's, with its floor), NaN/Inf detection in every
+ * NaN/Inf rate, p99 and median latency against stable's, with its floor), NaN/Inf detection in every
  * floating-point dtype, and the traffic split's share and stickiness. */
 #include <math.h>
 
@@ -74,7 +74,9 @@ static void test_latency(void) {
   feed(&c, 200, 4.9, 0, 0); /* 4.9 <= 2 * 2 + 1 */
   const char *kind;
   CHECK(judge(&o, &c, &s, &kind) == 0);
-  feed(&c, 200, 20, 0, 0); /* the window's p99 is now 20 ms */
+  feed(&c, 20, 50, 0, 0); /* a tail of descheduled requests: p99 50 ms, the median still 4.9 */
+  CHECK(judge(&o, &c, &s, &kind) == 0);
+  feed(&c, 300, 20, 0, 0); /* the whole distribution: p99 and median 20 ms or more */
   CHECK(judge(&o, &c, &s, &kind) == 1);
   CHECK(strcmp(kind, "latency") == 0);
   kx_health_destroy(&c);
