@@ -1023,7 +1023,7 @@ kiln_status kx_manager_create(const kx_manager_options *opt, kx_manager **out) {
     }
   }
   /* Writers first: every request takes the lock to read, and with glibc's default (readers first)
-   * a busy server kept the poller from ever swapping in new labels or versions. */
+   * a steady stream of requests could keep the poller from ever swapping in labels or versions. */
   pthread_rwlockattr_t attr;
   pthread_rwlockattr_init(&attr);
   pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
