@@ -340,6 +340,27 @@ class RolloutTest(unittest.TestCase):
         self.server.stop_ok()
         self.server = None
 
+    def test_split_is_sticky_per_request_id(self):
+        x = np.full((1, 4), 0.5, np.float32)
+        traffic, stable, canary = self.start_canary(self.model("good", linear, 1.5), x, x @ (W * 1.5),
+                                                    "--canary_min_requests=100000")
+        traffic.send(400)
+        share = traffic.by_version.get(canary, 0) / 400
+        print("  canary share of 400 requests at --canary_percent=25: %.1f%%" % (100 * share))
+        self.assertTrue(0.15 < share < 0.35, share)
+        for k in range(20):
+            rid = "client-%d" % k
+            versions = set()
+            for _ in range(5):
+                r = traffic.client.post("/v2/models/m/infer", v2_json(x), headers={"X-Request-Id": rid})
+                self.assertEqual(r.status, 200, r)
+                versions.add(v2_output(r)[1]["model_version"])
+            self.assertEqual(len(versions), 1, "request id %s went to %r" % (rid, versions))
+        self.assertEqual(traffic.failures, [])
+        traffic.client.close()
+        self.server.stop_ok()
+        self.server = None
+
     def test_nan_canary_is_rolled_back(self):
         x = np.full((1, 4), 3.0, np.float32)
         traffic, stable, canary = self.start_canary(self.model("nan", nan_beyond_two), x, None)
