@@ -119,8 +119,7 @@ static const char *authenticate(const kiln_server *s, const char *header) {
   return memeql_sec(digest, s->admin_token_sha256, sizeof digest) ? "token" : "wrong token";
 }
 
-/* {"version": 3, "label": "stable"}: the version as a number or a string of digits. */
-static kiln_status label_params(const cJSON *body, int64_t *version, const char **label) {
+kiln_status kx_admin_label_params(const cJSON *body, int64_t *version, const char **label) {
   if (!cJSON_IsObject(body)) return kiln_error(KILN_INVALID_ARGUMENT, "the body must be a JSON object {\"version\": N, \"label\": \"NAME\"}");
   for (const cJSON *k = body->child; k; k = k->next)
     if (strcmp(k->string, "version") != 0 && strcmp(k->string, "label") != 0)
@@ -128,8 +127,12 @@ static kiln_status label_params(const cJSON *body, int64_t *version, const char 
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "version"), *l = cJSON_GetObjectItemCaseSensitive(body, "label");
   if (cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 9e15 && v->valuedouble == (double)(int64_t)v->valuedouble)
     *version = (int64_t)v->valuedouble;
-  else if (!cJSON_IsString(v) || kx_parse_version(v->valuestring, version) != NULL)
+  else if (!cJSON_IsString(v))
     return kiln_error(KILN_INVALID_ARGUMENT, "'version' must be a version number");
+  else {
+    kiln_status s = kx_parse_version(v->valuestring, version);
+    if (s) return kiln_status_prefix(s, "'version': ");
+  }
   if (!cJSON_IsString(l)) return kiln_error(KILN_INVALID_ARGUMENT, "'label' must be a string");
   *label = l->valuestring;
   return NULL;
@@ -182,7 +185,7 @@ void kx_admin_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
   if (!e && strcmp(a.action, "labels") == 0) {
     int64_t version;
     const char *label = NULL;
-    e = label_params(a.params, &version, &label);
+    e = kx_admin_label_params(a.params, &version, &label);
     if (!e) e = kiln_registry_label(base, version, label);
     if (!e) {
       kx_buf_puts(&body, "{\"model\":");

@@ -247,6 +247,10 @@ kiln_status kx_parse_version(const char *text, int64_t *out);
 
 /* The admin API (/v1/admin/models/{m}/labels|reload|rollback), on the I/O thread (admin.c). */
 void kx_admin_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);
+/* The body of POST .../labels, {"version": 3, "label": "stable"} (the version a number or a
+ * string of digits): *label points into `body`. Unknown keys are errors. */
+struct cJSON;
+kiln_status kx_admin_label_params(const struct cJSON *body, int64_t *version, const char **label);
 /* Opens the audit log and keeps the token's digest (at server start). */
 kiln_status kx_admin_start(kiln_server *s);
 void kx_admin_stop(kiln_server *s);
