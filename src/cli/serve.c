@@ -160,8 +160,10 @@ int cmd_serve(int argc, char **argv) {
   const cli_spec spec = {
       "kiln serve", "--model_name=NAME --model_base_path=DIR | --model_config_file=FILE [flags]",
       "Serves ONNX models over TF Serving's REST API (/v1/models/...) and KServe V2 (/v2/...), with\n"
-      "Prometheus metrics at /metrics. Versions are folders DIR/<n>/model.onnx, loaded, warmed up\n"
-      "(DIR/<n>/warmup/*.npy when present) and swapped in as they appear.",
+      "Prometheus metrics at /metrics. Versions are folders DIR/<n>/model.onnx, checked against their\n"
+      "manifest.json, loaded, warmed up (DIR/<n>/warmup/*.npy when present) and swapped in as they appear;\n"
+      "DIR/labels.json (kiln registry label) names the stable and canary versions, and a canary that errs,\n"
+      "returns NaN/Inf or is slow is rolled back automatically (README: Safe rollout).",
       flags, 0, 0};
   cli_list args;
   int rc = cli_parse(&spec, argc, argv, &args);
