@@ -225,7 +225,6 @@ static void log_version(kiln_log_level level, const kx_version *v, const char *f
 static void reject_canary(kx_manager *mg, kx_version *v, const char *kind, const char *reason) {
   int expected = 0;
   if (!atomic_compare_exchange_strong(&v->rejected, &expected, 2)) return;
-  snprintf(v->reject_kind, sizeof v->reject_kind, "%s", kind);
   snprintf(v->reject_reason, sizeof v->reject_reason, "%s", reason);
   atomic_store(&v->rejected, 1);
   const char *labels[2] = {v->model_name, kind};
@@ -237,6 +236,8 @@ static void reject_canary(kx_manager *mg, kx_version *v, const char *kind, const
 void kx_manager_observe(kx_manager *mg, kx_version *v, int failed, int nonfinite, double seconds) {
   kx_health_record(&v->health, failed, nonfinite, seconds);
   if (!atomic_load(&v->canary) || atomic_load(&v->rejected)) return; /* only a canary is judged */
+  /* judging sorts two latency windows: after every failure, else every 8th request */
+  if (!failed && !nonfinite && atomic_load(&v->health.requests) % 8 != 0) return;
   pthread_rwlock_rdlock(&mg->lock);
   model_entry *e = find_model(mg, v->model_name);
   kx_version *stable = e ? default_version(e, v) : NULL;

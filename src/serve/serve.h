@@ -146,8 +146,7 @@ struct kx_version {
   atomic_int canary;       /* the model's `canary` label names it (changed under the manager's lock) */
   atomic_int rejected;     /* routed no more: a failed canary, on its way to being retired */
   atomic_int promote;      /* a healthy canary to be labelled stable by the poller */
-  char reject_kind[16];    /* kiln_rollbacks_total's reason, set before `rejected` */
-  char reject_reason[240];
+  char reject_reason[240]; /* set before `rejected` becomes 1 */
 };
 
 /* The signature requests are decoded against and metadata describes: the raw features when the
