@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 kiln_status kx_admin_start(kiln_server *s) {
-  s->audit_fd = -1;
   if (!s->opt.admin_token) return NULL;
   if (!s->opt.admin_token[0]) return kiln_error(KILN_INVALID_ARGUMENT, "the admin token is empty");
   kx_sha256_hex(s->opt.admin_token, strlen(s->opt.admin_token), s->admin_token_sha256);

@@ -282,6 +282,7 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
   kiln_server *s = calloc(1, sizeof *s);
   if (!s) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   s->opt = *opt;
+  s->audit_fd = -1;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   s->id_salt = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid();
