@@ -9,14 +9,17 @@ set -eu
 # parses the server's /metrics in the integration tests; python3-pandas and python3-pil write the data
 # tests' reference files and are bench/data's peers; OpenMPI runs kiln train's data-parallel jobs
 # (libkiln links it; mpirun starts them); python3-protobuf decodes TensorBoard files in a test; nettle
-# hashes the registry's manifests (SHA-256) and compares admin tokens in constant time.
+# hashes the registry's manifests (SHA-256) and compares admin tokens in constant time; libcurl sends
+# OTLP traces; promtool (Debian's prometheus) tests the alert rules; nginx-light and python3-yaml run
+# and check the deployment files in deploy/.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
   libhttp-parser-dev libcjson-dev libjemalloc-dev
   zlib1g-dev libzip-dev libisal-dev libspng-dev libturbojpeg0-dev dataset-fashion-mnist
-  libopenmpi-dev openmpi-bin python3-protobuf nettle-dev
+  libopenmpi-dev openmpi-bin python3-protobuf nettle-dev libcurl4-openssl-dev
+  prometheus nginx-light python3-yaml
   libonnx-dev libonnx-testdata
   libopenblas-dev
   python3 python3-numpy python3-onnx python3-torch python3-pandas python3-pil
