@@ -94,7 +94,9 @@ class Nginx:
         if check.returncode != 0:
             raise AssertionError("nginx -t refused the adapted kiln.conf:\n%s\n%s" % (check.stderr, self.text()))
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stderr, stderr=self.stderr)
+        # a process group of its own, so that kill() also reaches workers a killed master leaves behind
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.stderr, stderr=self.stderr,
+                                     start_new_session=True)
         deadline = time.monotonic() + 10
         while True:
             if self.proc.poll() is not None:
@@ -147,11 +149,17 @@ class Nginx:
             self.stderr.close()
 
     def kill(self):
+        """Fast shutdown (SIGTERM: the master stops its workers first); SIGKILL to the whole process
+        group when the master does not exit, so that no worker outlives the test."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
-                pass
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the unreaped master still holds the group id
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
         if not self.stderr.closed:
             self.stderr.close()
