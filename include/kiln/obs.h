@@ -3,8 +3,9 @@
  * Counters, gauges and histograms, each a family with fixed label names; a series is created the
  * first time a label-value combination is used. Updates are thread-safe and cheap (one lock per
  * family, no allocation once the series exists). The registry also reports the process's own
- * standard metrics (process_resident_memory_bytes, process_cpu_seconds_total,
- * process_open_fds, process_start_time_seconds) when rendered. */
+ * standard metrics (process_resident_memory_bytes, process_virtual_memory_bytes,
+ * process_cpu_seconds_total, process_open_fds, process_threads, process_start_time_seconds) when
+ * rendered. */
 #ifndef KILN_OBS_H
 #define KILN_OBS_H
 

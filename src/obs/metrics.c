@@ -61,7 +61,7 @@ const int kiln_latency_bucket_count = (int)(sizeof kiln_latency_buckets / sizeof
 /* Names the process section renders; a family may not take them. */
 static const char *const process_metric_names[] = {
     "process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes",
-    "process_start_time_seconds", "process_virtual_memory_bytes"};
+    "process_start_time_seconds", "process_threads", "process_virtual_memory_bytes"};
 
 /* ---------------------------------------------------------------- registry */
 
@@ -643,6 +643,17 @@ static int count_open_fds(double *out) {
   return 1;
 }
 
+/* The "Threads:" line of /proc/self/status: every thread of the process, this one included. */
+static int read_threads(double *out) {
+  char text[4096]; /* the line comes well before the end of the first 4 KiB */
+  if (!read_proc("/proc/self/status", text, sizeof text)) return 0;
+  const char *line = strstr(text, "\nThreads:");
+  unsigned long threads;
+  if (!line || sscanf(line + 1, "Threads: %lu", &threads) != 1) return 0;
+  *out = (double)threads;
+  return 1;
+}
+
 static void put_process_metric(kx_buf *b, const char *name, const char *help, const char *type,
                                double v) {
   put_header(b, name, help, type);
@@ -655,7 +666,7 @@ static void put_process_metric(kx_buf *b, const char *name, const char *help, co
  * out when its source (/proc, the CPU clock) cannot be read. */
 static void put_process_metrics(kx_buf *b) {
   long ticks = sysconf(_SC_CLK_TCK);
-  double cpu = 0, start = 0, boot = 0, fds = 0, virtual_bytes = 0, resident_bytes = 0;
+  double cpu = 0, start = 0, boot = 0, fds = 0, threads = 0, virtual_bytes = 0, resident_bytes = 0;
   int have_statm = read_statm(&virtual_bytes, &resident_bytes);
   if (read_cpu_seconds(&cpu))
     put_process_metric(b, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
@@ -668,6 +679,7 @@ static void put_process_metrics(kx_buf *b) {
   if (ticks > 0 && read_start_time((double)ticks, &start) && read_boot_time(&boot))
     put_process_metric(b, "process_start_time_seconds",
                        "Start time of the process since unix epoch in seconds.", "gauge", boot + start);
+  if (read_threads(&threads)) put_process_metric(b, "process_threads", "Number of OS threads in the process.", "gauge", threads);
   if (have_statm)
     put_process_metric(b, "process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",
                        virtual_bytes);
