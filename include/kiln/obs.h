@@ -3,8 +3,11 @@
  * Counters, gauges and histograms, each a family with fixed label names; a series is created the
  * first time a label-value combination is used. Updates are thread-safe and cheap (one lock per
  * family, no allocation once the series exists). The registry also reports the process's own
- * standard metrics (process_resident_memory_bytes, process_cpu_seconds_total,
- * process_open_fds, process_start_time_seconds) when rendered. */
+ * standard metrics (process_resident_memory_bytes, process_virtual_memory_bytes,
+ * process_cpu_seconds_total, process_open_fds, process_threads, process_start_time_seconds) and,
+ * when NVIDIA's NVML library loads (libnvidia-ml.so.1, or $KILN_NVML_LIBRARY), every GPU's
+ * kiln_gpu_utilization_ratio, kiln_gpu_memory_used_bytes and kiln_gpu_memory_total_bytes
+ * {gpu="<index>",name="<device>"} when rendered. */
 #ifndef KILN_OBS_H
 #define KILN_OBS_H
 
@@ -49,8 +52,10 @@ void kiln_metric_remove(kiln_metric *m, const char *const *label_values);
 double kiln_metric_value(kiln_metric *m, const char *const *label_values);
 
 /* Renders every family, sorted by name, in the Prometheus text format: HELP and TYPE lines,
- * escaped label values, histograms as cumulative _bucket{le=...} series with _sum and _count.
- * The text is malloc'd; the caller frees it. */
+ * escaped label values, histograms as cumulative _bucket{le=...} series with _sum and _count;
+ * then the process metrics and the GPU metrics (read at each call; NVML is loaded at the first
+ * one, and a missing library or a failing nvmlInit only leaves the GPU metrics out, with a debug
+ * log line). The text is malloc'd; the caller frees it. */
 kiln_status kiln_metrics_render(kiln_metrics *r, char **text, size_t *len);
 
 /* This process's resident set size in bytes (from /proc/self/statm), 0 when unknown. */

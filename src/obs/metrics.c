@@ -1,5 +1,6 @@
 /* The metrics registry and its Prometheus text exposition (format 0.0.4), plus the process's own
- * standard metrics read from /proc. Kept apart from tracing: this file knows nothing of HTTP. */
+ * standard metrics read from /proc and the GPUs' (obs/nvml.c). Kept apart from tracing: this file
+ * knows nothing of HTTP. */
 #include "kiln/obs.h"
 
 #include <dirent.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/buf.h"
+#include "obs/nvml.h"
 
 #define MAX_LABELS 8
 /* Bucket bounds beyond this are a programming error (Prometheus advises ~10-20). */
@@ -52,16 +54,21 @@ struct kiln_metrics {
   kiln_metric **families; /* sorted by name */
   size_t count;
   size_t capacity;
+  /* NVML, loaded at the first render (guarded by `lock`): a registry that is never scraped never
+   * touches the driver, and a machine without one costs one failed dlopen. */
+  int nvml_tried;
+  kx_nvml *nvml;
 };
 
 const double kiln_latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                        0.05,   0.1,     0.25,   0.5,   1,     2.5,   5,     10};
 const int kiln_latency_bucket_count = (int)(sizeof kiln_latency_buckets / sizeof kiln_latency_buckets[0]);
 
-/* Names the process section renders; a family may not take them. */
+/* Names the process and GPU sections render; a family may not take them. */
 static const char *const process_metric_names[] = {
-    "process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes",
-    "process_start_time_seconds", "process_virtual_memory_bytes"};
+    "process_cpu_seconds_total",  "process_open_fds",           "process_resident_memory_bytes",
+    "process_start_time_seconds", "process_threads",            "process_virtual_memory_bytes",
+    "kiln_gpu_utilization_ratio", "kiln_gpu_memory_used_bytes", "kiln_gpu_memory_total_bytes"};
 
 /* ---------------------------------------------------------------- registry */
 
@@ -95,6 +102,7 @@ void kiln_metrics_free(kiln_metrics *r) {
   if (!r) return;
   for (size_t i = 0; i < r->count; i++) family_free(r->families[i]);
   free(r->families);
+  kx_nvml_close(r->nvml);
   pthread_mutex_destroy(&r->lock);
   free(r);
 }
@@ -136,7 +144,7 @@ static int check_registration(metric_kind kind, const char *name, int n_labels,
   }
   for (size_t i = 0; i < sizeof process_metric_names / sizeof process_metric_names[0]; i++) {
     if (strcmp(name, process_metric_names[i]) == 0) {
-      kiln_log(KILN_LOG_ERROR, "metrics: '%s' is reserved for the process metrics", name);
+      kiln_log(KILN_LOG_ERROR, "metrics: '%s' is reserved for the process and GPU metrics", name);
       return 0;
     }
   }
@@ -643,6 +651,17 @@ static int count_open_fds(double *out) {
   return 1;
 }
 
+/* The "Threads:" line of /proc/self/status: every thread of the process, this one included. */
+static int read_threads(double *out) {
+  char text[4096]; /* the line comes well before the end of the first 4 KiB */
+  if (!read_proc("/proc/self/status", text, sizeof text)) return 0;
+  const char *line = strstr(text, "\nThreads:");
+  unsigned long threads;
+  if (!line || sscanf(line + 1, "Threads: %lu", &threads) != 1) return 0;
+  *out = (double)threads;
+  return 1;
+}
+
 static void put_process_metric(kx_buf *b, const char *name, const char *help, const char *type,
                                double v) {
   put_header(b, name, help, type);
@@ -655,7 +674,7 @@ static void put_process_metric(kx_buf *b, const char *name, const char *help, co
  * out when its source (/proc, the CPU clock) cannot be read. */
 static void put_process_metrics(kx_buf *b) {
   long ticks = sysconf(_SC_CLK_TCK);
-  double cpu = 0, start = 0, boot = 0, fds = 0, virtual_bytes = 0, resident_bytes = 0;
+  double cpu = 0, start = 0, boot = 0, fds = 0, threads = 0, virtual_bytes = 0, resident_bytes = 0;
   int have_statm = read_statm(&virtual_bytes, &resident_bytes);
   if (read_cpu_seconds(&cpu))
     put_process_metric(b, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
@@ -668,9 +687,49 @@ static void put_process_metrics(kx_buf *b) {
   if (ticks > 0 && read_start_time((double)ticks, &start) && read_boot_time(&boot))
     put_process_metric(b, "process_start_time_seconds",
                        "Start time of the process since unix epoch in seconds.", "gauge", boot + start);
+  if (read_threads(&threads)) put_process_metric(b, "process_threads", "Number of OS threads in the process.", "gauge", threads);
   if (have_statm)
     put_process_metric(b, "process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",
                        virtual_bytes);
+}
+
+/* One GPU sample: name{gpu="index",name="device name"} value. */
+static void put_gpu_sample(kx_buf *b, const char *name, const kx_gpu_reading *g, double v) {
+  kx_buf_printf(b, "%s{gpu=\"%u\",name=\"", name, g->index);
+  put_escaped(b, g->name, 1);
+  kx_buf_puts(b, "\"} ");
+  put_value(b, v);
+  kx_buf_putc(b, '\n');
+}
+
+/* Every GPU NVML sees, read now: each family once with a sample per device that reported it. */
+static void put_gpu_metrics(kx_buf *b, kx_nvml *nvml) {
+  kx_gpu_reading gpus[KX_GPU_MAX];
+  int n = kx_nvml_read(nvml, gpus, KX_GPU_MAX);
+  if (n == 0) return;
+  put_header(b, "kiln_gpu_memory_total_bytes", "Memory of the GPU in bytes (NVML).", "gauge");
+  for (int i = 0; i < n; i++)
+    if (gpus[i].has_memory) put_gpu_sample(b, "kiln_gpu_memory_total_bytes", &gpus[i], gpus[i].memory_total_bytes);
+  put_header(b, "kiln_gpu_memory_used_bytes", "GPU memory allocated by all processes, in bytes (NVML).", "gauge");
+  for (int i = 0; i < n; i++)
+    if (gpus[i].has_memory) put_gpu_sample(b, "kiln_gpu_memory_used_bytes", &gpus[i], gpus[i].memory_used_bytes);
+  put_header(b, "kiln_gpu_utilization_ratio",
+             "Fraction of the last sample period (1/6 s to 1 s) in which a kernel ran on the GPU (NVML).", "gauge");
+  for (int i = 0; i < n; i++)
+    if (gpus[i].has_utilization) put_gpu_sample(b, "kiln_gpu_utilization_ratio", &gpus[i], gpus[i].utilization);
+}
+
+/* Loads NVML on the first call; its absence is the normal case on a machine without a GPU, so
+ * it is told once, at debug level. Caller holds r->lock. */
+static kx_nvml *registry_nvml(kiln_metrics *r) {
+  if (r->nvml_tried) return r->nvml;
+  r->nvml_tried = 1;
+  kiln_status s = kx_nvml_open(NULL, &r->nvml);
+  if (s) {
+    kiln_log(KILN_LOG_DEBUG, "metrics: no GPU metrics: %s", kiln_status_message(s));
+    kiln_status_free(s);
+  }
+  return r->nvml;
 }
 
 kiln_status kiln_metrics_render(kiln_metrics *r, char **text, size_t *len) {
@@ -680,8 +739,10 @@ kiln_status kiln_metrics_render(kiln_metrics *r, char **text, size_t *len) {
   kx_buf b = {0};
   pthread_mutex_lock(&r->lock);
   for (size_t i = 0; i < r->count; i++) put_family(&b, r->families[i]);
+  kx_nvml *nvml = registry_nvml(r);
   pthread_mutex_unlock(&r->lock);
   put_process_metrics(&b);
+  if (nvml) put_gpu_metrics(&b, nvml); /* lives until kiln_metrics_free, which no render overlaps */
   *text = kx_buf_take(&b, len);
   if (!*text) return kiln_error(KILN_RESOURCE_EXHAUSTED, "metrics: out of memory rendering the exposition");
   return NULL;

@@ -493,8 +493,8 @@ static void test_process_metrics(void) {
   size_t rss_after = kiln_process_rss();
   const char *names[] = {"process_cpu_seconds_total counter", "process_open_fds gauge",
                          "process_resident_memory_bytes gauge", "process_start_time_seconds gauge",
-                         "process_virtual_memory_bytes gauge"};
-  for (int i = 0; i < 5; i++) {
+                         "process_threads gauge", "process_virtual_memory_bytes gauge"};
+  for (int i = 0; i < 6; i++) {
     char type[96];
     snprintf(type, sizeof type, "# TYPE %s\n", names[i]);
     CHECK(contains(text, type));
@@ -515,6 +515,43 @@ static void test_process_metrics(void) {
   double start = sample_value(text, "process_start_time_seconds ");
   double now = (double)time(NULL);
   CHECK(start > now - 86400 && start <= now + 2); /* this test started less than a day ago */
+  CHECK(sample_value(text, "process_threads ") >= 1);
+  free(text);
+  kiln_metrics_free(r);
+}
+
+/* Threads parked on a barrier until the main thread has counted them. */
+static void *park(void *arg) {
+  pthread_barrier_wait(arg);
+  pthread_barrier_wait(arg);
+  return NULL;
+}
+
+/* process_threads follows the threads this test starts and joins. */
+static void test_process_threads(void) {
+  enum { EXTRA = 5 };
+  kiln_metrics *r = NULL;
+  CHECK_OK(kiln_metrics_create(&r));
+  char *text = render(r);
+  double before = sample_value(text, "process_threads ");
+  free(text);
+  pthread_barrier_t barrier;
+  pthread_barrier_init(&barrier, NULL, EXTRA + 1);
+  pthread_t threads[EXTRA];
+  int started = 0;
+  for (int i = 0; i < EXTRA; i++) started += pthread_create(&threads[i], NULL, park, &barrier) == 0;
+  CHECK(started == EXTRA);
+  if (started == EXTRA) {
+    pthread_barrier_wait(&barrier); /* all of them are running */
+    text = render(r);
+    CHECK_NEAR(sample_value(text, "process_threads "), before + EXTRA, 0);
+    free(text);
+    pthread_barrier_wait(&barrier);
+    for (int i = 0; i < EXTRA; i++) pthread_join(threads[i], NULL);
+  }
+  pthread_barrier_destroy(&barrier);
+  text = render(r);
+  CHECK_NEAR(sample_value(text, "process_threads "), before, 0);
   free(text);
   kiln_metrics_free(r);
 }
@@ -537,6 +574,8 @@ static void test_python_parser(void) {
     fprintf(stderr, "note: " PYTHON " has no prometheus_client; the independent parser check is skipped\n");
     return;
   }
+  /* no GPU families, whatever the machine has: their own test is test_obs_nvml */
+  CHECK(setenv("KILN_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1", 1) == 0);
   kiln_metrics *r = NULL;
   CHECK_OK(kiln_metrics_create(&r));
   fill_small_registry(r);
@@ -546,6 +585,7 @@ static void test_python_parser(void) {
   kiln_metric_observe(latency, labels, 0.02);
   char *text = render(r);
   kiln_metrics_free(r);
+  CHECK(unsetenv("KILN_NVML_LIBRARY") == 0);
   if (!text) return;
 
   /* what the parser should find: one family per TYPE line, one sample per other line */
@@ -556,7 +596,7 @@ static void test_python_parser(void) {
     const char *nl = strchr(line, '\n');
     line = nl ? nl + 1 : line + strlen(line);
   }
-  CHECK(families == 11 && samples > 40);
+  CHECK(families == 12 && samples > 40);
 
   char path[] = "/tmp/kiln_obs_XXXXXX";
   int fd = mkstemp(path);
@@ -598,4 +638,4 @@ static void test_python_parser(void) {
 
 TEST_MAIN(TEST(test_log_fields), TEST(test_counter_and_gauge), TEST(test_exposition), TEST(test_histogram),
           TEST(test_invalid_names), TEST(test_reregistration), TEST(test_remove), TEST(test_threads),
-          TEST(test_process_metrics), TEST(test_python_parser))
+          TEST(test_process_metrics), TEST(test_process_threads), TEST(test_python_parser))
