@@ -331,7 +331,6 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
     kiln_tracer_options to = {.endpoint = opt->otlp_endpoint, .max_queue_spans = opt->otlp_max_queue_spans,
                               .metrics = s->metrics};
     e = kiln_tracer_create(&to, &s->tracer);
-    if (e) e = kiln_status_prefix(e, "--otlp_endpoint: ");
   }
   if (!e) e = kx_manager_create(&mo, &s->manager);
   if (!e) e = kx_admin_start(s);
