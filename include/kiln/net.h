@@ -30,6 +30,7 @@ typedef struct kiln_http_request {
   int64_t inference_header_length;  /* Inference-Header-Content-Length, -1 when absent */
   const char *request_id;           /* X-Request-Id, NULL when absent */
   const char *traceparent;          /* W3C traceparent, NULL when absent */
+  const char *tracestate;           /* W3C tracestate (several headers joined by ','), NULL when absent */
   const char *authorization;        /* Authorization, NULL when absent */
   const char *peer;                 /* the client's address, "127.0.0.1:5000" or "[::1]:5000" */
   int keep_alive;                   /* the connection stays open after the response */

@@ -61,6 +61,139 @@ kiln_status kiln_metrics_render(kiln_metrics *r, char **text, size_t *len);
 /* This process's resident set size in bytes (from /proc/self/statm), 0 when unknown. */
 size_t kiln_process_rss(void);
 
+/* ---------------------------------------------------------------- tracing (trace.c, otlp.c)
+ *
+ * W3C Trace Context (https://www.w3.org/TR/trace-context/): the traceparent and tracestate
+ * headers, spans, and their export as OTLP/HTTP JSON to a collector (Jaeger, the OpenTelemetry
+ * Collector). Parsing and id generation never allocate: they run on every request, traced or not. */
+
+/* traceparent's flags bit that says the caller may have recorded the trace. */
+#define KILN_TRACE_FLAG_SAMPLED 0x01
+/* Characters of a version-00 traceparent ("00-<32 hex>-<16 hex>-<2 hex>") plus the NUL. */
+#define KILN_TRACEPARENT_SIZE 56
+/* The longest tracestate carried on (W3C: vendors propagate at least 512 characters) and the most
+ * list members. */
+#define KILN_TRACESTATE_MAX_CHARS 512
+#define KILN_TRACESTATE_MAX_MEMBERS 32
+
+/* What a traceparent carries: the trace, the caller's span (parent-id) and the flags. */
+typedef struct kiln_trace_context {
+  uint8_t trace_id[16];
+  uint8_t span_id[8];
+  uint8_t flags;
+} kiln_trace_context;
+
+/* Parses a traceparent header value. Version 00 must be exactly "00-<trace-id>-<parent-id>-<flags>"
+ * in lower-case hex; a higher version (not "ff") is accepted when its first four fields parse that
+ * way and anything after them starts with '-'. All-zero ids are invalid. Returns 0, or -1 with a
+ * static sentence in *why (when why is non-NULL) naming the field and what was expected; it returns
+ * no kiln_status because it runs on every request and must not allocate. */
+int kiln_traceparent_parse(const char *text, kiln_trace_context *out, const char **why);
+/* Writes the version-00 traceparent of `c` into out (KILN_TRACEPARENT_SIZE bytes, NUL-terminated). */
+void kiln_traceparent_format(const kiln_trace_context *c, char out[KILN_TRACEPARENT_SIZE]);
+/* Whether a tracestate header value may be carried on unchanged: at most 512 characters, at most 32
+ * list members, each "key=value" as the W3C grammar defines them (empty members between commas
+ * are allowed), no key twice. Returns 0, or -1 with a static reason in *why as above. */
+int kiln_tracestate_check(const char *text, const char **why);
+/* Fills out[0..n) with random bytes, not all zero, from this thread's xorshift generator (seeded
+ * from getrandom() on first use): fresh trace ids (n = 16) and span ids (n = 8). */
+void kiln_trace_random_id(uint8_t *out, size_t n);
+/* Whether a trace that kiln starts is sampled at `ratio` (0..1): decided from the trace id's last
+ * 7 bytes (random in W3C ids) as OpenTelemetry's consistent probability sampling does (kept when
+ * they are >= (1 - ratio) * 2^56), so every service that sees the trace decides alike. */
+int kiln_trace_sampled(const uint8_t trace_id[16], double ratio);
+/* Lower-case hex of n bytes into out (2n + 1 bytes, NUL-terminated); returns out. */
+char *kiln_trace_hex(const uint8_t *id, size_t n, char *out);
+
+/* OTLP's SpanKind and Status.code numbers, as the JSON encoding writes them. */
+typedef enum kiln_span_kind { KILN_SPAN_INTERNAL = 1, KILN_SPAN_SERVER = 2 } kiln_span_kind;
+typedef enum kiln_span_status { KILN_SPAN_UNSET = 0, KILN_SPAN_OK = 1, KILN_SPAN_ERROR = 2 } kiln_span_status;
+
+#define KILN_SPAN_MAX_ATTRIBUTES 8
+
+/* One span, fixed size so that the export queue holds spans without allocating. Attribute keys and
+ * string values live in `text`; what does not fit is left out (kiln's attributes fit). */
+typedef struct kiln_span {
+  uint8_t trace_id[16];
+  uint8_t span_id[8];
+  uint8_t parent_span_id[8]; /* all zero: a root span */
+  char name[32];
+  kiln_span_kind kind;
+  int64_t start_ns, end_ns; /* CLOCK_REALTIME nanoseconds since the Unix epoch */
+  kiln_span_status status;
+  char status_message[128];
+  int n_attributes;
+  struct {
+    uint16_t key, value; /* offsets of NUL-terminated strings in text (value: string attributes) */
+    uint8_t is_int;
+    int64_t int_value;
+  } attributes[KILN_SPAN_MAX_ATTRIBUTES];
+  uint16_t text_len;
+  char text[512];
+} kiln_span;
+
+/* Starts a span: ids, name (truncated to 31 bytes), kind; no attributes, status unset, times 0. */
+void kiln_span_init(kiln_span *s, const uint8_t trace_id[16], const uint8_t span_id[8],
+                    const uint8_t parent_span_id[8], const char *name, kiln_span_kind kind);
+/* Adds an attribute. A string value that is not UTF-8 has its bytes >= 0x80 replaced by '?', and a
+ * long one is cut (at a character boundary) so that it fits. Returns 0, or -1 when the span has no
+ * room left (the attribute is dropped). */
+int kiln_span_set_string(kiln_span *s, const char *key, const char *value);
+int kiln_span_set_int(kiln_span *s, const char *key, int64_t value);
+/* Sets the status and its message (cut to 127 bytes, made UTF-8 as above; NULL: none). */
+void kiln_span_set_status(kiln_span *s, kiln_span_status status, const char *message);
+/* CLOCK_REALTIME now, in nanoseconds since the epoch. */
+int64_t kiln_trace_now_ns(void);
+
+/* Encodes spans as one OTLP/HTTP JSON ExportTraceServiceRequest: one resourceSpans with the resource
+ * attributes service.name and service.version, one scopeSpans with scope "kiln", ids as lower-case
+ * hex, times and integer attributes as decimal strings, as the OTLP JSON mapping requires. The text
+ * is malloc'd; the caller frees it. */
+kiln_status kiln_otlp_encode(const kiln_span *spans, int n, const char *service_name, const char *service_version,
+                             char **json, size_t *len);
+/* The URL spans are POSTed to: "<base>/v1/traces" for an endpoint without a path (or with "/"),
+ * the endpoint itself when it has one. Errors name the endpoint and say what was expected (an
+ * http:// or https:// URL). */
+kiln_status kiln_otlp_url(const char *endpoint, char *out, size_t size);
+
+typedef struct kiln_tracer kiln_tracer;
+
+typedef struct kiln_tracer_options {
+  const char *endpoint;    /* collector: see kiln_otlp_url */
+  int max_queue_spans;     /* spans waiting for export; beyond, new ones are dropped. <= 0: 4096 */
+  int max_batch_spans;     /* spans per POST; <= 0: 512 */
+  double flush_interval_s; /* a partial batch waits at most this; <= 0: 1 */
+  double timeout_s;        /* connect and whole POST; also the shutdown flush's bound; <= 0: 2 */
+  const char *service_name;    /* NULL: "kiln" */
+  const char *service_version; /* NULL: kiln_version() */
+  /* Registers kiln_trace_spans_exported_total, kiln_trace_spans_dropped_total and
+   * kiln_trace_export_failures_total here (NULL: no metrics). */
+  kiln_metrics *metrics;
+  /* No background thread: spans wait until kiln_tracer_flush (tools that export at their end,
+   * and tests). */
+  int synchronous;
+} kiln_tracer_options;
+
+/* Creates the exporter: the queue (allocated once, here), a reused libcurl handle, and unless
+ * synchronous the thread that POSTs a batch when max_batch_spans are queued or flush_interval_s
+ * after the oldest, whichever comes first. */
+kiln_status kiln_tracer_create(const kiln_tracer_options *opt, kiln_tracer **out);
+/* Queues a copy of the span for export. Never blocks on the network and never allocates: on a full
+ * queue the span is dropped and counted. Returns 0, or -1 when dropped. Any thread. */
+int kiln_tracer_submit(kiln_tracer *t, const kiln_span *span);
+/* Exports everything queued now, on the caller's thread, giving up after timeout_s (what is left
+ * is dropped and counted). Returns an error when a POST failed. */
+kiln_status kiln_tracer_flush(kiln_tracer *t, double timeout_s);
+
+typedef struct kiln_tracer_stats {
+  int64_t exported, dropped, failures; /* spans accepted by the collector, spans dropped, failed POSTs */
+  int64_t queued;                      /* spans waiting now */
+} kiln_tracer_stats;
+void kiln_tracer_stats_get(kiln_tracer *t, kiln_tracer_stats *out);
+/* Stops the thread after exporting what is queued, within timeout_s of the options (2 s), and frees
+ * the exporter. NULL is ignored. */
+void kiln_tracer_free(kiln_tracer *t);
+
 #ifdef __cplusplus
 }
 #endif

@@ -122,6 +122,9 @@ typedef struct kiln_server_options {
   kiln_canary_options canary;
   const char *admin_token;     /* bearer token of /v1/admin/...; NULL: the admin API is disabled */
   const char *admin_audit_log; /* file the admin API appends its JSON lines to; NULL: the log */
+  const char *otlp_endpoint;   /* OTLP/HTTP collector spans are exported to (kiln_otlp_url); NULL: no tracing */
+  double trace_sampling_ratio; /* share of new traces (no valid traceparent) that are recorded, 0..1 */
+  int otlp_max_queue_spans;    /* spans waiting for export; <= 0: 4096 */
 } kiln_server_options;
 
 /* Loads every model's versions (each loaded, validated and warmed up before it is served),

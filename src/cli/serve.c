@@ -124,6 +124,9 @@ int cmd_serve(int argc, char **argv) {
   long canary_percent = 10, canary_min = 100, canary_promote = 0;
   double canary_error_rate = 0.01, canary_latency_ratio = 2;
   const char *token_file = NULL, *audit_log = NULL;
+  const char *otlp_endpoint = NULL;
+  double trace_ratio = -1; /* -1: not given (1 with --otlp_endpoint) */
+  long otlp_queue = 4096;
   const cli_flag flags[] = {
       {"model_name", CLI_STRING, &model_name, "NAME", "name of the one model to serve (with --model_base_path)"},
       {"model_base_path", CLI_STRING, &base_path, "DIR", "its repository: DIR/<version>/model.onnx"},
@@ -155,6 +158,9 @@ int cmd_serve(int argc, char **argv) {
       {"canary_promote_requests", CLI_INT, &canary_promote, "N", "label a canary stable once it answered N requests healthily; 0: an operator promotes (default)"},
       {"admin_token_file", CLI_STRING, &token_file, "FILE", "enables POST /v1/admin/...: the bearer token clients must send"},
       {"admin_audit_log", CLI_STRING, &audit_log, "FILE", "append the admin API's audit entries (JSON lines) to FILE (default: the log)"},
+      {"otlp_endpoint", CLI_STRING, &otlp_endpoint, "URL", "export trace spans as OTLP/HTTP JSON to URL (a base URL gets /v1/traces), e.g. http://jaeger:4318"},
+      {"trace_sampling_ratio", CLI_DOUBLE, &trace_ratio, "R", "share of new traces recorded, 0-1; a traceparent's sampled flag decides for its trace (default 1)"},
+      {"otlp_max_queue_spans", CLI_INT, &otlp_queue, "N", "spans waiting for export at most; beyond, spans are dropped and counted (default 4096)"},
       {0},
   };
   const cli_spec spec = {
@@ -194,6 +200,15 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "kiln serve: --admin_audit_log needs --admin_token_file (without a token the admin API is disabled)\n");
     return EXIT_USAGE;
   }
+  if (trace_ratio != -1 && !(trace_ratio >= 0 && trace_ratio <= 1)) {
+    fprintf(stderr, "kiln serve: --trace_sampling_ratio must be between 0 and 1, got %g\n", trace_ratio);
+    return EXIT_USAGE;
+  }
+  if (otlp_queue < 1 || otlp_queue > (1 << 20)) {
+    fprintf(stderr, "kiln serve: --otlp_max_queue_spans must be 1-1048576, got %ld\n", otlp_queue);
+    return EXIT_USAGE;
+  }
+  if (!otlp_endpoint && trace_ratio != -1) kiln_log(KILN_LOG_WARN, "--trace_sampling_ratio given without --otlp_endpoint: no spans are exported");
   if (batching_file && !enable_batching) kiln_log(KILN_LOG_WARN, "--batching_parameters_file given without --enable_batching: batching stays off");
   if (port != 8500) kiln_log(KILN_LOG_WARN, "gRPC is not served yet: --port %ld is ignored", port);
 
@@ -243,6 +258,9 @@ int cmd_serve(int argc, char **argv) {
                  .promote_requests = canary_promote},
       .admin_token = token,
       .admin_audit_log = audit_log,
+      .otlp_endpoint = otlp_endpoint,
+      .trace_sampling_ratio = trace_ratio == -1 ? 1 : trace_ratio,
+      .otlp_max_queue_spans = (int)otlp_queue,
   };
   kiln_server *server;
   s = kiln_server_start(&opt, &server);

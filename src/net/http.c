@@ -71,6 +71,8 @@ struct conn {
   /* the request being assembled */
   kx_buf url, field, value, path, body, content_type, request_id, traceparent, authorization;
   int has_content_type, has_request_id, has_traceparent, has_authorization;
+  kx_buf tracestate;
+  int has_tracestate;
   char peer[64]; /* the client's address, "ip:port" */
   enum header_part header_part;
   int64_t inference_header_length;
@@ -246,7 +248,8 @@ static int conn_free(conn *c) {
   ev_timer_stop(c->io->loop, &c->timer);
   conn_unlink(c);
   kx_buf *bufs[] = {&c->in, &c->url, &c->field, &c->value, &c->path, &c->body,
-                    &c->content_type, &c->request_id, &c->traceparent, &c->authorization, &c->out, &c->ex.head};
+                    &c->content_type, &c->request_id, &c->traceparent, &c->authorization, &c->out, &c->ex.head,
+                    &c->tracestate};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kx_buf_free(bufs[i]);
   free(c->ex.body);
   free(c->out_body);
@@ -332,9 +335,10 @@ static int parse_append(conn *c, kx_buf *b, const char *at, size_t len) {
 
 static void reset_request(conn *c) {
   kx_buf *bufs[] = {&c->url, &c->field, &c->value, &c->path, &c->body, &c->content_type, &c->request_id,
-                    &c->traceparent, &c->authorization};
+                    &c->traceparent, &c->authorization, &c->tracestate};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) buf_clear(bufs[i]);
   c->has_content_type = c->has_request_id = c->has_traceparent = c->has_authorization = 0;
+  c->has_tracestate = 0;
   c->header_part = H_NONE;
   c->inference_header_length = -1;
   c->in_request = c->headers_done = c->expect_continue = c->is_head = 0;
@@ -383,6 +387,12 @@ static int finish_header(conn *c) {
   if (!strcasecmp(name, "x-request-id")) return capture(c, &c->request_id, &c->has_request_id);
   if (!strcasecmp(name, "traceparent")) return capture(c, &c->traceparent, &c->has_traceparent);
   if (!strcasecmp(name, "authorization")) return capture(c, &c->authorization, &c->has_authorization);
+  if (!strcasecmp(name, "tracestate")) { /* W3C: several tracestate headers form one list */
+    if (c->has_tracestate) kx_buf_putc(&c->tracestate, ',');
+    kx_buf_append(&c->tracestate, value, c->value.len);
+    c->has_tracestate = 1;
+    return c->tracestate.failed ? parse_reject(c, 503, "out of memory") : 0;
+  }
   if (!strcasecmp(name, "expect")) {
     if (!strcasecmp(value, "100-continue")) c->expect_continue = 1;
     return 0;
@@ -538,6 +548,7 @@ static int conn_dispatch(conn *c) {
       .inference_header_length = c->inference_header_length,
       .request_id = c->has_request_id ? buf_str(&c->request_id) : NULL,
       .traceparent = c->has_traceparent ? buf_str(&c->traceparent) : NULL,
+      .tracestate = c->has_tracestate ? buf_str(&c->tracestate) : NULL,
       .authorization = c->has_authorization ? buf_str(&c->authorization) : NULL,
       .peer = c->peer,
       .keep_alive = c->keep_alive && !atomic_load(&s->draining),

@@ -75,16 +75,19 @@ static void audit(kiln_server *s, const kx_call *c, const admin_call *a, int sta
   size_t len;
   char *line = kx_buf_take(&b, &len);
   if (!line) {
-    kiln_log(KILN_LOG_ERROR, "audit: out of memory writing the entry for %s %s", c->method, c->path);
+    kiln_log_field f[1] = {{"request_id", c->request_id}};
+    kiln_log_fields(KILN_LOG_ERROR, f, 1, "audit: out of memory writing the entry for %s %s", c->method, c->path);
     return;
   }
   if (s->audit_fd >= 0) {
-    if (write(s->audit_fd, line, len) != (ssize_t)len)
-      kiln_log(KILN_LOG_ERROR, "audit: cannot append to the audit log: %s", strerror(errno));
+    if (write(s->audit_fd, line, len) != (ssize_t)len) {
+      kiln_log_field f[1] = {{"request_id", c->request_id}};
+      kiln_log_fields(KILN_LOG_ERROR, f, 1, "audit: cannot append to the audit log: %s", strerror(errno));
+    }
   } else {
     line[len - 1] = '\0';
-    kiln_log_field f[1] = {{"type", "audit"}};
-    kiln_log_fields(KILN_LOG_INFO, f, 1, "%s", line);
+    kiln_log_field f[2] = {{"type", "audit"}, {"request_id", c->request_id}};
+    kiln_log_fields(KILN_LOG_INFO, f, 2, "%s", line);
   }
   free(line);
 }

@@ -64,6 +64,7 @@ static kx_request *unlink_after(kx_batcher *b, kx_request *prev) {
   else b->head = r->next;
   if (b->tail == r) b->tail = prev;
   r->next = NULL;
+  r->taken_at = kiln_now(); /* the end of its "queue" span */
   b->queued--;
   return r;
 }
@@ -209,7 +210,11 @@ static void run_each(worker *w, kx_request **batch, int n, const kiln_tensor **o
   for (int k = 0; k < n; k++) {
     double t0 = kiln_now();
     kiln_status s = run_one(w, batch[k]->inputs, outputs);
-    observe(w->b->opt.inference_seconds, w->b, kiln_now() - t0);
+    double t1 = kiln_now();
+    batch[k]->run_start = t0;
+    batch[k]->run_end = t1;
+    batch[k]->batch_rows = rows_of(batch[k]);
+    observe(w->b->opt.inference_seconds, w->b, t1 - t0);
     observe(w->b->opt.batch_size, w->b, (double)rows_of(batch[k]));
     finish(w->b, batch[k], s ? NULL : outputs, s);
   }
@@ -230,8 +235,15 @@ static void run_batch(worker *w, kx_request **batch, int n, kiln_tensor *merged,
     return;
   }
   kiln_status s = merge_inputs(w, batch, n, padded, merged);
+  double run_start = kiln_now();
   if (!s) s = run_one(w, merged, outputs);
-  observe(b->opt.inference_seconds, b, kiln_now() - start);
+  double run_end = kiln_now();
+  for (int k = 0; k < n; k++) {
+    batch[k]->run_start = run_start;
+    batch[k]->run_end = run_end;
+    batch[k]->batch_rows = padded;
+  }
+  observe(b->opt.inference_seconds, b, run_end - start);
   observe(b->opt.batch_size, b, (double)padded);
   if (s) {
     for (int k = 0; k < n; k++) {

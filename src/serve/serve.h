@@ -44,6 +44,15 @@ typedef struct kx_call {
   char request_id[40];
   char method[8];
   char path[160]; /* truncated for the access log */
+  /* Tracing (spans.c): the request's trace, from its traceparent or new; every call has one. */
+  uint8_t trace_id[16];
+  uint8_t parent_id[8];    /* the caller's span; all zero when kiln started the trace */
+  uint8_t span_id[8];      /* kiln's "receive" span: the parent-id of the response's traceparent */
+  uint8_t trace_flags;     /* the response's traceparent flags */
+  int sampled;             /* spans are exported (tracing on and the trace sampled) */
+  const char *tracestate;  /* the request's, valid, carried back; NULL: none. Lives as long as ex */
+  int64_t clock_offset_ns; /* CLOCK_REALTIME ns minus kiln_now() ns, once per call (sampled only) */
+  const char *error;       /* the message of the error being answered, for the span's status */
 } kx_call;
 
 /* One inference request: decoded inputs on their way to a version's batcher. Owned by the
@@ -57,6 +66,12 @@ typedef struct kx_request {
   kx_v2_request v2;    /* KServe V2: id and the outputs asked for */
   double deadline;     /* kiln_now() value after which it is answered DEADLINE_EXCEEDED */
   double enqueued_at;
+  /* kiln_now() times the batcher records for the spans (0: not reached) */
+  double taken_at;     /* a worker took it off the queue */
+  double run_start;    /* the batch is merged, the model run starts */
+  double run_end;
+  int64_t batch_rows;  /* rows of the run it was part of (padding included) */
+  double encode_start, encode_end;
   struct kx_request *next; /* queue link */
 } kx_request;
 
@@ -222,6 +237,7 @@ struct kiln_server {
   int admin_enabled;
   char admin_token_sha256[65]; /* of opt.admin_token (hex), compared in constant time */
   int audit_fd;                   /* the audit log, -1: the log */
+  kiln_tracer *tracer;            /* NULL: tracing off */
 };
 
 /* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
@@ -260,3 +276,16 @@ void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);
 /* Encodes a finished inference request's response body (on a worker thread). */
 kiln_status kx_tfs_encode_response(kx_request *r, const kiln_tensor *const *outputs, kx_buf *out);
 kiln_status kx_v2_encode_response(kx_request *r, const kiln_tensor *const *outputs, kx_buf *out, size_t *json_len);
+
+/* ---------------------------------------------------------------- tracing (spans.c) */
+
+/* Gives the call its trace context: the request's traceparent when valid (and its tracestate when
+ * that is valid too), else a new trace sampled at the server's ratio; a new receive span id. */
+void kx_trace_begin(kiln_server *s, kx_call *c, const kiln_http_request *req);
+/* The traceparent (and tracestate) response header lines into buf; returns buf. */
+char *kx_trace_headers(const kx_call *c, char *buf, size_t size);
+/* The call's "receive" span (SERVER kind, from its last byte to now), when sampled. */
+void kx_trace_receive(kiln_server *s, const kx_call *c, int status);
+/* An inference request's "queue", "batch", "inference" and "encode" spans (children of receive),
+ * those it reached, when sampled; run_error / encode_error give the failing span its status. */
+void kx_trace_request(kiln_server *s, const kx_request *r, const char *run_error, const char *encode_error);

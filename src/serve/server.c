@@ -34,19 +34,20 @@ int kx_http_status(kiln_code code) {
 }
 
 static void access_log(const kx_call *c, int status, size_t len, double seconds) {
-  char took[32], code[8], bytes[24];
+  char took[32], code[8], bytes[24], trace[33];
   snprintf(took, sizeof took, "%.3f", seconds * 1e3);
   snprintf(code, sizeof code, "%d", status);
   snprintf(bytes, sizeof bytes, "%zu", len);
-  kiln_log_field f[8] = {{"type", "access"},
+  kiln_log_field f[9] = {{"type", "access"},
                          {"method", c->method},
                          {"path", c->path},
                          {"status", code},
                          {"duration_ms", took},
                          {"bytes", bytes},
                          {"request_id", c->request_id},
-                         {"model", c->version ? c->version->model_name : NULL}};
-  kiln_log_fields(KILN_LOG_INFO, f, 8, "%s %s %d", c->method, c->path, status);
+                         {"model", c->version ? c->version->model_name : NULL},
+                         {"trace_id", kiln_trace_hex(c->trace_id, 16, trace)}};
+  kiln_log_fields(KILN_LOG_INFO, f, 9, "%s %s %d", c->method, c->path, status);
 }
 
 void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
@@ -59,23 +60,29 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
   kiln_metric_add(s->requests, labels, 1);
   kiln_metric_observe(s->request_seconds, labels, seconds);
   if (s->opt.access_log) access_log(c, status, len, seconds);
-  char headers[256]; /* the id (< 40 bytes) and at most Inference-Header-Content-Length */
-  snprintf(headers, sizeof headers, "X-Request-Id: %s\r\n%s", c->request_id, extra_headers ? extra_headers : "");
+  kx_trace_receive(s, c, status);
+  /* the id (< 40 bytes), traceparent, tracestate (<= 512 bytes), at most Inference-Header-Content-Length */
+  char headers[1024], trace[700];
+  snprintf(headers, sizeof headers, "X-Request-Id: %s\r\n%s%s", c->request_id, kx_trace_headers(c, trace, sizeof trace),
+           extra_headers ? extra_headers : "");
   kiln_http_respond(c->ex, status, content_type, headers, body, len);
 }
 
 void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error) {
   int status = kx_http_status(kiln_status_code(error));
   if (status >= 500 && status != 503) {
-    kiln_log_field f[3] = {{"model", c->version ? c->version->model_name : NULL},
+    char trace[33];
+    kiln_log_field f[4] = {{"model", c->version ? c->version->model_name : NULL},
                            {"version", c->version ? c->version->version_text : NULL},
-                           {"request_id", c->request_id}};
-    kiln_log_fields(KILN_LOG_ERROR, f, 3, "%s %s: %s", c->method, c->path, kiln_status_message(error));
+                           {"request_id", c->request_id},
+                           {"trace_id", kiln_trace_hex(c->trace_id, 16, trace)}};
+    kiln_log_fields(KILN_LOG_ERROR, f, 4, "%s %s: %s", c->method, c->path, kiln_status_message(error));
   }
   size_t len;
   char *body = kiln_http_error_body(kiln_status_message(error), &len);
-  kiln_status_free(error);
+  c->error = kiln_status_message(error); /* the receive span's status */
   kx_answer(s, c, body ? status : 500, "application/json", NULL, body, len);
+  kiln_status_free(error);
 }
 
 /* Answers 200 with the body in `out` (taken), or 429 when building it ran out of memory. */
@@ -124,9 +131,10 @@ static void request_free(kx_request *r) {
 
 static void submit(kiln_server *s, kx_request *r);
 
-/* A canary request that failed or returned NaN/Inf goes to stable instead, when there is one that
- * takes the same inputs; returns whether it did (the request is then stable's). */
-static int fall_back(kiln_server *s, kx_request *r) {
+/* A canary request that failed or returned NaN/Inf (`why`) goes to stable instead, when there is one
+ * that takes the same inputs; returns whether it did (the request is then stable's, in the same
+ * trace: the canary's attempt keeps its spans). */
+static int fall_back(kiln_server *s, kx_request *r, const char *why) {
   kx_version *canary = r->version, *stable = kx_manager_acquire_fallback(s->manager, canary);
   if (!stable) return 0;
   int same = kx_signature_equal(&stable->sig, &canary->sig) && input_slots(stable) == input_slots(canary);
@@ -134,6 +142,8 @@ static int fall_back(kiln_server *s, kx_request *r) {
     kx_version_release(stable);
     return 0;
   }
+  kx_trace_request(s, r, why, NULL);
+  r->taken_at = r->run_start = r->run_end = 0;
   r->version = stable;
   r->call.version = stable;
   r->canary = 0;
@@ -147,16 +157,22 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
   kiln_server *s = ctx;
   int nonfinite = !error && kx_outputs_nonfinite(outputs, r->version->sig.n_outputs);
   kx_manager_observe(s->manager, r->version, error != NULL, nonfinite, kiln_now() - r->call.received_at);
-  if (r->canary && (error || nonfinite) && fall_back(s, r)) {
+  if (r->canary && (error || nonfinite) &&
+      fall_back(s, r, error ? kiln_status_message(error) : "the canary's outputs hold NaN or Inf")) {
     kiln_status_free(error);
     return;
   }
   kx_buf b = {0};
   size_t json_len = 0;
+  int run_failed = error != NULL;
   if (!error) {
+    r->encode_start = kiln_now();
     if (r->call.api == KX_API_TFS_PREDICT) error = kx_tfs_encode_response(r, outputs, &b);
     else error = kx_v2_encode_response(r, outputs, &b, &json_len);
+    r->encode_end = kiln_now();
   }
+  const char *message = error ? kiln_status_message(error) : NULL;
+  kx_trace_request(s, r, run_failed ? message : NULL, run_failed ? NULL : message);
   if (error) {
     kx_buf_free(&b);
     kx_answer_error(s, &r->call, error);
@@ -258,6 +274,7 @@ static void handle(void *ctx, kiln_http_exchange *ex, const kiln_http_request *r
   snprintf(c.method, sizeof c.method, "%s", req->method);
   snprintf(c.path, sizeof c.path, "%s", req->path);
   set_request_id(s, &c, req->request_id);
+  kx_trace_begin(s, &c, req);
   const char *p = req->path;
   int get = strcmp(req->method, "GET") == 0;
   if (strncmp(p, "/v1/admin/", 10) == 0) {
@@ -310,6 +327,11 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
                            .metrics = s->metrics,
                            .version_metrics = {s->requests, s->request_seconds},
                            .n_version_metrics = 2};
+  if (!e && opt->otlp_endpoint) {
+    kiln_tracer_options to = {.endpoint = opt->otlp_endpoint, .max_queue_spans = opt->otlp_max_queue_spans,
+                              .metrics = s->metrics};
+    e = kiln_tracer_create(&to, &s->tracer);
+  }
   if (!e) e = kx_manager_create(&mo, &s->manager);
   if (!e) e = kx_admin_start(s);
   kiln_http_options ho = {
@@ -362,6 +384,7 @@ void kiln_server_free(kiln_server *s) {
   kx_manager_free(s->manager); /* answers everything queued */
   kiln_http_server_free(s->http);
   kiln_pool_free(s->pool);
+  kiln_tracer_free(s->tracer); /* after every request is answered: exports the last spans (2 s at most) */
   kiln_metrics_free(s->metrics);
   kx_admin_stop(s);
   free(s);
