@@ -286,6 +286,21 @@ static kiln_metric *counter(kiln_metrics *m, const char *name, const char *help)
   return m ? kiln_metrics_counter(m, name, help, 0, NULL) : NULL;
 }
 
+/* Frees what kiln_tracer_create made (its thread already joined); curl_global_cleanup only when
+ * curl_global_init succeeded. */
+static void tracer_destroy(kiln_tracer *t, int curl_global) {
+  curl_slist_free_all(t->headers);
+  if (t->curl) curl_easy_cleanup(t->curl);
+  if (curl_global) curl_global_cleanup();
+  pthread_cond_destroy(&t->cond);
+  pthread_mutex_destroy(&t->lock);
+  pthread_mutex_destroy(&t->export_lock);
+  free(t->ring);
+  free(t->service_name);
+  free(t->service_version);
+  free(t);
+}
+
 kiln_status kiln_tracer_create(const kiln_tracer_options *opt, kiln_tracer **out) {
   *out = NULL;
   kiln_tracer *t = calloc(1, sizeof *t);
@@ -335,16 +350,7 @@ kiln_status kiln_tracer_create(const kiln_tracer_options *opt, kiln_tracer **out
     else t->started = 1;
   }
   if (e) {
-    curl_slist_free_all(t->headers);
-    if (t->curl) curl_easy_cleanup(t->curl);
-    if (global) curl_global_cleanup();
-    pthread_cond_destroy(&t->cond);
-    pthread_mutex_destroy(&t->lock);
-    pthread_mutex_destroy(&t->export_lock);
-    free(t->ring);
-    free(t->service_name);
-    free(t->service_version);
-    free(t);
+    tracer_destroy(t, global);
     return e;
   }
   *out = t;
@@ -396,14 +402,5 @@ void kiln_tracer_free(kiln_tracer *t) {
   if (t->started) pthread_join(t->thread, NULL);
   drain(t, until);
   count_dropped(t, t->count); /* what the bound left behind */
-  curl_slist_free_all(t->headers);
-  curl_easy_cleanup(t->curl);
-  curl_global_cleanup();
-  pthread_cond_destroy(&t->cond);
-  pthread_mutex_destroy(&t->lock);
-  pthread_mutex_destroy(&t->export_lock);
-  free(t->ring);
-  free(t->service_name);
-  free(t->service_version);
-  free(t);
+  tracer_destroy(t, 1);
 }
