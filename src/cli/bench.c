@@ -1,5 +1,6 @@
 /* `kiln bench MODEL`: latency percentiles and throughput on synthetic inputs. */
 #include "cli/cli.h"
+#include "core/quantile.h"
 #include "kiln/graph.h"
 
 #include <stdlib.h>
@@ -11,19 +12,6 @@ static double now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile of sorted samples. */
-static double percentile(const double *sorted, long n, double p) {
-  long rank = (long)(p / 100.0 * (double)n + 0.999999);
-  if (rank < 1) rank = 1;
-  if (rank > n) rank = n;
-  return sorted[rank - 1];
 }
 
 /* --shape NAME=d0,d1,... overrides for unknown dimensions. */
@@ -176,8 +164,9 @@ int cmd_bench(int argc, char **argv) {
   }
   double total_us = now_us() - start;
   if (!s) {
-    qsort(lat, (size_t)done, sizeof *lat, cmp_double);
-    double p50 = percentile(lat, done, 50), p90 = percentile(lat, done, 90), p99 = percentile(lat, done, 99);
+    kx_sort_doubles(lat, (size_t)done);
+    double p50 = kx_quantile_sorted(lat, (size_t)done, 0.50), p90 = kx_quantile_sorted(lat, (size_t)done, 0.90),
+           p99 = kx_quantile_sorted(lat, (size_t)done, 0.99);
     double throughput = (double)batch * (double)done / (total_us / 1e6);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

@@ -1,8 +1,8 @@
 /* The validation gate's latency measurement: batch-1 runs on synthetic inputs, a candidate and its
  * baseline interleaved so that what the machine does meanwhile slows both alike. */
 #include "registry/validate_internal.h"
+#include "core/quantile.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -70,18 +70,6 @@ static kiln_status timed_run(timed_model *t, double *ms) {
   return s ? kiln_status_prefix(s, "%s: ", t->name) : NULL;
 }
 
-static int by_value(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-/* Nearest rank: the smallest sample with at least q of the samples at or below it. */
-static double percentile(const double *sorted, int n, double q) {
-  int rank = (int)ceil(q * n);
-  if (rank < 1) rank = 1;
-  return sorted[rank - 1];
-}
-
 kiln_status kx_validate_latency(const kiln_model *const *models, const char *const *names, int n, int runs, int threads,
                                 kx_latency *out) {
   if (n < 1 || n > MAX_MODELS || runs < 1) return kiln_error(KILN_INVALID_ARGUMENT, "latency: bad arguments");
@@ -102,9 +90,9 @@ kiln_status kx_validate_latency(const kiln_model *const *models, const char *con
   for (int m = 0; !s && m < n; m++) {
     double sum = 0;
     for (int i = 0; i < done; i++) sum += t[m].samples_ms[i];
-    qsort(t[m].samples_ms, (size_t)done, sizeof(double), by_value);
-    out[m].p50_ms = percentile(t[m].samples_ms, done, 0.50);
-    out[m].p99_ms = percentile(t[m].samples_ms, done, 0.99);
+    kx_sort_doubles(t[m].samples_ms, (size_t)done);
+    out[m].p50_ms = kx_quantile_sorted(t[m].samples_ms, (size_t)done, 0.50);
+    out[m].p99_ms = kx_quantile_sorted(t[m].samples_ms, (size_t)done, 0.99);
     out[m].mean_ms = sum / done;
     out[m].runs = done;
   }

@@ -2,6 +2,7 @@
  * recent latencies), the verdict on a canary against stable, and where a request id falls in the
  * traffic split. The manager acts on the verdict. */
 #include "serve/serve.h"
+#include "core/quantile.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -33,24 +34,16 @@ void kx_health_record(kx_health *h, int failed, int nonfinite, double seconds) {
   pthread_mutex_unlock(&h->lock);
 }
 
-static int compare_floats(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return (x > y) - (x < y);
-}
-
 /* The median and the 99th percentile of the latency window (nearest rank); NaN when it is empty. */
 static void percentiles_ms(kx_health *h, double *p50, double *p99) {
-  float copy[KX_LATENCY_WINDOW];
+  double copy[KX_LATENCY_WINDOW];
   pthread_mutex_lock(&h->lock);
   int n = h->n_latency;
-  memcpy(copy, h->latency_ms, (size_t)n * sizeof *copy);
+  for (int i = 0; i < n; i++) copy[i] = h->latency_ms[i];
   pthread_mutex_unlock(&h->lock);
-  *p50 = *p99 = NAN;
-  if (n == 0) return;
-  qsort(copy, (size_t)n, sizeof *copy, compare_floats);
-  int r50 = (int)ceil(0.5 * n) - 1, r99 = (int)ceil(0.99 * n) - 1;
-  *p50 = copy[r50 < 0 ? 0 : r50];
-  *p99 = copy[r99 < 0 ? 0 : r99];
+  kx_sort_doubles(copy, (size_t)n);
+  *p50 = kx_quantile_sorted(copy, (size_t)n, 0.5);
+  *p99 = kx_quantile_sorted(copy, (size_t)n, 0.99);
 }
 
 kiln_canary_options kx_canary_defaults(const kiln_canary_options *o) {
