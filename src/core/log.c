@@ -4,9 +4,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/buf.h"
+#include "core/utc.h"
 
 /* The log sink's settings: the only mutable globals in kiln besides the op table. */
 static int threshold = -1; /* -1: not yet read from the environment */
@@ -69,14 +69,9 @@ static void build_line(kx_buf *b, int text, kiln_log_level level, const char *ms
   if (text) {
     kx_buf_printf(b, "%s: %s", level_names[level], msg);
   } else {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char when[32];
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-    kx_buf_printf(b, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", when, ts.tv_nsec / 1000000,
-                  level_names[level]);
+    char when[KX_UTC_SIZE];
+    kx_utc_now(1, when);
+    kx_buf_printf(b, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", when, level_names[level]);
     kx_buf_json_string(b, msg);
   }
   for (int i = 0; fields && i < n_fields; i++) {

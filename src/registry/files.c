@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 kiln_status kx_path(char *buf, size_t size, const char *fmt, ...) {
@@ -19,13 +18,6 @@ kiln_status kx_path(char *buf, size_t size, const char *fmt, ...) {
   if (n >= 0 && (size_t)n < size) return NULL;
   if (size) buf[0] = '\0';
   return kiln_error(KILN_INVALID_ARGUMENT, "a path under the model repository is longer than %zu bytes", size - 1);
-}
-
-void kx_utc_now(char out[32]) {
-  time_t now = time(NULL);
-  struct tm tm;
-  if (now == (time_t)-1 || !gmtime_r(&now, &tm) || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-    snprintf(out, 32, "1970-01-01T00:00:00Z"); /* a clock that cannot be read: an obvious placeholder */
 }
 
 int kx_version_exists(const char *model_dir, int64_t version) {

@@ -1,6 +1,7 @@
 /* labels.json: its parser (fuzzed) and writer, and the label, rollback and reject operations, each a
  * read-modify-write under the model's lock. */
 #include "core/buf.h"
+#include "core/utc.h"
 #include "registry/registry_internal.h"
 
 #include <math.h>
@@ -348,8 +349,8 @@ static kiln_status do_reject(kiln_labels *l, void *arg) {
                       (long long)a->version);
   for (int i = l->n_labels - 1; i >= 0; i--)
     if (l->labels[i].version == a->version) remove_label_at(l, i);
-  char at[32];
-  kx_utc_now(at);
+  char at[KX_UTC_SIZE];
+  kx_utc_now(0, at);
   char *reason = strdup(a->reason), *when = strdup(at);
   if (!reason || !when) {
     free(reason), free(when);

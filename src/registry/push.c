@@ -2,6 +2,7 @@
  * its manifest, atomically: copied and fsynced into a hidden temporary folder, then renamed. */
 #include "core/buf.h"
 #include "core/sha256.h"
+#include "core/utc.h"
 #include "registry/registry_internal.h"
 
 #include <errno.h>
@@ -243,8 +244,8 @@ static kiln_status copy_all(push_job *j) {
 /* ---------------------------------------------------------------- manifest and rename */
 
 static char *manifest_text(const push_job *j, int64_t version) {
-  char created[32], nettle[32];
-  kx_utc_now(created);
+  char created[KX_UTC_SIZE], nettle[32];
+  kx_utc_now(0, created);
   snprintf(nettle, sizeof nettle, "%d.%d", nettle_version_major(), nettle_version_minor());
   cJSON *m = cJSON_CreateObject(), *libs = NULL, *files = NULL, *meta = NULL;
   int ok = m && cJSON_AddNumberToObject(m, "format", 1) && cJSON_AddStringToObject(m, "name", j->name) &&

@@ -36,8 +36,6 @@ void kx_model_unlock(int fd);
 
 /* snprintf into buf; INVALID_ARGUMENT naming the path when it does not fit. */
 kiln_status kx_path(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* The current time as RFC 3339 UTC ("2026-11-26T12:00:00Z"). */
-void kx_utc_now(char out[32]);
 /* Whether MODEL_DIR/<version> is a folder. */
 int kx_version_exists(const char *model_dir, int64_t version);
 

@@ -4,6 +4,7 @@
  * manager, which follows the repository as it does on every poll. */
 #include "serve/serve.h"
 #include "core/sha256.h"
+#include "core/utc.h"
 #include "kiln/registry.h"
 
 #include <cjson/cJSON.h>
@@ -14,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <unistd.h>
 
 kiln_status kx_admin_start(kiln_server *s) {
@@ -45,13 +45,8 @@ typedef struct admin_call {
 
 /* One audit line: appended with a single write (O_APPEND), so concurrent lines never interleave. */
 static void audit(kiln_server *s, const kx_call *c, const admin_call *a, int status, const char *result) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  char when[80];
-  snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-           tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+  char when[KX_UTC_SIZE];
+  kx_utc_now(1, when);
   kx_buf b = {0};
   kx_buf_printf(&b, "{\"time\":\"%s\",\"type\":\"audit\",\"remote\":", when);
   kx_buf_json_string(&b, a->peer ? a->peer : "");
