@@ -3,7 +3,6 @@
 #include "kiln/data.h"
 #include "registry/validate_internal.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -209,21 +208,22 @@ static int64_t previous_version(const char *dir, char *prev_dir) {
   while (n > 1 && parent[n - 1] == '/') parent[--n] = 0; /* "models/m/3/" */
   char *slash = strrchr(parent, '/');
   const char *base = slash ? slash + 1 : parent;
-  int64_t self, best = -1, v;
+  int64_t self, best = -1, *versions;
   if (!kiln_version_folder(base, &self)) return -1;
   if (slash == parent) snprintf(parent, sizeof parent, "/");
   else if (slash) *slash = 0;
   else snprintf(parent, sizeof parent, ".");
-  DIR *d = opendir(parent);
-  if (!d) return -1;
-  struct dirent *e;
-  char path[PATH_CHARS];
-  while ((e = readdir(d)))
-    if (kiln_version_folder(e->d_name, &v) && v < self && v > best && !join(path, parent, e->d_name) && kx_is_dir(path)) best = v;
-  closedir(d);
+  int count;
+  kiln_status s = kiln_registry_versions(parent, &versions, &count); /* ascending */
+  if (s) {
+    kiln_status_free(s);
+    return -1;
+  }
+  for (int i = 0; i < count && versions[i] < self; i++) best = versions[i];
+  free(versions);
   char name[24];
   snprintf(name, sizeof name, "%lld", (long long)best);
-  if (best >= 0 && join(prev_dir, parent, name)) return -1; /* not reached: the folder was joined above */
+  if (best >= 0 && join(prev_dir, parent, name)) return -1; /* a path too long to name: as if there were none */
   return best;
 }
 
