@@ -12,10 +12,14 @@ set -eu
 # hashes the registry's manifests (SHA-256) and compares admin tokens in constant time; libcurl sends
 # OTLP traces; promtool (Debian's prometheus) tests the alert rules; nginx-light and python3-yaml run
 # and check the deployment files in deploy/.
+# gRPC messages: libprotobuf-dev has google/protobuf/any.proto and wrappers.proto, which the TF Serving
+# .proto files import; protobuf-compiler (protoc) and python3-grpc-tools write the Python stubs the
+# gRPC tests use, python3-grpcio is their client.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
+  libprotobuf-dev protobuf-compiler python3-grpcio python3-grpc-tools
   libhttp-parser-dev libcjson-dev libjemalloc-dev
   zlib1g-dev libzip-dev libisal-dev libspng-dev libturbojpeg0-dev dataset-fashion-mnist
   libopenmpi-dev openmpi-bin python3-protobuf nettle-dev libcurl4-openssl-dev
