@@ -11,12 +11,13 @@ set -eu
 # (libkiln links it; mpirun starts them); python3-protobuf decodes TensorBoard files in a test; nettle
 # hashes the registry's manifests (SHA-256) and compares admin tokens in constant time; libcurl sends
 # OTLP traces; promtool (Debian's prometheus) tests the alert rules; nginx-light and python3-yaml run
-# and check the deployment files in deploy/.
+# and check the deployment files in deploy/; libnghttp2 is the gRPC server's HTTP/2, python3-grpcio
+# the real gRPC client its wire test talks to.
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
-  libhttp-parser-dev libcjson-dev libjemalloc-dev
+  libhttp-parser-dev libcjson-dev libjemalloc-dev libnghttp2-dev python3-grpcio
   zlib1g-dev libzip-dev libisal-dev libspng-dev libturbojpeg0-dev dataset-fashion-mnist
   libopenmpi-dev openmpi-bin python3-protobuf nettle-dev libcurl4-openssl-dev
   prometheus nginx-light python3-yaml
