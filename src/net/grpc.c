@@ -368,17 +368,14 @@ static void conn_start(kx_grpc_conn *c) {
   if (io->conns) io->conns->prev = c;
   io->conns = c;
   c->idle_since_ms = c->last_write_ms = ev_now_ms();
-  if (ev_add(io->loop, c->fd, EV_READABLE, conn_on_event, c) != 0 || conn_session(c) != 0) {
+  if (ev_add(io->loop, c->fd, EV_READABLE, conn_on_event, c) != 0 || conn_session(c) != 0 ||
+      ev_timer_start(io->loop, &c->timer, s->opt.idle_timeout_ms) != 0) {
     conn_free(c);
     return;
   }
   if (over) {
     kiln_log(KILN_LOG_WARN, "grpc: %s: over max_connections (%d); refused", c->peer, s->opt.max_connections);
     conn_goaway(c, NGHTTP2_ENHANCE_YOUR_CALM, "too many connections");
-    return;
-  }
-  if (ev_timer_start(io->loop, &c->timer, s->opt.idle_timeout_ms) != 0) {
-    conn_free(c);
     return;
   }
   if (atomic_load(&s->draining)) {
