@@ -49,7 +49,8 @@ static int method_is(const char *m, const char *name) { return strcmp(m, name) =
 static kiln_grpc_kind svc_kind(void *ctx, const char *method) {
   if (method_is(method, "/test.Echo/Stream") || method_is(method, "/test.Echo/HoldStream")) return KILN_GRPC_STREAMING;
   if (method_is(method, "/test.Echo/Unary") || method_is(method, "/test.Echo/Hold") ||
-      method_is(method, "/test.Echo/Later") || method_is(method, "/test.Echo/Fail"))
+      method_is(method, "/test.Echo/Later") || method_is(method, "/test.Echo/Fail") ||
+      method_is(method, "/test.Echo/Jitter"))
     return KILN_GRPC_UNARY;
   return KILN_GRPC_UNKNOWN;
 }
@@ -58,11 +59,13 @@ typedef struct later {
   kiln_grpc_call *call;
   uint8_t *data;
   size_t len;
+  int us; /* delay */
 } later;
 
 static void *later_main(void *arg) {
   later *l = arg;
-  sleep_ms(30);
+  struct timespec ts = {0, (long)l->us * 1000L};
+  nanosleep(&ts, NULL);
   kiln_grpc_send(l->call, l->data, l->len);
   kiln_grpc_finish(l->call, KILN_GRPC_OK, NULL, NULL, 0);
   free(l);
@@ -76,9 +79,10 @@ static void svc_message(void *ctx, kiln_grpc_call *call, const kiln_grpc_request
     kiln_grpc_finish(call, KILN_GRPC_OK, NULL, dup_bytes(req->message, req->len), req->len);
   } else if (method_is(req->method, "/test.Echo/Stream")) {
     kiln_grpc_send(call, dup_bytes(req->message, req->len), req->len);
-  } else if (method_is(req->method, "/test.Echo/Later")) {
+  } else if (method_is(req->method, "/test.Echo/Later") || method_is(req->method, "/test.Echo/Jitter")) {
     later *l = malloc(sizeof *l);
-    *l = (later){call, dup_bytes(req->message, req->len), req->len};
+    int jitter = method_is(req->method, "/test.Echo/Jitter");
+    *l = (later){call, dup_bytes(req->message, req->len), req->len, jitter ? (int)(req->len * 97 % 2000) : 30000};
     pthread_t t;
     if (pthread_create(&t, NULL, later_main, l) == 0) pthread_detach(t);
   } else if (method_is(req->method, "/test.Echo/Fail")) {
@@ -698,6 +702,34 @@ static void test_connection_lost(void) {
   stop(s);
 }
 
+/* Workers finish calls while their clients reset streams or drop the connection, in every order:
+ * whichever side ends first, nothing is used after it is freed (ASan) and every call is released. */
+static void test_races(void) {
+  kiln_grpc_server *s = start((kiln_grpc_options){0});
+  for (int round = 0; round < 20; round++) {
+    h2client *c = h2_connect(kiln_grpc_server_port(s));
+    h2stream *sts[MAX_STREAMS];
+    for (int i = 0; i < 40; i++) {
+      char text[32];
+      int n = snprintf(text, sizeof text, "%*d", 1 + (round * 40 + i) % 25, i);
+      kx_buf b = {0};
+      grpc_frame(&b, 0, text, (size_t)n, (size_t)n);
+      sts[i] = h2_call(c, "/test.Echo/Jitter", NULL, b.data, b.len, 1);
+      kx_buf_free(&b);
+    }
+    h2_pump(c, 0);
+    struct timespec ts = {0, (long)(round % 5) * 300000L};
+    nanosleep(&ts, NULL);
+    for (int i = 0; i < 40; i += 3) nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, sts[i]->id, NGHTTP2_CANCEL);
+    h2_pump(c, round % 2);
+    if (round % 4 == 3) { /* the rest finish normally */
+      for (int i = 1; i < 40; i += 3) CHECK(h2_wait(c, sts[i], 3000) && sts[i]->grpc_status == 0);
+    }
+    h2_close(c);
+  }
+  stop(s);
+}
+
 static void test_stop_accepting(void) {
   kiln_grpc_server *s = start((kiln_grpc_options){0});
   int port = kiln_grpc_server_port(s);
@@ -763,4 +795,4 @@ static void test_start_errors(void) {
 
 TEST_MAIN(TEST(test_unary), TEST(test_concurrent_streams), TEST(test_large_message), TEST(test_streaming),
           TEST(test_errors), TEST(test_http_status_of_non_grpc), TEST(test_deadline), TEST(test_client_reset),
-          TEST(test_connection_lost), TEST(test_stop_accepting), TEST(test_limits_and_stats), TEST(test_start_errors))
+          TEST(test_connection_lost), TEST(test_races), TEST(test_stop_accepting), TEST(test_limits_and_stats), TEST(test_start_errors))
