@@ -47,9 +47,9 @@ static void percent_encode(kx_buf *b, const char *s) {
   if (!b->data) kx_buf_append(b, "", 0);
 }
 
-/* grpc-timeout: 1 to 8 digits and a unit (H M S m u n). Returns seconds, or -1 when malformed.
- * Like grpc-core, more digits are read but a value beyond 10^9 units means no deadline (+inf
- * becomes 0 here, "none"). */
+/* grpc-timeout: 1 to 8 digits and a unit (H M S m u n). Returns seconds (0: already passed), -1
+ * when malformed, or -2 for "no deadline": like grpc-core, more digits are read, but a value
+ * beyond 10^9 units means none. */
 static double parse_timeout(const char *s) {
   const char *p = s;
   while (*p == ' ' || *p == '\t') p++;
@@ -74,7 +74,7 @@ static double parse_timeout(const char *s) {
   for (p++; *p == ' ' || *p == '\t'; p++) {
   }
   if (*p) return -1;
-  return huge ? 0 : (double)v * unit;
+  return huge ? -2 : (double)v * unit;
 }
 
 static int is_grpc_content_type(const char *ct) {
@@ -580,13 +580,13 @@ void kx_grpc_call_begin(kiln_grpc_call *call) {
   }
   if (call->timeout.data) {
     double t = parse_timeout(call->timeout.data);
-    if (t < 0) {
+    if (t == -1) {
       snprintf(text, sizeof text, "malformed grpc-timeout '%.40s': expected up to 8 digits and a unit (H M S m u n)",
                call->timeout.data);
       call_answer(call, KILN_GRPC_INTERNAL, text);
       return;
     }
-    if (t > 0) {
+    if (t >= 0) {
       call->deadline = kiln_now() + t;
       double ms = t * 1000.0 + 0.999;
       if (ev_timer_start(call->io->loop, &call->deadline_timer, ms > 4e15 ? (int64_t)4e15 : (int64_t)ms) != 0) {

@@ -619,6 +619,15 @@ static void test_deadline(void) {
   }
   CHECK(unary_roundtrip(c, "/test.Echo/Unary", "after", &st));
   CHECK(st->grpc_status == 0 && is_message(st, 0, "after"));
+  /* a deadline that has already passed; one too far away to matter (grpc-core's reading) */
+  b = (kx_buf){0};
+  grpc_frame(&b, 0, "x", 1, 1);
+  const char *zero[] = {"grpc-timeout", "0S", NULL}, *far[] = {"grpc-timeout", "9999999999H", NULL};
+  st = h2_call(c, "/test.Echo/Later", zero, b.data, b.len, 1);
+  CHECK(h2_wait(c, st, 3000) && st->grpc_status == 4);
+  st = h2_call(c, "/test.Echo/Unary", far, b.data, b.len, 1);
+  CHECK(h2_wait(c, st, 3000) && st->grpc_status == 0);
+  kx_buf_free(&b);
   h2_close(c);
   stop(s);
 }
