@@ -189,6 +189,10 @@ int kiln_grpc_server_port(const kiln_grpc_server *s);
  * the I/O thread, inside the callback that delivered the call's first message or its half-close,
  * before the call's first kiln_grpc_send or kiln_grpc_finish. Names are lower-case. */
 void kiln_grpc_add_header(kiln_grpc_call *call, const char *name, const char *value);
+/* The service's own pointer for a call (NULL until set); only on the I/O thread, inside a callback
+ * for the call. */
+void kiln_grpc_set_context(kiln_grpc_call *call, void *context);
+void *kiln_grpc_context(const kiln_grpc_call *call);
 /* Sends a response message; any thread, before kiln_grpc_finish. Takes ownership of `message`
  * (malloc'd; may be NULL when len is 0). Dropped when the call is cancelled. */
 void kiln_grpc_send(kiln_grpc_call *call, uint8_t *message, size_t len);

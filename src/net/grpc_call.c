@@ -417,6 +417,10 @@ void kiln_grpc_finish(kiln_grpc_call *call, int code, const char *message, uint8
 
 int kiln_grpc_cancelled(const kiln_grpc_call *call) { return atomic_load(&call->cancelled); }
 
+void kiln_grpc_set_context(kiln_grpc_call *call, void *context) { call->context = context; }
+
+void *kiln_grpc_context(const kiln_grpc_call *call) { return call->context; }
+
 void kiln_grpc_add_header(kiln_grpc_call *call, const char *name, const char *value) {
   if (call->headers_sent) {
     kiln_log(KILN_LOG_ERROR, "grpc: kiln_grpc_add_header(%s) after the response headers went out; ignored", name);

@@ -53,6 +53,7 @@ struct kiln_grpc_call {
   char *status_message;
   kx_grpc_outmsg *out_head, *out_tail;
   kx_buf resp_headers; /* "name\0value\0" pairs from kiln_grpc_add_header */
+  void *context;       /* the service's (kiln_grpc_set_context) */
   int n_resp_headers;
   /* ---- from any thread, under mu */
   pthread_mutex_t mu;
