@@ -17,6 +17,11 @@
  * tiny message from making the server write gigabytes. More is RESOURCE_EXHAUSTED. */
 #define KX_GRPC_MAX_REPEAT_ELEMENTS ((int64_t)1 << 22)
 
+struct kx_scratch;
+/* Packs m into a malloc'd buffer; RESOURCE_EXHAUSTED when s (an encoder's scratch allocator, may be
+ * NULL) failed or memory runs out. On error *out is NULL and *len 0. */
+kiln_status kx_grpc_pack(const ProtobufCMessage *m, struct kx_scratch *s, uint8_t **out, size_t *len);
+
 /* TensorFlow's DataType number for a kiln dtype (DT_INVALID = 0 for those TF Serving cannot carry),
  * and back (KILN_UNDEFINED for DT_INVALID, complex and the other types kiln does not serve). */
 int kx_grpc_tf_dtype(kiln_dtype t);

@@ -19,9 +19,6 @@ typedef struct kx_scratch {
 void *kx_scratch_calloc(kx_scratch *s, size_t count, size_t size);
 void kx_scratch_free(kx_scratch *s);
 
-/* Packs m into a malloc'd buffer; RESOURCE_EXHAUSTED when s (may be NULL) failed or memory runs out.
- * On error *out is NULL and *len 0. */
-kiln_status kx_grpc_pack(const ProtobufCMessage *m, kx_scratch *s, uint8_t **out, size_t *len);
 
 /* Checks the outputs an encoder will write: sel's (NULL: all) exist, have data and a carried dtype. */
 kiln_status kx_grpc_check_outputs(const kx_signature *sig, const kx_v2_request *sel,
