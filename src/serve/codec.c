@@ -153,7 +153,7 @@ kiln_status kx_codec_check_input(const kiln_value_info *info, kiln_dtype *dtype)
     return kiln_error(KILN_UNIMPLEMENTED, "input '%s' is not a tensor; the REST APIs carry only tensors", info->name);
   kiln_dtype t = info->dtype == KILN_UNDEFINED ? KILN_FLOAT : info->dtype;
   if (!kx_v2_dtype_name(t))
-    return kiln_error(KILN_UNIMPLEMENTED, "input '%s' has element type %s, which the REST APIs cannot carry",
+    return kiln_error(KILN_UNIMPLEMENTED, "input '%s' has element type %s, which the serving APIs cannot carry",
                       info->name, kiln_dtype_name(t));
   if (info->rank > KILN_MAX_RANK)
     return kiln_error(KILN_UNIMPLEMENTED, "input '%s' has rank %d, more than kiln's %d", info->name, info->rank,
@@ -495,7 +495,7 @@ kiln_status kx_codec_check_output(const kx_signature *sig, const kiln_tensor *co
   const kiln_tensor *t = outputs ? outputs[i] : NULL;
   if (!t) return kiln_error(KILN_INTERNAL, "output '%s' is missing", name);
   if (!kx_v2_dtype_name(t->dtype))
-    return kiln_error(KILN_UNIMPLEMENTED, "output '%s' has element type %s, which the REST APIs cannot carry", name,
+    return kiln_error(KILN_UNIMPLEMENTED, "output '%s' has element type %s, which the serving APIs cannot carry", name,
                       kiln_dtype_name(t->dtype));
   if (t->rank < 0 || t->rank > KILN_MAX_RANK)
     return kiln_error(KILN_INTERNAL, "output '%s' has rank %d", name, t->rank);

@@ -116,7 +116,7 @@ struct cJSON;
  * never cJSON_Delete. */
 kiln_status kx_codec_parse_json(const char *body, size_t len, struct cJSON **out);
 void kx_codec_free_json(struct cJSON *root);
-/* The dtype an input is decoded into (KILN_UNDEFINED: float); UNIMPLEMENTED for inputs the REST
+/* The dtype an input is decoded into (KILN_UNDEFINED: float); UNIMPLEMENTED for inputs the serving
  * APIs cannot carry (sequences, complex numbers). */
 kiln_status kx_codec_check_input(const kiln_value_info *info, kiln_dtype *dtype);
 /* INVALID_ARGUMENT "input 'x': expected shape [-1,784], got [2,783]" unless the shape fits. */

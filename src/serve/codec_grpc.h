@@ -10,6 +10,7 @@
 #include "serve/codec.h"
 #include "tensorflow/core/framework/tensor.pb-c.h"
 #include "tensorflow_serving/apis/predict.pb-c.h"
+#include "tensorflow_serving/config/model_server_config.pb-c.h"
 
 /* Most elements a TensorProto's typed field may fill by repeating its last value (TensorFlow's rule
  * for fields holding fewer values than the shape has elements, zero values meaning zeros): a
@@ -95,5 +96,14 @@ kiln_status kx_grpc_encode_v2_infer(const kx_signature *sig, const char *model, 
  * (-1 for free dims; [-1] for an unknown rank)}. *out is malloc'd; on error it is NULL. */
 kiln_status kx_grpc_encode_v2_metadata(const kx_signature *sig, const char *model, const int64_t *versions,
                                        int n_versions, uint8_t **out, size_t *len);
+
+/* HandleReloadConfigRequest's ModelServerConfig as kiln's model list (codec_grpc_config.c): only
+ * model_config_list (custom_model_config is UNIMPLEMENTED, none INVALID_ARGUMENT); each ModelConfig's
+ * name, base_path, model_platform, model_version_policy and version_labels, checked by the rules of
+ * kiln_model_server_config_parse (errors name "ReloadConfigRequest.config" and the model's line,
+ * one per model after the first). The deprecated model_type is ignored, as by TF Serving. */
+struct kiln_model_server_config;
+kiln_status kx_grpc_decode_server_config(const Tensorflow__Serving__ModelServerConfig *sc,
+                                         struct kiln_model_server_config *cfg);
 
 #endif
