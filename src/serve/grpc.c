@@ -64,8 +64,7 @@ static int grpc_code(kiln_code code) { return code == KILN_IO ? KILN_GRPC_INTERN
 
 static void record(kiln_server *s, kx_call *c, kiln_code code, size_t len) {
   /* the HTTP status the code maps to, as for REST, so that one alert covers both protocols */
-  int status = kx_http_status(code);
-  kx_record(s, c, status, len, kiln_code_name(code));
+  kx_record(s, c, kx_http_status(code), len, grpc_code(code));
 }
 
 void kx_grpc_answer(kiln_server *s, kx_call *c, uint8_t *message, size_t len) {

@@ -261,8 +261,8 @@ struct kiln_server {
 /* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
 int kx_http_status(kiln_code code);
 /* Records an answered call: its metrics (status: the HTTP status, or for gRPC the one its code maps
- * to), access-log line (grpc_status: the gRPC code's name, NULL for REST) and receive span. */
-void kx_record(kiln_server *s, kx_call *c, int status, size_t len, const char *grpc_status);
+ * to), access-log line and receive span; grpc_code is the gRPC status code, -1 for REST. */
+void kx_record(kiln_server *s, kx_call *c, int status, size_t len, int grpc_code);
 /* Logs an error answer the server is to blame for (5xx but 503). */
 void kx_log_error(const kx_call *c, kiln_code code, const char *message);
 /* The call's request id: the client's (X-Request-Id / x-request-id) when it is a sane token, else
@@ -356,8 +356,9 @@ void kx_trace_begin(kiln_server *s, kx_call *c, const char *traceparent, const c
 char *kx_trace_parent(const kx_call *c, char buf[KILN_TRACEPARENT_SIZE]);
 /* The traceparent (and tracestate) response header lines into buf; returns buf. */
 char *kx_trace_headers(const kx_call *c, char *buf, size_t size);
-/* The call's "receive" span (SERVER kind, from its last byte to now), when sampled. */
-void kx_trace_receive(kiln_server *s, const kx_call *c, int status);
+/* The call's "receive" span (SERVER kind, from its last byte to now), when sampled: with HTTP's
+ * attributes, or for a gRPC call (grpc_code >= 0) OpenTelemetry's rpc.* ones. */
+void kx_trace_receive(kiln_server *s, const kx_call *c, int status, int grpc_code);
 /* An inference request's "queue", "batch", "inference" and "encode" spans (children of receive),
  * those it reached, when sampled; run_error / encode_error give the failing span its status. */
 void kx_trace_request(kiln_server *s, const kx_request *r, const char *run_error, const char *encode_error);

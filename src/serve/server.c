@@ -59,7 +59,7 @@ static void access_log(const kx_call *c, int status, size_t len, double seconds,
   kiln_log_fields(KILN_LOG_INFO, f, 10, "%s %s %d", c->method, c->path, status);
 }
 
-void kx_record(kiln_server *s, kx_call *c, int status, size_t len, const char *grpc_status) {
+void kx_record(kiln_server *s, kx_call *c, int status, size_t len, int grpc_code) {
   double seconds = kiln_now() - c->received_at;
   char code[8];
   snprintf(code, sizeof code, "%d", status);
@@ -67,13 +67,13 @@ void kx_record(kiln_server *s, kx_call *c, int status, size_t len, const char *g
                            api_names[c->api], code};
   kiln_metric_add(s->requests, labels, 1);
   kiln_metric_observe(s->request_seconds, labels, seconds);
-  if (s->opt.access_log) access_log(c, status, len, seconds, grpc_status);
-  kx_trace_receive(s, c, status);
+  if (s->opt.access_log) access_log(c, status, len, seconds, grpc_code >= 0 ? kiln_code_name((kiln_code)grpc_code) : NULL);
+  kx_trace_receive(s, c, status, grpc_code);
 }
 
 void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
                char *body, size_t len) {
-  kx_record(s, c, status, len, NULL);
+  kx_record(s, c, status, len, -1);
   /* the id (< 40 bytes), traceparent, tracestate (<= 512 bytes), at most Inference-Header-Content-Length */
   char headers[1024], trace[700];
   snprintf(headers, sizeof headers, "X-Request-Id: %s\r\n%s%s", c->request_id, kx_trace_headers(c, trace, sizeof trace),

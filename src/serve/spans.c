@@ -48,15 +48,21 @@ char *kx_trace_headers(const kx_call *c, char *buf, size_t size) {
 
 static int64_t wall_ns(const kx_call *c, double t) { return (int64_t)(t * 1e9) + c->clock_offset_ns; }
 
-void kx_trace_receive(kiln_server *s, const kx_call *c, int status) {
+void kx_trace_receive(kiln_server *s, const kx_call *c, int status, int grpc_code) {
   if (!c->sampled || !s->tracer) return;
   kiln_span sp;
   kiln_span_init(&sp, c->trace_id, c->span_id, c->parent_id, "receive", KILN_SPAN_SERVER);
   sp.start_ns = wall_ns(c, c->received_at);
   sp.end_ns = wall_ns(c, kiln_now());
-  kiln_span_set_string(&sp, "http.method", c->method);
-  kiln_span_set_string(&sp, "http.route", c->path);
-  kiln_span_set_int(&sp, "http.status_code", status);
+  if (grpc_code >= 0) { /* OpenTelemetry's RPC conventions */
+    kiln_span_set_string(&sp, "rpc.system", "grpc");
+    kiln_span_set_string(&sp, "rpc.method", c->path);
+    kiln_span_set_int(&sp, "rpc.grpc.status_code", grpc_code);
+  } else {
+    kiln_span_set_string(&sp, "http.method", c->method);
+    kiln_span_set_string(&sp, "http.route", c->path);
+    kiln_span_set_int(&sp, "http.status_code", status);
+  }
   kiln_span_set_string(&sp, "kiln.request_id", c->request_id);
   if (c->version) {
     kiln_span_set_string(&sp, "kiln.model", c->version->model_name);

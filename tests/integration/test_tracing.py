@@ -258,6 +258,42 @@ class TracingTest(unittest.TestCase):
         self.assertTrue(any(l["trace_id"] == trace_id and l["status"] == "404" for l in access))
         print("  %d access log lines, each with request_id and trace_id" % len(access))
 
+    def test_grpc_spans(self):
+        import grpc
+        import grpc_stubs
+        stubs = grpc_stubs.load()
+        col = self.collector()
+        s = self.serve("--otlp_endpoint=" + col.endpoint)
+        channel = grpc.insecure_channel("127.0.0.1:%d" % s.grpc_port)
+        v2 = stubs.grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        req = stubs.grpc_predict_v2_pb2.ModelInferRequest(model_name="m")
+        req.inputs.add(name="x", datatype="FP32", shape=list(self.x.shape))
+        req.raw_input_contents.append(self.x.astype("<f4").tobytes())
+        trace_id, caller = new_ids()
+        _, call = v2.ModelInfer.with_call(req, timeout=10, metadata=[("traceparent", "00-%s-%s-01" % (trace_id, caller)),
+                                                                     ("x-request-id", "grpc-trace-1")])
+        receive_id = dict(call.initial_metadata())["traceparent"].split("-")[2]
+        spans = {sp["name"]: sp for sp in col.wait_trace(trace_id, 5)}
+        self.assertEqual(sorted(spans), sorted(("receive",) + CHILDREN))
+        recv = spans["receive"]
+        self.assertEqual(recv["spanId"], receive_id)
+        self.assertEqual(recv.get("parentSpanId"), caller)
+        a = attrs(recv)
+        self.assertEqual((a.get("rpc.system"), a.get("rpc.method"), a.get("rpc.grpc.status_code")),
+                         ("grpc", "/inference.GRPCInferenceService/ModelInfer", 0))
+        self.assertEqual(a.get("kiln.request_id"), "grpc-trace-1")
+        for name in CHILDREN:
+            self.assertEqual(spans[name].get("parentSpanId"), receive_id, name)
+        # an error: the receive span carries the gRPC code
+        trace_id, caller = new_ids()
+        req.model_name = "nosuch"
+        with self.assertRaises(grpc.RpcError):
+            v2.ModelInfer(req, timeout=10, metadata=[("traceparent", "00-%s-%s-01" % (trace_id, caller))])
+        self.assertEqual(attrs(col.wait_trace(trace_id, 1)[0]).get("rpc.grpc.status_code"), 5)
+        channel.close()
+        print("  gRPC ModelInfer: receive (rpc.system=grpc, status code 0) with %s, under the caller's span; "
+              "NOT_FOUND gives code 5" % ", ".join(CHILDREN))
+
     def test_new_trace_and_sampling_flag(self):
         col = self.collector()
         s = self.serve("--otlp_endpoint=" + col.endpoint)
