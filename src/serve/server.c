@@ -173,23 +173,6 @@ static int fall_back(kiln_server *s, kx_request *r, const char *why) {
   return 1;
 }
 
-/* inference_done's end for a gRPC request: encode the protobuf response, answer, free. */
-static void grpc_done(kiln_server *s, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
-  uint8_t *message = NULL;
-  size_t len = 0;
-  int run_failed = error != NULL;
-  if (!error) {
-    r->encode_start = kiln_now();
-    error = kx_grpc_encode_response(r, outputs, &message, &len);
-    r->encode_end = kiln_now();
-  }
-  const char *text = error ? kiln_status_message(error) : NULL;
-  kx_trace_request(s, r, run_failed ? text : NULL, run_failed ? NULL : text);
-  if (error) kx_answer_error(s, &r->call, error);
-  else kx_grpc_answer(s, &r->call, message, len);
-  request_free(r);
-}
-
 /* The batcher's completion callback, on a worker thread: judge, encode, answer, free. */
 static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
   kiln_server *s = ctx;
@@ -200,16 +183,15 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
     kiln_status_free(error);
     return;
   }
-  if (r->call.grpc) {
-    grpc_done(s, r, outputs, error);
-    return;
-  }
-  kx_buf b = {0};
+  kx_buf b = {0};            /* REST's JSON (and binary) body */
   size_t json_len = 0;
+  uint8_t *packed = NULL; /* gRPC's protobuf message */
+  size_t packed_len = 0;
   int run_failed = error != NULL;
   if (!error) {
     r->encode_start = kiln_now();
-    if (r->call.api == KX_API_TFS_PREDICT) error = kx_tfs_encode_response(r, outputs, &b);
+    if (r->call.grpc) error = kx_grpc_encode_response(r, outputs, &packed, &packed_len);
+    else if (r->call.api == KX_API_TFS_PREDICT) error = kx_tfs_encode_response(r, outputs, &b);
     else error = kx_v2_encode_response(r, outputs, &b, &json_len);
     r->encode_end = kiln_now();
   }
@@ -218,6 +200,8 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
   if (error) {
     kx_buf_free(&b);
     kx_answer_error(s, &r->call, error);
+  } else if (r->call.grpc) {
+    kx_grpc_answer(s, &r->call, packed, packed_len);
   } else if (r->call.api == KX_API_V2_INFER && json_len != b.len) {
     char extra[64];
     snprintf(extra, sizeof extra, "Inference-Header-Content-Length: %zu\r\n", json_len);
