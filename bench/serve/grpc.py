@@ -75,22 +75,24 @@ log = serve_bench.log
 ServerError = serve_bench.ServerError
 
 
-def onnx_io(onnx_path):
-    """The names of the model's (non-initializer) input and its first output."""
+def write_frame(stubs, model, onnx_path, body_path):
+    """The gRPC frame of a PredictRequest holding run.py's JSON instance (M.grpc beside M.json):
+    (the request, its file, the name of the model's first output)."""
     graph = onnx.load(onnx_path, load_external_data=False).graph
     inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
-    return inputs[0], graph.output[0].name
-
-
-def predict_request(stubs, model, input_name, x):
+    with open(body_path) as f:
+        x = np.asarray(json.load(f)["instances"], dtype="<f4")
     req = stubs.predict_pb2.PredictRequest()
     req.model_spec.name = model
-    t = req.inputs[input_name]
+    t = req.inputs[inputs[0]]
     t.dtype = stubs.types_pb2.DT_FLOAT
-    for d in x.shape:
-        t.tensor_shape.dim.add().size = d
-    t.tensor_content = np.ascontiguousarray(x, dtype="<f4").tobytes()
-    return req
+    t.tensor_shape.dim.extend(stubs.tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in x.shape)
+    t.tensor_content = x.tobytes()
+    packed = req.SerializeToString()
+    frame_path = body_path[:-len(".json")] + ".grpc"
+    with open(frame_path, "wb") as f:
+        f.write(b"\0" + struct.pack(">I", len(packed)) + packed)
+    return req, frame_path, graph.output[0].name
 
 
 def grpc_predictions(stubs, port, req, output_name):
@@ -118,14 +120,16 @@ def grpc_port(log_path, proc, timeout_s=10.0):
     raise ServerError("logged no 'gRPC API listening on HOST:PORT' (%s):\n%s" % (log_path, serve_bench.log_tail(log_path)))
 
 
-def h2load(url, body_path, content_type, clients, streams, args, tag, h1=False, rps=None, grpc_headers=False):
-    """One h2load run: requests/s, p50/p99 (ms) from its per-request log, and the failures."""
+def h2load(url, body_path, clients, streams, args, tag, rps=None):
+    """One h2load run (gRPC over h2c for a .grpc body, else REST over HTTP/1.1): requests/s, p50/p99 (ms)
+    from its per-request log, and the failures."""
     log_file = os.path.join(CACHE, "logs", tag + ".tsv")
     cmd = ["h2load", "-c", str(clients), "-m", str(streams), "-t", str(min(args.h2load_threads, clients)),
-           "-D", str(args.seconds), "--warm-up-time", str(args.warm_up), "-d", body_path,
-           "-H", "content-type: " + content_type, "--log-file", log_file]
-    cmd += ["--h1"] if h1 else []
-    cmd += ["-H", "te: trailers"] if grpc_headers else []
+           "-D", str(args.seconds), "--warm-up-time", str(args.warm_up), "-d", body_path, "--log-file", log_file]
+    if body_path.endswith(".grpc"):
+        cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    else:
+        cmd += ["--h1", "-H", "content-type: application/json"]
     cmd += ["--rps", "%.3f" % rps] if rps is not None else []
     r = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=args.seconds + args.warm_up + 60)
     out = r.stdout
@@ -164,14 +168,7 @@ def measure_server(server, model, args, stubs, onnx_path, body_path, records):
     """One server: the answer check, the closed-loop runs, the target runs and the gRPC status check."""
     with open(body_path, "rb") as f:
         body = f.read()
-    input_name, output_name = onnx_io(onnx_path)
-    x = np.asarray(json.loads(body)["instances"], dtype=np.float32)
-    req = predict_request(stubs, model, input_name, x)
-    packed = req.SerializeToString()
-    frame_path = os.path.join(CACHE, model + ".grpc")
-    with open(frame_path, "wb") as f:
-        f.write(b"\0" + struct.pack(">I", len(packed)) + packed)
-
+    req, frame_path, output_name = write_frame(stubs, model, onnx_path, body_path)
     log_path = os.path.join(CACHE, "logs", "%s-%s.log" % (model, server))
     open(log_path, "wb").close()
     port = serve_bench.free_port()
@@ -191,18 +188,15 @@ def measure_server(server, model, args, stubs, onnx_path, body_path, records):
             raise ServerError("gRPC and REST predictions differ by %g (tolerance %g)" % (rec["max_diff"], TOLERANCE))
         rest_url = "http://127.0.0.1:%d/v1/models/%s:predict" % (port, model)
         grpc_url = "http://127.0.0.1:%d%s" % (gport, PREDICT)
-        runs = {"rest": lambda n, t: h2load(rest_url, body_path, "application/json", n, 1, args, t, h1=True),
-                "grpc-conns": lambda n, t: h2load(grpc_url, frame_path, "application/grpc", n, 1, args, t,
-                                                  grpc_headers=True),
-                "grpc-streams": lambda n, t: h2load(grpc_url, frame_path, "application/grpc", 1, n, args, t,
-                                                    grpc_headers=True)}
+        urls = {"rest": (rest_url, body_path), "grpc": (grpc_url, frame_path)}
+        shapes = {"rest": lambda n: (n, 1), "grpc-conns": lambda n: (n, 1), "grpc-streams": lambda n: (1, n)}
         loads = []
         for n in args.concurrency:
-            for proto, run in runs.items():
+            for proto, shape in shapes.items():
                 if proto == "grpc-streams" and n == 1:
                     r = dict(loads[-1], same_as="grpc-conns")  # -c 1 -m 1 either way
                 else:
-                    r = run(n, "%s-%s-%s-%d" % (model, server, proto, n))
+                    r = h2load(*urls[proto[:4]], *shape(n), args, "%s-%s-%s-%d" % (model, server, proto, n))
                 r.update(kind="load", model=model, server=server, protocol=proto, concurrency=n)
                 records.append(r)
                 loads.append(r)
@@ -212,13 +206,9 @@ def measure_server(server, model, args, stubs, onnx_path, body_path, records):
         n = max(args.concurrency)
         for proto in ("grpc", "rest"):
             rate = 0.8 * max(r["requests_per_s"] for r in loads if r["protocol"].startswith(proto))
-            if proto == "grpc":
-                k = max(1, min(args.rate_clients, n))
-                r = h2load(grpc_url, frame_path, "application/grpc", k, max(1, n // k), args,
-                           "%s-%s-grpc-rate" % (model, server), rps=rate / k, grpc_headers=True)
-            else:
-                r = h2load(rest_url, body_path, "application/json", n, 1, args, "%s-%s-rest-rate" % (model, server),
-                           h1=True, rps=rate / n)
+            # gRPC: K connections of N/K streams; REST: N connections of one request at a time
+            k = max(1, min(args.rate_clients, n)) if proto == "grpc" else n
+            r = h2load(*urls[proto], k, max(1, n // k), args, "%s-%s-%s-rate" % (model, server, proto), rps=rate / k)
             r.update(kind="fixed_rate", model=model, server=server, protocol=proto, concurrency=n, offered_per_s=rate)
             records.append(r)
             ok &= r["errors"] == 0
