@@ -60,7 +60,7 @@ echo "== kiln serve: both models from one repository, one predict each over REST
 printf 'model_config_list {\n  config { name: "mlp" base_path: "%s" }\n  config { name: "fmnist" base_path: "%s" }\n}\n' \
   "$abs_work/repo/mlp" "$abs_work/repo/fmnist" >"$work/models.config"
 port=$(/usr/bin/python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-"$kiln" serve --model_config_file="$work/models.config" --rest_api_port="$port" --host=127.0.0.1 \
+"$kiln" serve --model_config_file="$work/models.config" --rest_api_port="$port" --port=0 --host=127.0.0.1 \
   --rest_api_num_threads=1 2>"$work/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

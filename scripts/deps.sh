@@ -11,17 +11,17 @@ set -eu
 # (libkiln links it; mpirun starts them); python3-protobuf decodes TensorBoard files in a test; nettle
 # hashes the registry's manifests (SHA-256) and compares admin tokens in constant time; libcurl sends
 # OTLP traces; promtool (Debian's prometheus) tests the alert rules; nginx-light and python3-yaml run
-# and check the deployment files in deploy/.
-# gRPC messages: libprotobuf-dev has google/protobuf/any.proto and wrappers.proto, which the TF Serving
-# .proto files import; protobuf-compiler (protoc) and python3-grpc-tools write the Python stubs the
-# gRPC tests use, python3-grpcio is their client; nghttp2-client's h2load is bench/serve/grpc.py's load
-# generator for both gRPC (h2c) and REST (--h1).
+# and check the deployment files in deploy/. gRPC: libnghttp2 is the server's HTTP/2; libprotobuf-dev
+# has google/protobuf/any.proto and wrappers.proto, which the TF Serving .proto files import;
+# protobuf-compiler (protoc) and python3-grpc-tools write the Python stubs the gRPC tests use, and
+# python3-grpcio is their client; nghttp2-client's h2load is bench/serve/grpc.py's load generator
+# for both gRPC (h2c) and REST (--h1).
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler
   libprotobuf-dev protobuf-compiler python3-grpcio python3-grpc-tools
-  libhttp-parser-dev libcjson-dev libjemalloc-dev
+  libhttp-parser-dev libcjson-dev libjemalloc-dev libnghttp2-dev
   zlib1g-dev libzip-dev libisal-dev libspng-dev libturbojpeg0-dev dataset-fashion-mnist
   libopenmpi-dev openmpi-bin python3-protobuf nettle-dev libcurl4-openssl-dev
   prometheus nginx-light python3-yaml

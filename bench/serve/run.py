@@ -112,7 +112,7 @@ def command(server, model, port, args, onnx_path, node_path):
     """The command line and environment that start one server on port."""
     if server in ("kiln", "kiln-batched"):
         cmd = [args.kiln, "serve", "--model_name=" + model, "--model_base_path=" + layout_repo(model, onnx_path),
-               "--rest_api_port=%d" % port]
+               "--rest_api_port=%d" % port, "--port=0"]
         if server == "kiln-batched":
             batching = os.path.join(CACHE, "batching.config")
             with open(batching, "w") as f:

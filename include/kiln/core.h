@@ -18,9 +18,11 @@ extern "C" {
  * to HTTP statuses without a table of its own. */
 typedef enum kiln_code {
   KILN_OK = 0,
+  KILN_CANCELLED = 1,        /* the caller gave up on it (a gRPC client cancelled its call) */
   KILN_INVALID_ARGUMENT = 3, /* the caller's input is wrong (shape, dtype, malformed file) */
   KILN_DEADLINE_EXCEEDED = 4, /* a request's deadline passed before it was answered */
   KILN_NOT_FOUND = 5,        /* a named file, input or version does not exist */
+  KILN_PERMISSION_DENIED = 7, /* the caller's credentials do not allow it (a wrong admin token) */
   KILN_RESOURCE_EXHAUSTED = 8, /* out of memory, or a configured limit was hit */
   KILN_FAILED_PRECONDITION = 9,
   KILN_OUT_OF_RANGE = 11,
@@ -28,6 +30,7 @@ typedef enum kiln_code {
   KILN_INTERNAL = 13,
   KILN_UNAVAILABLE = 14,
   KILN_IO = 15, /* a read or write failed (canonical DATA_LOSS slot) */
+  KILN_UNAUTHENTICATED = 16, /* the caller gave no credentials where they are needed */
 } kiln_code;
 
 /* A status is NULL on success, or an owned error object. Every fallible library function

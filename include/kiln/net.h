@@ -96,7 +96,14 @@ void kiln_http_server_free(kiln_http_server *s);
  * threads, one listening socket. The server knows nothing of protobuf: it delivers each call's
  * request messages (the bytes inside gRPC's 5-byte length prefix) to a service and sends back the
  * messages and the status the service gives it. Every size that comes from a client has a
- * maximum; a slow or idle client only holds a connection slot. */
+ * maximum; a slow or idle client only holds a connection slot.
+ *
+ * What the server answers itself, as grpc-core and grpc-go do: an unknown method UNIMPLEMENTED;
+ * a message over max_message_bytes RESOURCE_EXHAUSTED (from its prefix, before its body is
+ * read); a compressed message UNIMPLEMENTED (responses say grpc-accept-encoding: identity); a
+ * malformed grpc-timeout INTERNAL; a method other than POST HTTP 405 and a content-type other
+ * than application/grpc[+...] HTTP 415 (both with grpc-status INTERNAL); a passed deadline
+ * DEADLINE_EXCEEDED. Each counts in rejected_total. */
 
 typedef struct kiln_grpc_server kiln_grpc_server;
 /* One call (an HTTP/2 stream). The service holds it from its first message until it calls
@@ -147,11 +154,14 @@ typedef struct kiln_grpc_service {
   kiln_grpc_kind (*kind)(void *ctx, const char *method);
   /* A request message, on the I/O thread; must not block. For a unary method it comes once, after
    * the client half-closed (a unary call with no message or with several is answered INTERNAL by
-   * the server itself); for a streaming one, each message as it completes. */
+   * the server itself); for a streaming one, each message as it completes. No callback comes for
+   * a call after its kiln_grpc_finish (later messages are dropped). */
   void (*message)(void *ctx, kiln_grpc_call *call, const kiln_grpc_request *req);
   /* Streaming only: the client half-closed after sending n_messages (>= 0) messages. The service
    * calls kiln_grpc_finish once it has sent its last answer (at once when it has none pending).
-   * With n_messages == 0 the service has never seen the call: it must still finish it. */
+   * With n_messages == 0 the service has never seen the call: it must still finish it.
+   * It also comes (with kiln_grpc_cancelled true) when a streaming call the service holds is
+   * cancelled before the client half-closed: the client reset it, left, or its deadline passed. */
   void (*half_close)(void *ctx, kiln_grpc_call *call, int64_t n_messages);
 } kiln_grpc_service;
 
@@ -160,26 +170,37 @@ typedef struct kiln_grpc_options {
   int port;                   /* 0: any free port */
   int threads;                /* I/O threads; <= 0: the CPU count */
   size_t max_message_bytes;   /* one request message; 0: 64 MiB. Beyond: RESOURCE_EXHAUSTED */
-  size_t max_header_bytes;    /* a call's request metadata; 0: 64 KiB. Beyond: the stream is reset */
+  size_t max_header_bytes;    /* a call's request metadata (HTTP/2's count: name + value + 32 per header);
+                               * 0: 64 KiB. Beyond: RESOURCE_EXHAUSTED */
   int max_connections;        /* over all threads; 0: 10000. Beyond: GOAWAY and close */
   int max_concurrent_streams; /* per connection (HTTP/2 SETTINGS); 0: 1000 */
-  int idle_timeout_ms;        /* a connection with no call open; 0: 300000. Then GOAWAY and close */
+  int idle_timeout_ms;        /* a connection with no call open; 0: 300000. Then GOAWAY and close (as
+                               * is a client that stops reading our answers for that long) */
 } kiln_grpc_options;
 
+/* Binds, listens and starts the I/O threads; the service's callbacks must all be set. Errors name
+ * the address ("127.0.0.1:8500: Address already in use"). */
 kiln_status kiln_grpc_server_start(const kiln_grpc_options *opt, const kiln_grpc_service *service,
                                    kiln_grpc_server **out);
+/* The port actually bound. */
 int kiln_grpc_server_port(const kiln_grpc_server *s);
 
 /* Adds response metadata (a header sent before the first answer, "x-request-id", say); only on
  * the I/O thread, inside the callback that delivered the call's first message or its half-close,
  * before the call's first kiln_grpc_send or kiln_grpc_finish. Names are lower-case. */
 void kiln_grpc_add_header(kiln_grpc_call *call, const char *name, const char *value);
+/* The service's own pointer for a call (NULL until set); only on the I/O thread, inside a callback
+ * for the call. */
+void kiln_grpc_set_context(kiln_grpc_call *call, void *context);
+void *kiln_grpc_context(const kiln_grpc_call *call);
 /* Sends a response message; any thread, before kiln_grpc_finish. Takes ownership of `message`
  * (malloc'd; may be NULL when len is 0). Dropped when the call is cancelled. */
 void kiln_grpc_send(kiln_grpc_call *call, uint8_t *message, size_t len);
 /* Ends the call with a status (KILN_GRPC_*) and a message (may be NULL; sent as grpc-message,
  * percent-encoded), after `last` (a final response message, owned as by kiln_grpc_send; NULL for
- * none). Any thread, exactly once; the call is gone for the service afterwards. */
+ * none, so an empty final message is a non-NULL `last` with len 0, or kiln_grpc_send(call, NULL,
+ * 0) first). Any thread, exactly once; the call is gone for the service afterwards. An error
+ * before any message goes out as a Trailers-Only response. */
 void kiln_grpc_finish(kiln_grpc_call *call, int code, const char *message, uint8_t *last, size_t len);
 /* Whether the call is over for the client: it reset the stream, closed the connection, or its
  * deadline passed (the server has then answered DEADLINE_EXCEEDED itself). Any thread; work for

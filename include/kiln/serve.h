@@ -106,6 +106,10 @@ typedef struct kiln_server_options {
   const kiln_model_server_config *models; /* copied */
   const char *host;                       /* NULL: 0.0.0.0 */
   int rest_port;                          /* 0: any free port */
+  int grpc_port;                          /* 0: any free port; < 0: no gRPC */
+  int grpc_threads;                       /* gRPC I/O threads; <= 0: the CPU count */
+  size_t grpc_max_message_bytes;          /* one gRPC request message; 0: max_body_bytes */
+  int grpc_max_concurrent_streams;        /* calls open on one gRPC connection; <= 0: 1000 */
   int enable_batching;
   const kiln_batching_config *batching; /* NULL: defaults */
   double poll_wait_seconds;             /* <= 0: no polling after start-up */
@@ -132,6 +136,8 @@ typedef struct kiln_server_options {
  * models that fail to load are reported in their status and logged, not fatal. */
 kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out);
 int kiln_server_port(const kiln_server *s);
+/* The gRPC port bound; -1 when gRPC is off. */
+int kiln_server_grpc_port(const kiln_server *s);
 /* Replaces the model list (SIGHUP): new models load, removed ones unload after their in-flight
  * requests, changed policies and labels apply at once. */
 kiln_status kiln_server_reload(kiln_server *s, const kiln_model_server_config *models);

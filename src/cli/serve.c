@@ -119,6 +119,7 @@ int cmd_serve(int argc, char **argv) {
   const char *log_level = NULL;
   long port = 8500, rest_port = 8501, rest_threads = 0, timeout_ms = 30000, intra = 0, inter = 0;
   long max_body = 64 << 20, max_header = 64 << 10, max_connections = 10000, warmup_runs = 3;
+  long grpc_threads = 0, grpc_max_message = 0, grpc_streams = 1000;
   double poll = 1, idle_timeout = 60, read_timeout = 30, drain_timeout = 30;
   int enable_batching = 0, access_log = 0, require_manifest = 0;
   long canary_percent = 10, canary_min = 100, canary_promote = 0;
@@ -132,7 +133,10 @@ int cmd_serve(int argc, char **argv) {
       {"model_base_path", CLI_STRING, &base_path, "DIR", "its repository: DIR/<version>/model.onnx"},
       {"model_config_file", CLI_STRING, &config_file, "FILE", "models to serve, TF Serving's ModelServerConfig text format (re-read on SIGHUP)"},
       {"rest_api_port", CLI_INT, &rest_port, "PORT", "HTTP port of the REST APIs (TF Serving and KServe V2); 0: any free port (default 8501)"},
-      {"port", CLI_INT, &port, "PORT", "gRPC port (gRPC is not served yet; accepted for TF Serving compatibility)"},
+      {"port", CLI_INT, &port, "PORT", "gRPC port of TF Serving's PredictionService/ModelService and KServe V2's GRPCInferenceService; 0: any free port (default 8500)"},
+      {"grpc_max_threads", CLI_INT, &grpc_threads, "N", "gRPC I/O threads (default: the CPU count)"},
+      {"grpc_max_message_bytes", CLI_INT, &grpc_max_message, "N", "largest gRPC request message accepted (default: --max_body_bytes; beyond: RESOURCE_EXHAUSTED)"},
+      {"grpc_max_concurrent_streams", CLI_INT, &grpc_streams, "N", "calls open at once on one gRPC connection (default 1000)"},
       {"host", CLI_STRING, &host, "ADDR", "address to listen on (default 0.0.0.0; ::1 or :: for IPv6)"},
       {"file_system_poll_wait_seconds", CLI_DOUBLE, &poll, "S", "how often base paths are scanned for new versions; 0: never (default 1)"},
       {"enable_batching", CLI_BOOL, &enable_batching, NULL, "merge concurrent requests into batches (models with a free first dimension)"},
@@ -165,11 +169,12 @@ int cmd_serve(int argc, char **argv) {
   };
   const cli_spec spec = {
       "kiln serve", "--model_name=NAME --model_base_path=DIR | --model_config_file=FILE [flags]",
-      "Serves ONNX models over TF Serving's REST API (/v1/models/...) and KServe V2 (/v2/...), with\n"
-      "Prometheus metrics at /metrics. Versions are folders DIR/<n>/model.onnx, checked against their\n"
-      "manifest.json, loaded, warmed up (DIR/<n>/warmup/*.npy when present) and swapped in as they appear;\n"
-      "DIR/labels.json (kiln registry label) names the stable and canary versions, and a canary that errs,\n"
-      "returns NaN/Inf or is slow is rolled back automatically (README: Safe rollout).",
+      "Serves ONNX models over TF Serving's REST API (/v1/models/...) and KServe V2 (/v2/...) on\n"
+      "--rest_api_port, the same two APIs over gRPC on --port, with Prometheus metrics at /metrics.\n"
+      "Versions are folders DIR/<n>/model.onnx, checked against their manifest.json, loaded, warmed up\n"
+      "(DIR/<n>/warmup/*.npy when present) and swapped in as they appear; DIR/labels.json (kiln registry label)\n"
+      "names the stable and canary versions, and a canary that errs, returns NaN/Inf or is slow is rolled\n"
+      "back automatically (README: Safe rollout).",
       flags, 0, 0};
   cli_list args;
   int rc = cli_parse(&spec, argc, argv, &args);
@@ -186,7 +191,8 @@ int cmd_serve(int argc, char **argv) {
                     "(run 'kiln serve --help' for usage)\n");
     return EXIT_USAGE;
   }
-  if (rest_port < 0 || rest_port > 65535 || timeout_ms <= 0 || max_body <= 0 || max_header <= 0 || max_connections <= 0 ||
+  if (rest_port < 0 || rest_port > 65535 || port < 0 || port > 65535 || grpc_threads < 0 || grpc_max_message < 0 ||
+      grpc_streams < 1 || grpc_streams > 1000000 || timeout_ms <= 0 || max_body <= 0 || max_header <= 0 || max_connections <= 0 ||
       idle_timeout <= 0 || read_timeout <= 0 || drain_timeout < 0 || poll < 0) {
     fprintf(stderr, "kiln serve: ports must be 0-65535, limits and timeouts positive\n");
     return EXIT_USAGE;
@@ -210,7 +216,6 @@ int cmd_serve(int argc, char **argv) {
   }
   if (!otlp_endpoint && trace_ratio != -1) kiln_log(KILN_LOG_WARN, "--trace_sampling_ratio given without --otlp_endpoint: no spans are exported");
   if (batching_file && !enable_batching) kiln_log(KILN_LOG_WARN, "--batching_parameters_file given without --enable_batching: batching stays off");
-  if (port != 8500) kiln_log(KILN_LOG_WARN, "gRPC is not served yet: --port %ld is ignored", port);
 
   kiln_model_server_config cfg;
   kiln_batching_config batching;
@@ -236,6 +241,10 @@ int cmd_serve(int argc, char **argv) {
       .models = &cfg,
       .host = host,
       .rest_port = (int)rest_port,
+      .grpc_port = (int)port,
+      .grpc_threads = (int)grpc_threads,
+      .grpc_max_message_bytes = (size_t)grpc_max_message,
+      .grpc_max_concurrent_streams = (int)grpc_streams,
       .enable_batching = enable_batching,
       .batching = &batching,
       .poll_wait_seconds = poll,

@@ -70,6 +70,7 @@ void kiln_status_free(kiln_status s) {
 const char *kiln_code_name(kiln_code code) {
   switch (code) {
   case KILN_OK: return "OK";
+  case KILN_CANCELLED: return "CANCELLED";
   case KILN_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
   case KILN_DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
   case KILN_NOT_FOUND: return "NOT_FOUND";
@@ -80,6 +81,8 @@ const char *kiln_code_name(kiln_code code) {
   case KILN_INTERNAL: return "INTERNAL";
   case KILN_UNAVAILABLE: return "UNAVAILABLE";
   case KILN_IO: return "IO";
+  case KILN_PERMISSION_DENIED: return "PERMISSION_DENIED";
+  case KILN_UNAUTHENTICATED: return "UNAUTHENTICATED";
   }
   return "UNKNOWN";
 }

@@ -14,9 +14,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <http_parser.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +28,7 @@
 #include "core/buf.h"
 #include "net/ev.h"
 #include "net/http_internal.h"
+#include "net/listen.h"
 
 #define READ_CHUNK 16384
 #define READS_PER_EVENT 16    /* then other connections get their turn */
@@ -38,7 +36,6 @@
 #define ACCEPT_PAUSE_MS 100   /* out of descriptors: retry accepting after this */
 #define LINGER_MS 1000        /* longest wait for the client to close after our last response */
 #define KEEP_BUFFER (1 << 20) /* request buffers larger than this are freed between requests */
-#define LISTEN_BACKLOG 1024
 
 typedef struct kx_io kx_io;
 typedef struct conn conn;
@@ -858,21 +855,11 @@ static void on_accept_resume(ev_loop *l, void *arg) {
     kiln_log(KILN_LOG_ERROR, "http: cannot resume accepting: %s", strerror(errno));
 }
 
-/* "127.0.0.1:5000" or "[::1]:5000" ("" when the address cannot be formatted). */
-static void describe_peer(const struct sockaddr_storage *a, socklen_t len, char *out, size_t size) {
-  char host[INET6_ADDRSTRLEN + 2], port[8];
-  out[0] = '\0';
-  if (getnameinfo((const struct sockaddr *)a, len, host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-    return;
-  snprintf(out, size, a->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
-}
-
 static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
   kx_io *io = arg;
   for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
-    struct sockaddr_storage addr;
-    socklen_t addr_len = sizeof addr;
-    int cfd = accept4(fd, (struct sockaddr *)&addr, &addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    char peer[64];
+    int cfd = kx_accept(fd, peer, sizeof peer, "http");
     if (cfd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -883,15 +870,12 @@ static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
         kiln_log(KILN_LOG_ERROR, "http: cannot schedule accepting again");
       return;
     }
-    int one = 1;
-    if (setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
-      kiln_log(KILN_LOG_DEBUG, "http: TCP_NODELAY: %s", strerror(errno));
     conn *c = conn_new(io, cfd);
     if (!c) {
       close(cfd);
       continue;
     }
-    describe_peer(&addr, addr_len, c->peer, sizeof c->peer);
+    memcpy(c->peer, peer, sizeof c->peer);
     conn_start(c);
   }
 }
@@ -937,51 +921,6 @@ void kiln_http_server_stop_accepting(kiln_http_server *s) {
   pthread_mutex_lock(&s->mu);
   while (s->listeners > 0) pthread_cond_wait(&s->cv, &s->mu);
   pthread_mutex_unlock(&s->mu);
-}
-
-/* "host:port", "[v6]:port" */
-static void format_address(char *out, size_t size, const char *host, int port) {
-  if (strchr(host, ':')) snprintf(out, size, "[%s]:%d", host, port);
-  else snprintf(out, size, "%s:%d", host, port);
-}
-
-static int bind_one(const struct addrinfo *ai) {
-  int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-  if (fd < 0) return -1;
-  int one = 1;
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 ||
-      listen(fd, LISTEN_BACKLOG) != 0) {
-    int err = errno;
-    close(fd);
-    errno = err;
-    return -1;
-  }
-  return fd;
-}
-
-static kiln_status open_listener(kiln_http_server *s) {
-  const char *host = s->opt.host;
-  char addr[300], port[16];
-  format_address(addr, sizeof addr, host, s->opt.port);
-  snprintf(port, sizeof port, "%d", s->opt.port);
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-  struct addrinfo *res = NULL;
-  int rc = getaddrinfo(host, port, &hints, &res);
-  if (rc != 0) return kiln_error(KILN_INVALID_ARGUMENT, "%s: %s", addr, gai_strerror(rc));
-  int err = EADDRNOTAVAIL;
-  for (struct addrinfo *ai = res; ai && s->listen_fd < 0; ai = ai->ai_next) {
-    s->listen_fd = bind_one(ai);
-    if (s->listen_fd < 0) err = errno;
-  }
-  freeaddrinfo(res);
-  if (s->listen_fd < 0) return kiln_error(KILN_UNAVAILABLE, "%s: %s", addr, strerror(err));
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) != 0)
-    return kiln_error(KILN_UNAVAILABLE, "%s: getsockname: %s", addr, strerror(errno));
-  s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                           : ((struct sockaddr_in *)&ss)->sin_port);
-  return NULL;
 }
 
 /* ---------------------------------------------------------------- server */
@@ -1053,7 +992,7 @@ kiln_status kiln_http_server_start(const kiln_http_options *opt, kiln_http_handl
     return kiln_error(KILN_UNAVAILABLE, "http server: cannot create a mutex");
   }
   kiln_status st = resolve_options(opt, &s->opt);
-  if (!st) st = open_listener(s);
+  if (!st) st = kx_open_listener(s->opt.host, s->opt.port, &s->listen_fd, &s->port);
   if (!st) st = create_loops(s);
   if (!st) st = start_threads(s);
   if (st) {

@@ -107,7 +107,7 @@ static void finish(kiln_server *s, kx_call *c, const admin_call *a, kiln_status 
 
 /* "Bearer <token>", checked against the digest in constant time (the digests have one length
  * whatever the token's, so neither content nor length leaks through timing). */
-static const char *authenticate(const kiln_server *s, const char *header) {
+const char *kx_admin_authenticate(const kiln_server *s, const char *header) {
   if (!header || strncasecmp(header, "Bearer ", 7) != 0) return "no token";
   const char *token = header + 7;
   while (*token == ' ') token++;
@@ -158,7 +158,7 @@ void kx_admin_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
     kx_answer_error(s, c, kiln_error(KILN_NOT_FOUND, "the admin API is disabled: start kiln serve with --admin_token_file"));
     return;
   }
-  a.who = authenticate(s, req->authorization);
+  a.who = kx_admin_authenticate(s, req->authorization);
   int known = parse_path(req->path, &a) == 0;
   if (strcmp(a.who, "token") != 0) {
     int missing = strcmp(a.who, "no token") == 0;

@@ -82,6 +82,11 @@ static void timed_wait(kx_batcher *b, double until) {
   pthread_cond_timedwait(&b->cond, &b->lock, &ts);
 }
 
+/* Whether a queued request is not worth running: its deadline passed, or its gRPC client cancelled it. */
+static int stale(const kx_request *r) {
+  return kiln_now() > r->deadline || (r->call.grpc && kiln_grpc_cancelled(r->call.grpc));
+}
+
 /* Without batching: the next request that has not expired (expired ones go to `expired`).
  * Returns 1, or 0 when stopping. Lock held on entry and exit. */
 static int take_one(kx_batcher *b, kx_request **batch, kx_request **expired) {
@@ -92,7 +97,7 @@ static int take_one(kx_batcher *b, kx_request **batch, kx_request **expired) {
   }
   while (b->head) {
     kx_request *r = unlink_after(b, NULL);
-    if (kiln_now() <= r->deadline) {
+    if (!stale(r)) {
       batch[0] = r;
       return 1;
     }
@@ -117,7 +122,7 @@ static int gather(kx_batcher *b, kx_request **batch, int max, kx_request **expir
   for (;;) {
     kx_request *prev = NULL;
     for (kx_request *r = b->head; r && n < max && rows < limit;) {
-      if (kiln_now() > r->deadline) {
+      if (stale(r)) {
         kx_request *e = unlink_after(b, prev);
         e->next = *expired;
         *expired = e;
@@ -310,7 +315,9 @@ static void *worker_main(void *arg) {
     while (expired) {
       kx_request *e = expired;
       expired = e->next;
-      finish(b, e, NULL, kiln_error(KILN_DEADLINE_EXCEEDED, "request waited longer than its deadline"));
+      int cancelled = kiln_now() <= e->deadline;
+      finish(b, e, NULL, cancelled ? kiln_error(KILN_CANCELLED, "the client cancelled the request")
+                                   : kiln_error(KILN_DEADLINE_EXCEEDED, "request waited longer than its deadline"));
     }
     double t0 = kiln_now();
     if (n) run_batch(w, batch, n, merged, views, outputs, ptrs);

@@ -94,7 +94,8 @@ static void model_metadata(kiln_server *s, kx_call *c, const route *rt) {
   kx_version_release(v);
 }
 
-static kiln_status decode(kx_request *r, const kiln_http_request *req) {
+static kiln_status decode(kx_request *r, const void *message) {
+  const kiln_http_request *req = message;
   return kx_v2_decode_infer(kx_request_sig(r->version), req->body ? req->body : "", req->body_len, req->inference_header_length,
                             r->inputs, &r->v2);
 }
@@ -110,8 +111,7 @@ void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req) {
   }
   if (strcmp(p, "/v2/health/live") == 0 || strcmp(p, "/v2/health/ready") == 0) {
     c->api = KX_API_HEALTH;
-    int ready = p[11] == 'l' ||
-                (atomic_load(&s->loaded) && !atomic_load(&s->draining) && kx_manager_ready(s->manager));
+    int ready = p[11] == 'l' || kx_server_ready(s);
     answer_flag(s, c, ready ? 200 : 503, p[11] == 'l' ? "live" : "ready", ready);
     return;
   }

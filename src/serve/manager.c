@@ -263,15 +263,10 @@ kiln_status kx_manager_base_path(kx_manager *mg, const char *model, char *out, s
   return s;
 }
 
-static void status_entry(const kx_version *v, kx_buf *out) {
-  kx_buf_printf(out, "{\"version\":\"%lld\",\"state\":\"%s\",\"status\":{\"error_code\":\"%s\",\"error_message\":",
-                (long long)v->number, kx_state_name(v->state), kiln_code_name(kiln_status_code(v->error)));
-  kx_buf_json_string(out, v->error ? kiln_status_message(v->error) : "");
-  kx_buf_puts(out, "}}");
-}
-
-kiln_status kx_manager_status_json(kx_manager *mg, const char *model, int64_t version, const char *label,
-                                   kx_buf *out) {
+kiln_status kx_manager_status(kx_manager *mg, const char *model, int64_t version, const char *label,
+                              kx_version_status **out, int *n) {
+  *out = NULL;
+  *n = 0;
   kiln_status s = NULL;
   pthread_rwlock_rdlock(&mg->lock);
   model_entry *e = find_model(mg, model);
@@ -287,19 +282,38 @@ kiln_status kx_manager_status_json(kx_manager *mg, const char *model, int64_t ve
     if (!s && number < 0 && e->n_versions == 0)
       s = kiln_error(KILN_NOT_FOUND, "Could not find any versions of model %s%s%s", model, e->scan_error ? ": " : "",
                      e->scan_error ? e->scan_error : "");
-    if (!s) {
-      kx_buf_puts(out, "{\"model_version_status\":[");
-      for (int i = e->n_versions - 1, first = 1; i >= 0; i--) {
-        if (one && e->versions[i] != one) continue;
-        if (!first) kx_buf_putc(out, ',');
-        first = 0;
-        status_entry(e->versions[i], out);
-      }
-      kx_buf_puts(out, "]}");
+    if (!s && !(*out = calloc((size_t)e->n_versions + 1, sizeof **out)))
+      s = kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
+    for (int i = e->n_versions - 1; !s && i >= 0; i--) {
+      const kx_version *v = e->versions[i];
+      if (one && v != one) continue;
+      kx_version_status *st = &(*out)[(*n)++];
+      st->version = v->number;
+      st->state = v->state;
+      st->code = kiln_status_code(v->error);
+      snprintf(st->message, sizeof st->message, "%s", v->error ? kiln_status_message(v->error) : "");
     }
   }
   pthread_rwlock_unlock(&mg->lock);
   return s;
+}
+
+kiln_status kx_manager_status_json(kx_manager *mg, const char *model, int64_t version, const char *label,
+                                   kx_buf *out) {
+  kx_version_status *st;
+  int n;
+  kiln_status s = kx_manager_status(mg, model, version, label, &st, &n);
+  if (s) return s;
+  kx_buf_puts(out, "{\"model_version_status\":[");
+  for (int i = 0; i < n; i++) {
+    kx_buf_printf(out, "%s{\"version\":\"%lld\",\"state\":\"%s\",\"status\":{\"error_code\":\"%s\",\"error_message\":",
+                  i ? "," : "", (long long)st[i].version, kx_state_name(st[i].state), kiln_code_name(st[i].code));
+    kx_buf_json_string(out, st[i].message);
+    kx_buf_puts(out, "}}");
+  }
+  kx_buf_puts(out, "]}");
+  free(st);
+  return NULL;
 }
 
 int kx_manager_versions(kx_manager *mg, const char *model, int64_t *out, int max) {

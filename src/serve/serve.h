@@ -30,14 +30,29 @@ typedef enum kx_api {
   KX_API_HEALTH,
   KX_API_METRICS,
   KX_API_ADMIN,
+  KX_API_GRPC_PREDICT, /* gRPC: TF Serving's PredictionService and ModelService */
+  KX_API_GRPC_TFS_METADATA,
+  KX_API_GRPC_TFS_STATUS,
+  KX_API_GRPC_RELOAD,
+  KX_API_GRPC_V2_INFER, /* gRPC: KServe V2's GRPCInferenceService */
+  KX_API_GRPC_V2_STREAM,
+  KX_API_GRPC_V2_METADATA,
+  KX_API_GRPC_V2_READY,
+  KX_API_GRPC_V2_SERVER,
+  KX_API_GRPC_HEALTH,
   KX_API_UNKNOWN,
   KX_API_COUNT
 } kx_api;
 
 /* A request being answered (every endpoint, inference or not): what metrics and the access log
  * record about it. Inference requests carry theirs inside kx_request. */
+typedef struct kx_grpc_stream kx_grpc_stream;
+
 typedef struct kx_call {
-  kiln_http_exchange *ex;
+  kiln_http_exchange *ex;   /* a REST call's exchange, else NULL */
+  kiln_grpc_call *grpc;     /* a gRPC call, else NULL */
+  kx_grpc_stream *stream;   /* a message of ModelStreamInfer: answered on the stream, which it holds open */
+  double deadline;          /* the client's (gRPC's grpc-timeout), kiln_now() clock; 0: none */
   kx_api api;
   const kx_version *version; /* NULL until resolved */
   double received_at;
@@ -233,15 +248,26 @@ struct kiln_server {
   atomic_int draining;
   atomic_uint_fast64_t next_id;
   uint64_t id_salt;
-  kiln_metric *requests, *request_seconds, *in_flight, *connections;
+  kiln_metric *requests, *request_seconds, *in_flight, *connections, *grpc_connections;
   int admin_enabled;
   char admin_token_sha256[65]; /* of opt.admin_token (hex), compared in constant time */
   int audit_fd;                   /* the audit log, -1: the log */
   kiln_tracer *tracer;            /* NULL: tracing off */
+  kiln_grpc_server *grpc;         /* NULL: gRPC off (--port 0 is any free port; a negative one turns it off) */
+  pthread_mutex_t reload_lock;    /* one gRPC HandleReloadConfigRequest at a time */
+  atomic_int reloads;             /* reload threads running: the server is freed after they end */
 };
 
 /* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
 int kx_http_status(kiln_code code);
+/* Records an answered call: its metrics (status: the HTTP status, or for gRPC the one its code maps
+ * to), access-log line (grpc_status: the gRPC code's name, NULL for REST) and receive span. */
+void kx_record(kiln_server *s, kx_call *c, int status, size_t len, const char *grpc_status);
+/* Logs an error answer the server is to blame for (5xx but 503). */
+void kx_log_error(const kx_call *c, kiln_code code, const char *message);
+/* The call's request id: the client's (X-Request-Id / x-request-id) when it is a sane token, else
+ * a new one. */
+void kx_set_request_id(kiln_server *s, kx_call *c, const char *given);
 /* Answers a call: records its metrics and access-log line, then responds (takes `body`). */
 void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
                char *body, size_t len);
@@ -250,12 +276,12 @@ void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error);
 /* Answers 200 with the JSON in `out` (freed). */
 void kx_answer_json(kiln_server *s, kx_call *c, kx_buf *out);
 /* Decodes a request body into r->inputs (and the front end's fields of r). */
-typedef kiln_status (*kx_decode_fn)(kx_request *r, const kiln_http_request *req);
-/* The inference path of both front ends: finds the version (version >= 0, else label, else the
- * default), decodes the body against its signature and queues the request; every error is
- * answered here. */
+typedef kiln_status (*kx_decode_fn)(kx_request *r, const void *message);
+/* The inference path of every front end: finds the version (version >= 0, else label, else the
+ * default), decodes `message` (the REST front ends' kiln_http_request, the gRPC ones' unpacked
+ * protobuf) against its signature and queues the request; every error is answered here. */
 void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, const char *label,
-              const kiln_http_request *req, kx_decode_fn decode);
+              const void *message, kx_decode_fn decode);
 
 /* Parses a version number from a URL segment (digits only). */
 kiln_status kx_parse_version(const char *text, int64_t *out);
@@ -277,11 +303,57 @@ void kx_v2_handle(kiln_server *s, kx_call *c, const kiln_http_request *req);
 kiln_status kx_tfs_encode_response(kx_request *r, const kiln_tensor *const *outputs, kx_buf *out);
 kiln_status kx_v2_encode_response(kx_request *r, const kiln_tensor *const *outputs, kx_buf *out, size_t *json_len);
 
+/* ---------------------------------------------------------------- the gRPC front ends (grpc*.c) */
+
+/* Starts the gRPC server on opt.grpc_port beside REST (grpc.c). */
+kiln_status kx_grpc_start(kiln_server *s);
+/* A gRPC call's answer: a packed response message (taken), or an error (freed) as the call's
+ * status; a ModelStreamInfer message's answer goes on its stream. Records the call's metrics,
+ * access-log line and receive span, as kx_answer does for REST. */
+void kx_grpc_answer(kiln_server *s, kx_call *c, uint8_t *message, size_t len);
+void kx_grpc_answer_error(kiln_server *s, kx_call *c, kiln_status error);
+/* Packs a response message and answers with it (or with the packing's error). */
+struct ProtobufCMessage;
+void kx_grpc_answer_message(kiln_server *s, kx_call *c, const struct ProtobufCMessage *m);
+/* Encodes a finished gRPC inference request's response (on a worker thread). */
+kiln_status kx_grpc_encode_response(kx_request *r, const kiln_tensor *const *outputs, uint8_t **out, size_t *len);
+/* The methods of each service, on the I/O thread: each answers its call. */
+void kx_grpc_tfs_predict(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_tfs_metadata(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_tfs_status(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_tfs_reload(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_v2_live(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_v2_ready(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_v2_model_ready(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_v2_server_metadata(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_v2_model_metadata(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+void kx_grpc_v2_infer(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+/* Whether the server is ready: every configured model loaded once, not draining, every model with
+ * an AVAILABLE version (REST's /v2/health/ready and gRPC's ServerReady). */
+int kx_server_ready(kiln_server *s);
+/* The admin token check of an Authorization value: "token" when it is right, else "no token" or
+ * "wrong token" (admin.c). */
+const char *kx_admin_authenticate(const kiln_server *s, const char *authorization);
+
+/* A model's versions as GetModelStatus describes them (manager.c). */
+typedef struct kx_version_status {
+  int64_t version;
+  kx_state state;
+  kiln_code code;
+  char message[512];
+} kx_version_status;
+/* The statuses of a model's versions (all, newest first, or the one named by version or label),
+ * malloc'd into *out; the same errors as kx_manager_status_json. */
+kiln_status kx_manager_status(kx_manager *mg, const char *model, int64_t version, const char *label,
+                              kx_version_status **out, int *n);
+
 /* ---------------------------------------------------------------- tracing (spans.c) */
 
 /* Gives the call its trace context: the request's traceparent when valid (and its tracestate when
  * that is valid too), else a new trace sampled at the server's ratio; a new receive span id. */
-void kx_trace_begin(kiln_server *s, kx_call *c, const kiln_http_request *req);
+void kx_trace_begin(kiln_server *s, kx_call *c, const char *traceparent, const char *tracestate);
+/* The traceparent of the call's response (its receive span) into buf; returns buf. */
+char *kx_trace_parent(const kx_call *c, char buf[KILN_TRACEPARENT_SIZE]);
 /* The traceparent (and tracestate) response header lines into buf; returns buf. */
 char *kx_trace_headers(const kx_call *c, char *buf, size_t size);
 /* The call's "receive" span (SERVER kind, from its last byte to now), when sampled. */

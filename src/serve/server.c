@@ -14,7 +14,12 @@ static const char *api_names[KX_API_COUNT] = {
     [KX_API_TFS_METADATA] = "tfserving_metadata", [KX_API_V2_INFER] = "v2_infer",
     [KX_API_V2_METADATA] = "v2_metadata", [KX_API_V2_READY] = "v2_ready",
     [KX_API_V2_SERVER] = "v2_server", [KX_API_HEALTH] = "health",
-    [KX_API_METRICS] = "metrics", [KX_API_ADMIN] = "admin", [KX_API_UNKNOWN] = "unknown",
+    [KX_API_METRICS] = "metrics", [KX_API_ADMIN] = "admin", [KX_API_GRPC_PREDICT] = "grpc_predict",
+    [KX_API_GRPC_TFS_METADATA] = "grpc_metadata", [KX_API_GRPC_TFS_STATUS] = "grpc_status",
+    [KX_API_GRPC_RELOAD] = "grpc_reload", [KX_API_GRPC_V2_INFER] = "grpc_v2_infer",
+    [KX_API_GRPC_V2_STREAM] = "grpc_v2_stream_infer", [KX_API_GRPC_V2_METADATA] = "grpc_v2_metadata",
+    [KX_API_GRPC_V2_READY] = "grpc_v2_ready", [KX_API_GRPC_V2_SERVER] = "grpc_v2_server",
+    [KX_API_GRPC_HEALTH] = "grpc_health", [KX_API_UNKNOWN] = "unknown",
 };
 
 /* The HTTP status for a kiln code, as TF Serving maps gRPC codes. */
@@ -24,6 +29,9 @@ int kx_http_status(kiln_code code) {
   case KILN_INVALID_ARGUMENT:
   case KILN_FAILED_PRECONDITION:
   case KILN_OUT_OF_RANGE: return 400;
+  case KILN_CANCELLED: return 499; /* nginx's "client closed request" */
+  case KILN_UNAUTHENTICATED: return 401;
+  case KILN_PERMISSION_DENIED: return 403;
   case KILN_NOT_FOUND: return 404;
   case KILN_RESOURCE_EXHAUSTED: return 429;
   case KILN_UNIMPLEMENTED: return 501;
@@ -33,25 +41,25 @@ int kx_http_status(kiln_code code) {
   }
 }
 
-static void access_log(const kx_call *c, int status, size_t len, double seconds) {
+static void access_log(const kx_call *c, int status, size_t len, double seconds, const char *grpc_status) {
   char took[32], code[8], bytes[24], trace[33];
   snprintf(took, sizeof took, "%.3f", seconds * 1e3);
   snprintf(code, sizeof code, "%d", status);
   snprintf(bytes, sizeof bytes, "%zu", len);
-  kiln_log_field f[9] = {{"type", "access"},
-                         {"method", c->method},
-                         {"path", c->path},
-                         {"status", code},
-                         {"duration_ms", took},
-                         {"bytes", bytes},
-                         {"request_id", c->request_id},
-                         {"model", c->version ? c->version->model_name : NULL},
-                         {"trace_id", kiln_trace_hex(c->trace_id, 16, trace)}};
-  kiln_log_fields(KILN_LOG_INFO, f, 9, "%s %s %d", c->method, c->path, status);
+  kiln_log_field f[10] = {{"type", "access"},
+                          {"method", c->method},
+                          {"path", c->path},
+                          {"status", code},
+                          {"duration_ms", took},
+                          {"bytes", bytes},
+                          {"request_id", c->request_id},
+                          {"model", c->version ? c->version->model_name : NULL},
+                          {"trace_id", kiln_trace_hex(c->trace_id, 16, trace)},
+                          {"grpc_status", grpc_status}};
+  kiln_log_fields(KILN_LOG_INFO, f, 10, "%s %s %d", c->method, c->path, status);
 }
 
-void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
-               char *body, size_t len) {
+void kx_record(kiln_server *s, kx_call *c, int status, size_t len, const char *grpc_status) {
   double seconds = kiln_now() - c->received_at;
   char code[8];
   snprintf(code, sizeof code, "%d", status);
@@ -59,8 +67,13 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
                            api_names[c->api], code};
   kiln_metric_add(s->requests, labels, 1);
   kiln_metric_observe(s->request_seconds, labels, seconds);
-  if (s->opt.access_log) access_log(c, status, len, seconds);
+  if (s->opt.access_log) access_log(c, status, len, seconds, grpc_status);
   kx_trace_receive(s, c, status);
+}
+
+void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type, const char *extra_headers,
+               char *body, size_t len) {
+  kx_record(s, c, status, len, NULL);
   /* the id (< 40 bytes), traceparent, tracestate (<= 512 bytes), at most Inference-Header-Content-Length */
   char headers[1024], trace[700];
   snprintf(headers, sizeof headers, "X-Request-Id: %s\r\n%s%s", c->request_id, kx_trace_headers(c, trace, sizeof trace),
@@ -68,16 +81,24 @@ void kx_answer(kiln_server *s, kx_call *c, int status, const char *content_type,
   kiln_http_respond(c->ex, status, content_type, headers, body, len);
 }
 
+void kx_log_error(const kx_call *c, kiln_code code, const char *message) {
+  int status = kx_http_status(code);
+  if (status < 500 || status == 503) return;
+  char trace[33];
+  kiln_log_field f[4] = {{"model", c->version ? c->version->model_name : NULL},
+                         {"version", c->version ? c->version->version_text : NULL},
+                         {"request_id", c->request_id},
+                         {"trace_id", kiln_trace_hex(c->trace_id, 16, trace)}};
+  kiln_log_fields(KILN_LOG_ERROR, f, 4, "%s %s: %s", c->method, c->path, message);
+}
+
 void kx_answer_error(kiln_server *s, kx_call *c, kiln_status error) {
-  int status = kx_http_status(kiln_status_code(error));
-  if (status >= 500 && status != 503) {
-    char trace[33];
-    kiln_log_field f[4] = {{"model", c->version ? c->version->model_name : NULL},
-                           {"version", c->version ? c->version->version_text : NULL},
-                           {"request_id", c->request_id},
-                           {"trace_id", kiln_trace_hex(c->trace_id, 16, trace)}};
-    kiln_log_fields(KILN_LOG_ERROR, f, 4, "%s %s: %s", c->method, c->path, kiln_status_message(error));
+  if (c->grpc) {
+    kx_grpc_answer_error(s, c, error);
+    return;
   }
+  int status = kx_http_status(kiln_status_code(error));
+  kx_log_error(c, kiln_status_code(error), kiln_status_message(error));
   size_t len;
   char *body = kiln_http_error_body(kiln_status_message(error), &len);
   c->error = kiln_status_message(error); /* the receive span's status */
@@ -152,6 +173,23 @@ static int fall_back(kiln_server *s, kx_request *r, const char *why) {
   return 1;
 }
 
+/* inference_done's end for a gRPC request: encode the protobuf response, answer, free. */
+static void grpc_done(kiln_server *s, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
+  uint8_t *message = NULL;
+  size_t len = 0;
+  int run_failed = error != NULL;
+  if (!error) {
+    r->encode_start = kiln_now();
+    error = kx_grpc_encode_response(r, outputs, &message, &len);
+    r->encode_end = kiln_now();
+  }
+  const char *text = error ? kiln_status_message(error) : NULL;
+  kx_trace_request(s, r, run_failed ? text : NULL, run_failed ? NULL : text);
+  if (error) kx_answer_error(s, &r->call, error);
+  else kx_grpc_answer(s, &r->call, message, len);
+  request_free(r);
+}
+
 /* The batcher's completion callback, on a worker thread: judge, encode, answer, free. */
 static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *outputs, kiln_status error) {
   kiln_server *s = ctx;
@@ -160,6 +198,10 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
   if (r->canary && (error || nonfinite) &&
       fall_back(s, r, error ? kiln_status_message(error) : "the canary's outputs hold NaN or Inf")) {
     kiln_status_free(error);
+    return;
+  }
+  if (r->call.grpc) {
+    grpc_done(s, r, outputs, error);
     return;
   }
   kx_buf b = {0};
@@ -189,6 +231,7 @@ static void inference_done(void *ctx, kx_request *r, const kiln_tensor *const *o
 /* Queues a decoded request (answering 429 when the version's queue is full). */
 static void submit(kiln_server *s, kx_request *r) {
   r->deadline = r->call.received_at + (s->opt.timeout_ms > 0 ? s->opt.timeout_ms : 30000) * 1e-3;
+  if (r->call.deadline > 0 && r->call.deadline < r->deadline) r->deadline = r->call.deadline;
   if (kx_batcher_submit(r->version->batcher, r) == 0) return;
   kx_answer_error(s, &r->call,
                   kiln_error(KILN_RESOURCE_EXHAUSTED, "model '%s' version %s: the request queue is full; retry later",
@@ -227,14 +270,14 @@ static kiln_status preprocess(kx_request *r) {
 }
 
 void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, const char *label,
-              const kiln_http_request *req, kx_decode_fn decode) {
+              const void *message, kx_decode_fn decode) {
   kx_version *v;
   kx_request *r = NULL;
   int canary;
   kiln_status e = kx_manager_acquire(s->manager, model, version, label, c->request_id, &v, &canary);
   if (!e && (e = request_new(c, v, &r))) kx_version_release(v);
   if (r) r->canary = canary;
-  if (!e && (e = decode(r, req)) == NULL && v->pre) e = preprocess(r);
+  if (!e && (e = decode(r, message)) == NULL && v->pre) e = preprocess(r);
   if (r && e) {
     kx_answer_error(s, &r->call, e);
     request_free(r);
@@ -246,11 +289,18 @@ void kx_infer(kiln_server *s, kx_call *c, const char *model, int64_t version, co
 
 /* ---------------------------------------------------------------- operations endpoints */
 
+int kx_server_ready(kiln_server *s) {
+  return atomic_load(&s->loaded) && !atomic_load(&s->draining) && kx_manager_ready(s->manager);
+}
+
 static void answer_metrics(kiln_server *s, kx_call *c) {
   kiln_http_stats st;
   kiln_http_server_stats(s->http, &st);
-  kiln_metric_set(s->in_flight, NULL, (double)st.in_flight);
+  kiln_grpc_stats gs = {0};
+  if (s->grpc) kiln_grpc_server_stats(s->grpc, &gs);
+  kiln_metric_set(s->in_flight, NULL, (double)(st.in_flight + gs.calls));
   kiln_metric_set(s->connections, NULL, (double)st.connections);
+  kiln_metric_set(s->grpc_connections, NULL, (double)gs.connections);
   char *text;
   size_t len;
   kiln_status e = kiln_metrics_render(s->metrics, &text, &len);
@@ -258,7 +308,7 @@ static void answer_metrics(kiln_server *s, kx_call *c) {
   else kx_answer(s, c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text, len);
 }
 
-static void set_request_id(kiln_server *s, kx_call *c, const char *given) {
+void kx_set_request_id(kiln_server *s, kx_call *c, const char *given) {
   size_t n = given ? strlen(given) : 0;
   if (n > 0 && n < sizeof c->request_id && strspn(given, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:") == n) {
     memcpy(c->request_id, given, n + 1);
@@ -273,8 +323,8 @@ static void handle(void *ctx, kiln_http_exchange *ex, const kiln_http_request *r
   kx_call c = {.ex = ex, .api = KX_API_UNKNOWN, .received_at = req->received_at};
   snprintf(c.method, sizeof c.method, "%s", req->method);
   snprintf(c.path, sizeof c.path, "%s", req->path);
-  set_request_id(s, &c, req->request_id);
-  kx_trace_begin(s, &c, req);
+  kx_set_request_id(s, &c, req->request_id);
+  kx_trace_begin(s, &c, req->traceparent, req->tracestate);
   const char *p = req->path;
   int get = strcmp(req->method, "GET") == 0;
   if (strncmp(p, "/v1/admin/", 10) == 0) {
@@ -300,12 +350,14 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
   if (!s) return kiln_error(KILN_RESOURCE_EXHAUSTED, "out of memory");
   s->opt = *opt;
   s->audit_fd = -1;
+  pthread_mutex_init(&s->reload_lock, NULL);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   s->id_salt = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid();
   atomic_init(&s->next_id, 1);
   atomic_init(&s->loaded, 0);
   atomic_init(&s->draining, 0);
+  atomic_init(&s->reloads, 0);
   kiln_status e = kiln_metrics_create(&s->metrics);
   if (e) {
     free(s);
@@ -318,6 +370,7 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
                                               kiln_latency_bucket_count, kiln_latency_buckets);
   s->in_flight = kiln_metrics_gauge(s->metrics, "kiln_requests_in_flight", "Requests received and not yet answered.", 0, NULL);
   s->connections = kiln_metrics_gauge(s->metrics, "kiln_http_connections", "Open HTTP connections.", 0, NULL);
+  s->grpc_connections = kiln_metrics_gauge(s->metrics, "kiln_grpc_connections", "Open gRPC (HTTP/2) connections.", 0, NULL);
   int intra = opt->intra_op_threads > 0 ? opt->intra_op_threads : 1;
   if (!e && intra > 1) e = kiln_pool_create(kiln_cpu_count(), &s->pool);
   kx_manager_options mo = {.server = &s->opt,
@@ -347,6 +400,9 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
   if (!e) e = kiln_http_server_start(&ho, handle, s, &s->http);
   if (!e) {
     kiln_log(KILN_LOG_INFO, "REST API listening on %s:%d", opt->host ? opt->host : "0.0.0.0", kiln_http_server_port(s->http));
+    if (opt->grpc_port >= 0) e = kx_grpc_start(s);
+  }
+  if (!e) {
     e = kx_manager_configure(s->manager, opt->models);
     atomic_store(&s->loaded, 1);
   }
@@ -361,6 +417,8 @@ kiln_status kiln_server_start(const kiln_server_options *opt, kiln_server **out)
 
 int kiln_server_port(const kiln_server *s) { return kiln_http_server_port(s->http); }
 
+int kiln_server_grpc_port(const kiln_server *s) { return s->grpc ? kiln_grpc_server_port(s->grpc) : -1; }
+
 kiln_status kiln_server_reload(kiln_server *s, const kiln_model_server_config *models) {
   return kx_manager_configure(s->manager, models);
 }
@@ -368,24 +426,31 @@ kiln_status kiln_server_reload(kiln_server *s, const kiln_model_server_config *m
 int64_t kiln_server_drain(kiln_server *s, double timeout_s) {
   atomic_store(&s->draining, 1);
   kiln_http_server_stop_accepting(s->http);
+  if (s->grpc) kiln_grpc_server_stop_accepting(s->grpc);
   double until = kiln_now() + timeout_s;
   kiln_http_stats st;
+  kiln_grpc_stats gs = {0};
   for (;;) {
     kiln_http_server_stats(s->http, &st);
-    if ((st.in_flight == 0 && st.connections == 0) || kiln_now() >= until) break;
+    if (s->grpc) kiln_grpc_server_stats(s->grpc, &gs);
+    if ((st.in_flight + gs.calls == 0 && st.connections + gs.connections == 0) || kiln_now() >= until) break;
     nanosleep(&(struct timespec){0, 2000000}, NULL);
   }
-  return st.in_flight;
+  return st.in_flight + gs.calls;
 }
 
 void kiln_server_free(kiln_server *s) {
   if (!s) return;
   if (s->http) kiln_http_server_stop_accepting(s->http);
+  if (s->grpc) kiln_grpc_server_stop_accepting(s->grpc);
+  while (atomic_load(&s->reloads) > 0) nanosleep(&(struct timespec){0, 2000000}, NULL);
   kx_manager_free(s->manager); /* answers everything queued */
   kiln_http_server_free(s->http);
+  kiln_grpc_server_free(s->grpc);
   kiln_pool_free(s->pool);
   kiln_tracer_free(s->tracer); /* after every request is answered: exports the last spans (2 s at most) */
   kiln_metrics_free(s->metrics);
   kx_admin_stop(s);
+  pthread_mutex_destroy(&s->reload_lock);
   free(s);
 }

@@ -5,16 +5,16 @@
 
 #include <string.h>
 
-void kx_trace_begin(kiln_server *s, kx_call *c, const kiln_http_request *req) {
+void kx_trace_begin(kiln_server *s, kx_call *c, const char *traceparent, const char *tracestate) {
   kiln_trace_context parent;
   const char *why = NULL;
-  if (req->traceparent && kiln_traceparent_parse(req->traceparent, &parent, &why) == 0) {
+  if (traceparent && kiln_traceparent_parse(traceparent, &parent, &why) == 0) {
     memcpy(c->trace_id, parent.trace_id, 16);
     memcpy(c->parent_id, parent.span_id, 8);
     /* parent-based: the caller's sampled flag decides */
     c->sampled = s->tracer && (parent.flags & KILN_TRACE_FLAG_SAMPLED);
     c->trace_flags = parent.flags & KILN_TRACE_FLAG_SAMPLED; /* other bits are reserved: sent as 0 */
-    c->tracestate = req->tracestate && kiln_tracestate_check(req->tracestate, NULL) == 0 ? req->tracestate : NULL;
+    c->tracestate = tracestate && kiln_tracestate_check(tracestate, NULL) == 0 ? tracestate : NULL;
   } else {
     if (why && kiln_log_enabled(KILN_LOG_DEBUG)) {
       kiln_log_field f[1] = {{"request_id", c->request_id}};
@@ -30,14 +30,18 @@ void kx_trace_begin(kiln_server *s, kx_call *c, const kiln_http_request *req) {
   if (c->sampled) c->clock_offset_ns = kiln_trace_now_ns() - (int64_t)(kiln_now() * 1e9);
 }
 
-char *kx_trace_headers(const kx_call *c, char *buf, size_t size) {
+char *kx_trace_parent(const kx_call *c, char buf[KILN_TRACEPARENT_SIZE]) {
   kiln_trace_context mine;
   memcpy(mine.trace_id, c->trace_id, 16);
   memcpy(mine.span_id, c->span_id, 8);
   mine.flags = c->trace_flags;
+  kiln_traceparent_format(&mine, buf);
+  return buf;
+}
+
+char *kx_trace_headers(const kx_call *c, char *buf, size_t size) {
   char tp[KILN_TRACEPARENT_SIZE];
-  kiln_traceparent_format(&mine, tp);
-  int n = snprintf(buf, size, "traceparent: %s\r\n", tp);
+  int n = snprintf(buf, size, "traceparent: %s\r\n", kx_trace_parent(c, tp));
   if (c->tracestate && n > 0 && (size_t)n < size) snprintf(buf + n, size - (size_t)n, "tracestate: %s\r\n", c->tracestate);
   return buf;
 }

@@ -68,7 +68,8 @@ static kiln_status parse_route(const char *path, route *r) {
   return NULL;
 }
 
-static kiln_status decode(kx_request *r, const kiln_http_request *req) {
+static kiln_status decode(kx_request *r, const void *message) {
+  const kiln_http_request *req = message;
   return kx_tfs_decode_predict(kx_request_sig(r->version), req->body ? req->body : "", req->body_len, r->inputs, &r->columnar);
 }
 

@@ -183,8 +183,10 @@ class Server:
             env = dict(os.environ)
             for var in ("KILN_LOG_FORMAT", "KILN_LOG_LEVEL"):
                 env.pop(var, None)
+            # gRPC on any free port unless the test names one (its default, 8500, may be taken)
+            grpc = [] if any(f.startswith("--port") for f in self.flags) else ["--port=0"]
             self.proc = subprocess.Popen(
-                [kiln, "serve", "--rest_api_port=%d" % self.port, "--host=127.0.0.1"] + self.flags,
+                [kiln, "serve", "--rest_api_port=%d" % self.port, "--host=127.0.0.1"] + grpc + self.flags,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log, env=env)
             if not ready:
                 return
@@ -201,6 +203,14 @@ class Server:
     @property
     def pid(self):
         return self.proc.pid
+
+    @property
+    def grpc_port(self):
+        """The gRPC port the server logged ("gRPC API listening on 127.0.0.1:PORT")."""
+        m = re.search(r"gRPC API listening on \S+:(\d+)", self.log_text())
+        if not m:
+            self.fail("the server logged no gRPC port")
+        return int(m.group(1))
 
     def log_text(self):
         if not self.log.closed:

@@ -171,9 +171,9 @@ class DeployFiles(unittest.TestCase):
     def flags(self):
         return flag_args(self.args()[1:], "deployment.yaml args")
 
-    def container_port(self):
-        ports = self.container()["ports"]
-        self.assertEqual(len(ports), 1, ports)
+    def container_port(self, name="http"):
+        ports = [p for p in self.container()["ports"] if p.get("name") == name]
+        self.assertEqual(len(ports), 1, self.container()["ports"])
         return ports[0]
 
     def resolve_port(self, port):
@@ -273,11 +273,15 @@ class DeployFiles(unittest.TestCase):
         ann = self.pod()["metadata"]["annotations"]
         self.assertEqual(ann["prometheus.io/scrape"], "true")
         self.assertEqual(int(ann["prometheus.io/port"]), port["containerPort"])
-        svc = self.objs["Service"]
-        self.assertEqual(len(svc["spec"]["ports"]), 1)
-        self.assertEqual(self.resolve_port(svc["spec"]["ports"][0]["targetPort"]), port["containerPort"],
-                         "the Service's targetPort is the container port")
-        print("port %d: --rest_api_port, container, probes, Prometheus annotation, Service targetPort" % port["containerPort"])
+        svc = {p["name"]: p for p in self.objs["Service"]["spec"]["ports"]}
+        self.assertEqual(set(svc), {"http", "grpc"})
+        self.assertEqual(self.resolve_port(svc["http"]["targetPort"]), port["containerPort"],
+                         "the Service's http targetPort is the container port")
+        grpc = self.container_port("grpc")
+        self.assertEqual(grpc["containerPort"], int(flags["port"]), "grpc container port == --port")
+        self.assertEqual(svc["grpc"]["targetPort"], "grpc")
+        print("port %d: --rest_api_port, container, probes, Prometheus annotation, Service targetPort; gRPC %d: --port, "
+              "container, Service" % (port["containerPort"], grpc["containerPort"]))
 
     def test_selectors_match_the_pod(self):
         labels = self.pod()["metadata"]["labels"]
@@ -440,7 +444,7 @@ class DeployFiles(unittest.TestCase):
             bad = os.path.join(tmp, "models.config")
             with open(bad, "w") as f:
                 f.write(self.objs["ConfigMap"]["data"][key].replace("base_path", "base_pth", 1))
-            r = subprocess.run([KILN, "serve", "--model_config_file=" + bad, "--rest_api_port=0", "--host=127.0.0.1"],
+            r = subprocess.run([KILN, "serve", "--model_config_file=" + bad, "--rest_api_port=0", "--port=0", "--host=127.0.0.1"],
                                capture_output=True, text=True, timeout=30)
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn("unknown field 'base_pth'", r.stderr)

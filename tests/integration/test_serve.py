@@ -496,7 +496,7 @@ class Usage(ServeTest):
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
         bad = write_text(os.path.join(self.dir, "bad.config"), "model_config_list { config { nme: 'm' } }\n")
-        r = subprocess.run([KILN, "serve", "--model_config_file=" + bad, "--rest_api_port=%d" % 0],
+        r = subprocess.run([KILN, "serve", "--model_config_file=" + bad, "--rest_api_port=%d" % 0, "--port=0"],
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("bad.config", r.stderr)

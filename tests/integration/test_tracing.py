@@ -406,7 +406,7 @@ class TracingTest(unittest.TestCase):
         s.stop_ok()
 
     def test_bad_flags(self):
-        base = ["--model_name=m", "--model_base_path=" + self.base, "--rest_api_port=0", "--host=127.0.0.1"]
+        base = ["--model_name=m", "--model_base_path=" + self.base, "--rest_api_port=0", "--port=0", "--host=127.0.0.1"]
         for flags, message in ((["--otlp_endpoint=ftp://collector:4318"], "expected an http:// or https:// URL"),
                                (["--otlp_endpoint=http://"], "expected a host"),
                                (["--otlp_endpoint=http://127.0.0.1:4318", "--trace_sampling_ratio=1.5"],
