@@ -39,10 +39,12 @@ demo: build
 # kiln against its peers in one run each: GEMM against OpenBLAS, whole models against ONNX Runtime,
 # the model server against Node.js + ONNX Runtime and Flask + PyTorch servers, the data pipeline
 # against NumPy, pandas and raw reads, training against PyTorch (with thread, MPI and precision rows)
+# and kiln serve's gRPC API against its own REST API (bench/serve/grpc.py, h2load for both)
 bench: build
 	$(BUILD)/bench/kiln_gemm_bench
 	/usr/bin/python3 bench/runtime/run.py --kiln $(BUILD)/kiln
 	/usr/bin/python3 bench/serve/run.py --kiln $(BUILD)/kiln
+	/usr/bin/python3 bench/serve/grpc.py --kiln $(BUILD)/kiln
 	/usr/bin/python3 bench/data/run.py --kiln $(BUILD)/kiln
 	/usr/bin/python3 bench/train/run.py --kiln $(BUILD)/kiln
 

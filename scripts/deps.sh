@@ -14,7 +14,8 @@ set -eu
 # and check the deployment files in deploy/. gRPC: libnghttp2 is the server's HTTP/2; libprotobuf-dev
 # has google/protobuf/any.proto and wrappers.proto, which the TF Serving .proto files import;
 # protobuf-compiler (protoc) and python3-grpc-tools write the Python stubs the gRPC tests use, and
-# python3-grpcio is their client.
+# python3-grpcio is their client; nghttp2-client's h2load is bench/serve/grpc.py's load generator
+# for both gRPC (h2c) and REST (--h1).
 packages="
   build-essential cmake pkg-config git ca-certificates
   clang libclang-rt-14-dev
@@ -27,7 +28,7 @@ packages="
   libonnx-dev libonnx-testdata
   libopenblas-dev
   python3 python3-numpy python3-onnx python3-torch python3-pandas python3-pil
-  nodejs wrk python3-flask python3-prometheus-client
+  nodejs wrk python3-flask python3-prometheus-client nghttp2-client
 "
 
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
