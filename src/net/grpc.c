@@ -1,5 +1,5 @@
-/* The gRPC server of include/kiln/net.h, its transport: the listener and I/O threads (one ev loop
- * each, as in http.c), and per connection one nghttp2 server session (cleartext HTTP/2 with prior
+/* The gRPC server of include/kiln/net.h, its transport: on the I/O threads of io_group.c (one ev
+ * loop each, as under http.c), per connection one nghttp2 server session (cleartext HTTP/2 with prior
  * knowledge, as gRPC's insecure channels speak it) fed from recv() and written with send(). The
  * gRPC calls on the session's streams live in grpc_call.c.
  *
@@ -10,9 +10,7 @@
 #include "kiln/net.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <nghttp2/nghttp2.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,16 +23,12 @@
 
 #define READ_CHUNK 65536
 #define READS_PER_EVENT 16 /* then other connections get their turn */
-#define ACCEPTS_PER_EVENT 64
-#define ACCEPT_PAUSE_MS 100        /* out of descriptors: retry accepting after this */
 #define LINGER_MS 1000             /* longest wait for the client to close after our GOAWAY */
 #define OUT_HIGH (256 * 1024)      /* output queued beyond this: stop making frames and reading */
 #define STREAM_WINDOW (1 << 20)    /* per stream, so a large tensor flows without WINDOW_UPDATEs */
 #define CONNECTION_WINDOW (16 << 20)
 #define DRAIN_GOAWAY_MS 1000       /* shutdown notice to final GOAWAY, when the PING goes unanswered */
 #define KEEP_BUFFER (1 << 20)      /* an output buffer larger than this is freed once written */
-
-static int on_io_thread(const kx_grpc_io *io) { return io->thread_started && pthread_equal(pthread_self(), io->thread); }
 
 /* ---------------------------------------------------------------- nghttp2 callbacks */
 
@@ -378,7 +372,7 @@ static void conn_start(kx_grpc_conn *c) {
     conn_goaway(c, NGHTTP2_ENHANCE_YOUR_CALM, "too many connections");
     return;
   }
-  if (atomic_load(&s->draining)) {
+  if (kx_io_group_draining(s->group)) {
     conn_goaway(c, NGHTTP2_NO_ERROR, NULL);
     return;
   }
@@ -387,65 +381,21 @@ static void conn_start(kx_grpc_conn *c) {
 
 static void conn_on_adopt(ev_loop *l, void *arg) { conn_start(arg); }
 
-/* ---------------------------------------------------------------- listener and threads */
+/* ---------------------------------------------------------------- the I/O group's callbacks */
 
-static void on_accept(ev_loop *l, int fd, int ready, void *arg);
-
-static int io_listen(kx_grpc_io *io) {
-  if (ev_add(io->loop, io->server->listen_fd, EV_READABLE | EV_EXCLUSIVE, on_accept, io) != 0) return -1;
-  io->listening = 1;
-  return 0;
-}
-
-static void io_unlisten(kx_grpc_io *io) {
-  if (io->listening) ev_remove(io->loop, io->server->listen_fd);
-  io->listening = 0;
-}
-
-static void on_accept_resume(ev_loop *l, void *arg) {
-  kx_grpc_io *io = arg;
-  if (atomic_load(&io->server->draining) || io->listening) return;
-  if (io_listen(io) != 0 && ev_timer_start(l, &io->accept_timer, ACCEPT_PAUSE_MS) != 0)
-    kiln_log(KILN_LOG_ERROR, "grpc: cannot resume accepting: %s", strerror(errno));
-}
-
-static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
-  kx_grpc_io *io = arg;
-  for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
-    char peer[64];
-    int cfd = kx_accept(fd, peer, sizeof peer, "grpc");
-    if (cfd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      kiln_log(KILN_LOG_WARN, "grpc: accept: %s; pausing for %d ms", strerror(errno), ACCEPT_PAUSE_MS);
-      io_unlisten(io);
-      if (ev_timer_start(l, &io->accept_timer, ACCEPT_PAUSE_MS) != 0)
-        kiln_log(KILN_LOG_ERROR, "grpc: cannot schedule accepting again");
-      return;
-    }
-    kx_grpc_conn *c = conn_new(io, cfd);
-    if (!c) {
-      close(cfd);
-      continue;
-    }
-    memcpy(c->peer, peer, sizeof c->peer);
-    conn_start(c);
+static void on_conn(kx_io *base, int fd, const char *peer) {
+  kx_grpc_conn *c = conn_new(base->data, fd);
+  if (!c) {
+    close(fd);
+    return;
   }
+  memcpy(c->peer, peer, sizeof c->peer);
+  conn_start(c);
 }
 
-/* On each loop: drop the listener (the last loop closes it) and start every connection's GOAWAY. */
-static void io_on_stop_accepting(ev_loop *l, void *arg) {
-  kx_grpc_io *io = arg;
-  kiln_grpc_server *s = io->server;
-  io_unlisten(io);
-  ev_timer_stop(l, &io->accept_timer);
-  pthread_mutex_lock(&s->mu);
-  if (--s->listeners == 0) {
-    close(s->listen_fd);
-    s->listen_fd = -1;
-    pthread_cond_broadcast(&s->cv);
-  }
-  pthread_mutex_unlock(&s->mu);
+/* On each loop, once it has dropped the listener: start every connection's GOAWAY. */
+static void on_stop_accepting(kx_io *base) {
+  kx_grpc_io *io = base->data;
   kx_grpc_conn *next;
   for (kx_grpc_conn *c = io->conns; c; c = next) {
     next = c->next;
@@ -453,27 +403,14 @@ static void io_on_stop_accepting(ev_loop *l, void *arg) {
   }
 }
 
-void kiln_grpc_server_stop_accepting(kiln_grpc_server *s) {
-  if (atomic_exchange(&s->stop_once, 1)) return;
-  atomic_store(&s->draining, 1);
-  int inside = 0;
-  for (int i = 0; i < s->nio; i++) {
-    inside |= on_io_thread(&s->io[i]);
-    ev_post(s->io[i].loop, &s->io[i].stop_job);
-  }
-  if (inside) return; /* an I/O thread cannot wait for its own loop */
-  pthread_mutex_lock(&s->mu);
-  while (s->listeners > 0) pthread_cond_wait(&s->cv, &s->mu);
-  pthread_mutex_unlock(&s->mu);
-}
+void kiln_grpc_server_stop_accepting(kiln_grpc_server *s) { kx_io_group_stop_accepting(s->group); }
+
+/* ---------------------------------------------------------------- server */
 
 static kiln_status resolve_options(const kiln_grpc_options *in, kiln_grpc_options *o) {
   *o = in ? *in : (kiln_grpc_options){0};
-  if (!o->host || !*o->host) o->host = "0.0.0.0";
-  if (o->port < 0 || o->port > 65535)
-    return kiln_error(KILN_INVALID_ARGUMENT, "grpc port must be in [0, 65535], got %d", o->port);
-  if (o->threads <= 0) o->threads = kiln_cpu_count();
-  if (o->threads <= 0) o->threads = 1;
+  kiln_status st = kx_io_group_defaults("grpc", &o->host, o->port, &o->threads);
+  if (st) return st;
   if (!o->max_message_bytes) o->max_message_bytes = 64 * 1024 * 1024;
   if (o->max_message_bytes > UINT32_MAX) o->max_message_bytes = UINT32_MAX; /* the prefix's limit */
   if (!o->max_header_bytes) o->max_header_bytes = 64 * 1024;
@@ -483,42 +420,21 @@ static kiln_status resolve_options(const kiln_grpc_options *in, kiln_grpc_option
   return NULL;
 }
 
-static void *io_main(void *arg) {
-  kx_grpc_io *io = arg;
-  /* the start gate: every io->thread has been written by the time this lock is free */
-  pthread_mutex_lock(&io->server->mu);
-  pthread_mutex_unlock(&io->server->mu);
-  ev_run(io->loop);
-  return NULL;
-}
-
-static kiln_status create_loops(kiln_grpc_server *s) {
-  s->io = calloc((size_t)s->opt.threads, sizeof *s->io);
+/* The I/O threads, each with this server's state for its loop. */
+static kiln_status start_io(kiln_grpc_server *s, int listen_fd) {
+  kx_io_group_config cfg = {
+      .what = "grpc", .threads = s->opt.threads, .on_conn = on_conn, .on_stop_accepting = on_stop_accepting};
+  kiln_status st = kx_io_group_create(&cfg, listen_fd, &s->group);
+  if (st) return st;
+  s->io = calloc((size_t)kx_io_group_size(s->group), sizeof *s->io);
   if (!s->io) return kiln_error(KILN_RESOURCE_EXHAUSTED, "grpc: out of memory");
-  for (int i = 0; i < s->opt.threads; i++) {
-    kx_grpc_io *io = &s->io[i];
-    io->server = s;
-    ev_timer_init(&io->accept_timer, on_accept_resume, io);
-    io->stop_job = (ev_job){.fn = io_on_stop_accepting, .arg = io};
-    kiln_status st = ev_loop_create(&io->loop);
-    if (st) return st;
-    s->nio++;
-    if (io_listen(io) != 0) return kiln_error(KILN_UNAVAILABLE, "grpc: epoll_ctl: %s", strerror(errno));
-    s->listeners++;
+  s->nio = kx_io_group_size(s->group);
+  for (int i = 0; i < s->nio; i++) {
+    kx_io *base = kx_io_group_io(s->group, i);
+    s->io[i] = (kx_grpc_io){.server = s, .loop = base->loop};
+    base->data = &s->io[i];
   }
-  return NULL;
-}
-
-static kiln_status start_threads(kiln_grpc_server *s) {
-  pthread_mutex_lock(&s->mu);
-  kiln_status st = NULL;
-  for (int i = 0; i < s->nio && !st; i++) {
-    int rc = pthread_create(&s->io[i].thread, NULL, io_main, &s->io[i]);
-    if (rc != 0) st = kiln_error(KILN_UNAVAILABLE, "grpc: pthread_create: %s", strerror(rc));
-    else s->io[i].thread_started = 1;
-  }
-  pthread_mutex_unlock(&s->mu);
-  return st;
+  return kx_io_group_start(s->group);
 }
 
 kiln_status kiln_grpc_server_start(const kiln_grpc_options *opt, const kiln_grpc_service *service,
@@ -528,17 +444,12 @@ kiln_status kiln_grpc_server_start(const kiln_grpc_options *opt, const kiln_grpc
     return kiln_error(KILN_INVALID_ARGUMENT, "grpc server: the service needs kind, message and half_close callbacks");
   kiln_grpc_server *s = calloc(1, sizeof *s);
   if (!s) return kiln_error(KILN_RESOURCE_EXHAUSTED, "grpc server: out of memory");
-  s->listen_fd = -1;
   s->service = *service;
-  if (pthread_mutex_init(&s->mu, NULL) != 0 || pthread_cond_init(&s->cv, NULL) != 0) {
-    free(s);
-    return kiln_error(KILN_UNAVAILABLE, "grpc server: cannot create a mutex");
-  }
+  int listen_fd = -1;
   kiln_status st = resolve_options(opt, &s->opt);
   if (!st) st = make_callbacks(&s->callbacks);
-  if (!st) st = kx_open_listener(s->opt.host, s->opt.port, &s->listen_fd, &s->port);
-  if (!st) st = create_loops(s);
-  if (!st) st = start_threads(s);
+  if (!st) st = kx_open_listener(s->opt.host, s->opt.port, &listen_fd, &s->port);
+  if (!st) st = start_io(s, listen_fd);
   if (st) {
     kiln_grpc_server_free(s);
     return st;
@@ -548,14 +459,13 @@ kiln_status kiln_grpc_server_start(const kiln_grpc_options *opt, const kiln_grpc
 }
 
 kiln_status kx_grpc_serve_fd(kiln_grpc_server *s, int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
-    return kiln_error(KILN_INVALID_ARGUMENT, "grpc: fd %d: %s", fd, strerror(errno));
-  kx_grpc_io *io = &s->io[atomic_fetch_add(&s->next_io, 1) % (unsigned)s->nio];
-  kx_grpc_conn *c = conn_new(io, fd);
+  kx_io *base;
+  kiln_status st = kx_io_group_adopt(s->group, fd, &base);
+  if (st) return st;
+  kx_grpc_conn *c = conn_new(base->data, fd);
   if (!c) return kiln_error(KILN_RESOURCE_EXHAUSTED, "grpc: out of memory");
   c->job = (ev_job){.fn = conn_on_adopt, .arg = c};
-  ev_post(io->loop, &c->job);
+  ev_post(base->loop, &c->job);
   return NULL;
 }
 
@@ -571,19 +481,11 @@ void kiln_grpc_server_stats(kiln_grpc_server *s, kiln_grpc_stats *out) {
 
 void kiln_grpc_server_free(kiln_grpc_server *s) {
   if (!s) return;
+  kx_io_group_join(s->group);
   for (int i = 0; i < s->nio; i++)
-    if (s->io[i].thread_started) ev_stop(s->io[i].loop);
-  for (int i = 0; i < s->nio; i++)
-    if (s->io[i].thread_started) pthread_join(s->io[i].thread, NULL);
-  for (int i = 0; i < s->nio; i++) {
-    kx_grpc_io *io = &s->io[i];
-    while (io->conns) conn_release(io->conns);
-    ev_loop_free(io->loop);
-  }
-  if (s->listen_fd >= 0) close(s->listen_fd);
+    while (s->io[i].conns) conn_release(s->io[i].conns);
+  kx_io_group_free(s->group);
   if (s->callbacks) nghttp2_session_callbacks_del(s->callbacks);
   free(s->io);
-  pthread_cond_destroy(&s->cv);
-  pthread_mutex_destroy(&s->mu);
   free(s);
 }

@@ -12,6 +12,7 @@
 #include "core/buf.h"
 #include "kiln/net.h"
 #include "net/ev.h"
+#include "net/io_group.h"
 
 #define KX_GRPC_PREFIX 5 /* gRPC's message prefix: flag byte + 4-byte big-endian length */
 
@@ -86,14 +87,10 @@ struct kx_grpc_conn {
   ev_job job;           /* adoption by the loop (kx_grpc_serve_fd), then the close job */
 };
 
+/* This server's state for one loop of its I/O group. */
 struct kx_grpc_io {
   kiln_grpc_server *server;
   ev_loop *loop;
-  pthread_t thread;
-  int thread_started;
-  int listening;
-  ev_timer accept_timer;
-  ev_job stop_job;
   kx_grpc_conn *conns;
 };
 
@@ -103,13 +100,8 @@ struct kiln_grpc_server {
   int port;
   int nio;
   kx_grpc_io *io;
+  kx_io_group *group;
   nghttp2_session_callbacks *callbacks;
-  pthread_mutex_t mu; /* start gate; listen_fd and listeners once threads run */
-  pthread_cond_t cv;
-  int listen_fd;
-  int listeners;
-  atomic_int stop_once, draining;
-  atomic_uint next_io;
   atomic_llong connections, connections_total, calls, calls_total, rejected_total;
 };
 

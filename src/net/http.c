@@ -1,5 +1,5 @@
-/* The HTTP/1.1 server of include/kiln/net.h: the listener, the I/O threads (one ev loop each)
- * and the connection state machine around http-parser, with every client-controlled size and
+/* The HTTP/1.1 server of include/kiln/net.h: the connection state machine around http-parser on
+ * the I/O threads of io_group.c (one ev loop each), with every client-controlled size and
  * duration bounded.
  *
  * A connection is owned by the I/O thread that accepted it and only ever touched there, with one
@@ -12,9 +12,7 @@
 #include "kiln/net.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <http_parser.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,16 +26,15 @@
 #include "core/buf.h"
 #include "net/ev.h"
 #include "net/http_internal.h"
+#include "net/io_group.h"
 #include "net/listen.h"
 
 #define READ_CHUNK 16384
 #define READS_PER_EVENT 16    /* then other connections get their turn */
-#define ACCEPTS_PER_EVENT 64
-#define ACCEPT_PAUSE_MS 100   /* out of descriptors: retry accepting after this */
 #define LINGER_MS 1000        /* longest wait for the client to close after our last response */
 #define KEEP_BUFFER (1 << 20) /* request buffers larger than this are freed between requests */
 
-typedef struct kx_io kx_io;
+typedef struct http_io http_io;
 typedef struct conn conn;
 
 enum conn_state { C_READ, C_HANDLER, C_WRITE, C_LINGER };
@@ -54,7 +51,7 @@ struct kiln_http_exchange {
 };
 
 struct conn {
-  kx_io *io;
+  http_io *io;
   conn *prev, *next; /* the I/O thread's list */
   int fd;            /* -1 once the client is gone while its exchange is in flight */
   enum conn_state state;
@@ -87,14 +84,10 @@ struct conn {
   enum timer_kind timer_kind;
 };
 
-struct kx_io {
+struct http_io {
   kiln_http_server *server;
   ev_loop *loop;
-  pthread_t thread;
-  int thread_started;
-  int listening; /* the listener is registered in this loop */
-  ev_timer accept_timer;
-  ev_job stop_job;
+  kx_io *base; /* the group's side of this loop */
   conn *conns;
 };
 
@@ -104,13 +97,8 @@ struct kiln_http_server {
   void *ctx;
   int port;
   int nio;
-  kx_io *io;
-  pthread_mutex_t mu; /* start gate; listen_fd and listeners once threads run */
-  pthread_cond_t cv;
-  int listen_fd;
-  int listeners; /* loops that still have the listener registered */
-  atomic_int stop_once, draining;
-  atomic_uint next_io;
+  http_io *io;
+  kx_io_group *group;
   atomic_llong connections, connections_total, in_flight, rejected_total;
 };
 
@@ -192,15 +180,13 @@ static void build_head(kx_buf *b, int status, const char *content_type, const ch
   kx_buf_puts(b, "\r\n");
 }
 
-static int on_io_thread(const kx_io *io) { return io->thread_started && pthread_equal(pthread_self(), io->thread); }
-
 /* ---------------------------------------------------------------- connection lifetime */
 
 static void conn_on_event(ev_loop *l, int fd, int ready, void *arg);
 static void conn_on_timer(ev_loop *l, void *arg);
 static void conn_on_completion(ev_loop *l, void *arg);
 
-static conn *conn_new(kx_io *io, int fd) {
+static conn *conn_new(http_io *io, int fd) {
   conn *c = calloc(1, sizeof *c);
   if (!c) return NULL;
   c->io = io;
@@ -217,7 +203,7 @@ static conn *conn_new(kx_io *io, int fd) {
 }
 
 static void conn_link(conn *c) {
-  kx_io *io = c->io;
+  http_io *io = c->io;
   c->prev = NULL;
   c->next = io->conns;
   if (io->conns) io->conns->prev = c;
@@ -548,7 +534,7 @@ static int conn_dispatch(conn *c) {
       .tracestate = c->has_tracestate ? buf_str(&c->tracestate) : NULL,
       .authorization = c->has_authorization ? buf_str(&c->authorization) : NULL,
       .peer = c->peer,
-      .keep_alive = c->keep_alive && !atomic_load(&s->draining),
+      .keep_alive = c->keep_alive && !kx_io_group_draining(s->group),
       .received_at = kiln_now(),
   };
   c->in_request = 0;
@@ -570,7 +556,7 @@ static int conn_after_response(conn *c) {
   c->out_body = NULL;
   c->out_body_len = c->out_body_off = 0;
   reset_request(c);
-  if (c->close_after || atomic_load(&c->io->server->draining)) return conn_linger(c);
+  if (c->close_after || kx_io_group_draining(c->io->server->group)) return conn_linger(c);
   c->state = C_READ;
   if (conn_arm(c, T_IDLE, c->io->server->opt.idle_timeout_ms) != 0) return conn_free(c);
   return conn_update_interest(c);
@@ -785,7 +771,7 @@ static void conn_start(conn *c) {
     conn_reject(c, 503, "too many connections");
     return;
   }
-  if (atomic_load(&s->draining)) {
+  if (kx_io_group_draining(s->group)) {
     conn_linger(c);
     return;
   }
@@ -804,7 +790,7 @@ void kiln_http_respond(kiln_http_exchange *ex, int status, const char *content_t
                        char *body, size_t len) {
   conn *c = ex->conn;
   kiln_http_server *s = c->io->server;
-  int close = !c->req.keep_alive || atomic_load(&s->draining);
+  int close = !c->req.keep_alive || kx_io_group_draining(s->group);
   int bodiless = (status >= 100 && status < 200) || status == 204 || status == 304;
   buf_clear(&ex->head);
   build_head(&ex->head, status, content_type, extra_headers, bodiless ? -1 : (long long)len, close,
@@ -818,7 +804,7 @@ void kiln_http_respond(kiln_http_exchange *ex, int status, const char *content_t
   ex->body_len = len;
   ex->close = close;
   atomic_fetch_sub(&s->in_flight, 1);
-  if (!on_io_thread(c->io)) {
+  if (!kx_io_on_thread(c->io->base)) {
     ev_post(c->io->loop, &c->job);
   } else if (c->in_handler) {
     ex->ready = 1;
@@ -835,49 +821,14 @@ void kiln_http_respond_error(kiln_http_exchange *ex, int status, const char *mes
 
 /* ---------------------------------------------------------------- listener */
 
-static void on_accept(ev_loop *l, int fd, int ready, void *arg);
-
-static int io_listen(kx_io *io) {
-  if (ev_add(io->loop, io->server->listen_fd, EV_READABLE | EV_EXCLUSIVE, on_accept, io) != 0) return -1;
-  io->listening = 1;
-  return 0;
-}
-
-static void io_unlisten(kx_io *io) {
-  if (io->listening) ev_remove(io->loop, io->server->listen_fd);
-  io->listening = 0;
-}
-
-static void on_accept_resume(ev_loop *l, void *arg) {
-  kx_io *io = arg;
-  if (atomic_load(&io->server->draining) || io->listening) return;
-  if (io_listen(io) != 0 && ev_timer_start(l, &io->accept_timer, ACCEPT_PAUSE_MS) != 0)
-    kiln_log(KILN_LOG_ERROR, "http: cannot resume accepting: %s", strerror(errno));
-}
-
-static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
-  kx_io *io = arg;
-  for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
-    char peer[64];
-    int cfd = kx_accept(fd, peer, sizeof peer, "http");
-    if (cfd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      /* out of descriptors or memory: the listener would stay readable, so step back a while */
-      kiln_log(KILN_LOG_WARN, "http: accept: %s; pausing for %d ms", strerror(errno), ACCEPT_PAUSE_MS);
-      io_unlisten(io);
-      if (ev_timer_start(l, &io->accept_timer, ACCEPT_PAUSE_MS) != 0)
-        kiln_log(KILN_LOG_ERROR, "http: cannot schedule accepting again");
-      return;
-    }
-    conn *c = conn_new(io, cfd);
-    if (!c) {
-      close(cfd);
-      continue;
-    }
-    memcpy(c->peer, peer, sizeof c->peer);
-    conn_start(c);
+static void on_conn(kx_io *base, int fd, const char *peer) {
+  conn *c = conn_new(base->data, fd);
+  if (!c) {
+    close(fd);
+    return;
   }
+  memcpy(c->peer, peer, sizeof c->peer);
+  conn_start(c);
 }
 
 /* How long an idle keep-alive connection stays open once the server drains: a client that sends
@@ -885,20 +836,11 @@ static void on_accept(ev_loop *l, int fd, int ready, void *arg) {
  * connection closed under it. */
 #define DRAIN_IDLE_MS 1000
 
-/* On each loop: drop the listener (the last loop closes it) and give idle connections
- * DRAIN_IDLE_MS (or the idle timeout, if shorter) to send one more request. */
-static void io_on_stop_accepting(ev_loop *l, void *arg) {
-  kx_io *io = arg;
+/* On each loop, once it has dropped the listener: give idle connections DRAIN_IDLE_MS (or the
+ * idle timeout, if shorter) to send one more request. */
+static void on_stop_accepting(kx_io *base) {
+  http_io *io = base->data;
   kiln_http_server *s = io->server;
-  io_unlisten(io);
-  ev_timer_stop(l, &io->accept_timer);
-  pthread_mutex_lock(&s->mu);
-  if (--s->listeners == 0) {
-    close(s->listen_fd);
-    s->listen_fd = -1;
-    pthread_cond_broadcast(&s->cv);
-  }
-  pthread_mutex_unlock(&s->mu);
   conn *next;
   for (conn *c = io->conns; c; c = next) {
     next = c->next;
@@ -909,29 +851,14 @@ static void io_on_stop_accepting(ev_loop *l, void *arg) {
   }
 }
 
-void kiln_http_server_stop_accepting(kiln_http_server *s) {
-  if (atomic_exchange(&s->stop_once, 1)) return;
-  atomic_store(&s->draining, 1);
-  int inside = 0;
-  for (int i = 0; i < s->nio; i++) {
-    inside |= on_io_thread(&s->io[i]);
-    ev_post(s->io[i].loop, &s->io[i].stop_job);
-  }
-  if (inside) return; /* an I/O thread cannot wait for its own loop */
-  pthread_mutex_lock(&s->mu);
-  while (s->listeners > 0) pthread_cond_wait(&s->cv, &s->mu);
-  pthread_mutex_unlock(&s->mu);
-}
+void kiln_http_server_stop_accepting(kiln_http_server *s) { kx_io_group_stop_accepting(s->group); }
 
 /* ---------------------------------------------------------------- server */
 
 static kiln_status resolve_options(const kiln_http_options *in, kiln_http_options *o) {
   *o = in ? *in : (kiln_http_options){0};
-  if (!o->host || !*o->host) o->host = "0.0.0.0";
-  if (o->port < 0 || o->port > 65535)
-    return kiln_error(KILN_INVALID_ARGUMENT, "http port must be in [0, 65535], got %d", o->port);
-  if (o->threads <= 0) o->threads = kiln_cpu_count();
-  if (o->threads <= 0) o->threads = 1;
+  kiln_status st = kx_io_group_defaults("http", &o->host, o->port, &o->threads);
+  if (st) return st;
   if (!o->max_header_bytes) o->max_header_bytes = 64 * 1024;
   if (!o->max_body_bytes) o->max_body_bytes = 64 * 1024 * 1024;
   if (o->max_connections <= 0) o->max_connections = 10000;
@@ -940,42 +867,23 @@ static kiln_status resolve_options(const kiln_http_options *in, kiln_http_option
   return NULL;
 }
 
-static void *io_main(void *arg) {
-  kx_io *io = arg;
-  /* the start gate: every io->thread has been written by the time this lock is free */
-  pthread_mutex_lock(&io->server->mu);
-  pthread_mutex_unlock(&io->server->mu);
-  ev_run(io->loop);
-  return NULL;
-}
-
-static kiln_status create_loops(kiln_http_server *s) {
-  s->io = calloc((size_t)s->opt.threads, sizeof *s->io);
+/* The I/O threads, each with this server's state for its loop. */
+static kiln_status start_io(kiln_http_server *s, int listen_fd) {
+  kx_io_group_config cfg = {
+      .what = "http", .threads = s->opt.threads, .on_conn = on_conn, .on_stop_accepting = on_stop_accepting};
+  kiln_status st = kx_io_group_create(&cfg, listen_fd, &s->group);
+  if (st) return st;
+  s->io = calloc((size_t)kx_io_group_size(s->group), sizeof *s->io);
   if (!s->io) return kiln_error(KILN_RESOURCE_EXHAUSTED, "http: out of memory");
-  for (int i = 0; i < s->opt.threads; i++) {
-    kx_io *io = &s->io[i];
+  s->nio = kx_io_group_size(s->group);
+  for (int i = 0; i < s->nio; i++) {
+    http_io *io = &s->io[i];
     io->server = s;
-    ev_timer_init(&io->accept_timer, on_accept_resume, io);
-    io->stop_job = (ev_job){.fn = io_on_stop_accepting, .arg = io};
-    kiln_status st = ev_loop_create(&io->loop);
-    if (st) return st;
-    s->nio++;
-    if (io_listen(io) != 0) return kiln_error(KILN_UNAVAILABLE, "http: epoll_ctl: %s", strerror(errno));
-    s->listeners++;
+    io->base = kx_io_group_io(s->group, i);
+    io->loop = io->base->loop;
+    io->base->data = io;
   }
-  return NULL;
-}
-
-static kiln_status start_threads(kiln_http_server *s) {
-  pthread_mutex_lock(&s->mu);
-  kiln_status st = NULL;
-  for (int i = 0; i < s->nio && !st; i++) {
-    int rc = pthread_create(&s->io[i].thread, NULL, io_main, &s->io[i]);
-    if (rc != 0) st = kiln_error(KILN_UNAVAILABLE, "http: pthread_create: %s", strerror(rc));
-    else s->io[i].thread_started = 1;
-  }
-  pthread_mutex_unlock(&s->mu);
-  return st;
+  return kx_io_group_start(s->group);
 }
 
 kiln_status kiln_http_server_start(const kiln_http_options *opt, kiln_http_handler handler, void *ctx,
@@ -984,17 +892,12 @@ kiln_status kiln_http_server_start(const kiln_http_options *opt, kiln_http_handl
   if (!handler) return kiln_error(KILN_INVALID_ARGUMENT, "http server: no handler");
   kiln_http_server *s = calloc(1, sizeof *s);
   if (!s) return kiln_error(KILN_RESOURCE_EXHAUSTED, "http server: out of memory");
-  s->listen_fd = -1;
   s->handler = handler;
   s->ctx = ctx;
-  if (pthread_mutex_init(&s->mu, NULL) != 0 || pthread_cond_init(&s->cv, NULL) != 0) {
-    free(s);
-    return kiln_error(KILN_UNAVAILABLE, "http server: cannot create a mutex");
-  }
+  int listen_fd = -1;
   kiln_status st = resolve_options(opt, &s->opt);
-  if (!st) st = kx_open_listener(s->opt.host, s->opt.port, &s->listen_fd, &s->port);
-  if (!st) st = create_loops(s);
-  if (!st) st = start_threads(s);
+  if (!st) st = kx_open_listener(s->opt.host, s->opt.port, &listen_fd, &s->port);
+  if (!st) st = start_io(s, listen_fd);
   if (st) {
     kiln_http_server_free(s);
     return st;
@@ -1004,10 +907,10 @@ kiln_status kiln_http_server_start(const kiln_http_options *opt, kiln_http_handl
 }
 
 kiln_status kx_http_serve_fd(kiln_http_server *s, int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
-    return kiln_error(KILN_INVALID_ARGUMENT, "http: fd %d: %s", fd, strerror(errno));
-  kx_io *io = &s->io[atomic_fetch_add(&s->next_io, 1) % (unsigned)s->nio];
+  kx_io *base;
+  kiln_status st = kx_io_group_adopt(s->group, fd, &base);
+  if (st) return st;
+  http_io *io = base->data;
   conn *c = conn_new(io, fd);
   if (!c) return kiln_error(KILN_RESOURCE_EXHAUSTED, "http: out of memory");
   c->job.fn = conn_on_adopt;
@@ -1026,18 +929,10 @@ void kiln_http_server_stats(kiln_http_server *s, kiln_http_stats *out) {
 
 void kiln_http_server_free(kiln_http_server *s) {
   if (!s) return;
+  kx_io_group_join(s->group);
   for (int i = 0; i < s->nio; i++)
-    if (s->io[i].thread_started) ev_stop(s->io[i].loop);
-  for (int i = 0; i < s->nio; i++)
-    if (s->io[i].thread_started) pthread_join(s->io[i].thread, NULL);
-  for (int i = 0; i < s->nio; i++) {
-    kx_io *io = &s->io[i];
-    while (io->conns) conn_free(io->conns);
-    ev_loop_free(io->loop);
-  }
-  if (s->listen_fd >= 0) close(s->listen_fd);
+    while (s->io[i].conns) conn_free(s->io[i].conns);
+  kx_io_group_free(s->group);
   free(s->io);
-  pthread_cond_destroy(&s->cv);
-  pthread_mutex_destroy(&s->mu);
   free(s);
 }
