@@ -1,6 +1,7 @@
-/* kiln net: the HTTP/1.1 server every network front end of kiln sits on.
+/* kiln net: the servers every network front end of kiln sits on — HTTP/1.1 (below) and gRPC over
+ * HTTP/2 (kiln_grpc_*, at the end).
  *
- * A small set of I/O threads, each running its own epoll loop over a share of the connections
+ * HTTP/1.1: a small set of I/O threads, each running its own epoll loop over a share of the connections
  * (one listening socket, accepted with EPOLLEXCLUSIVE). Requests are parsed with http-parser;
  * every size that comes from a client has a configured maximum, and a slow or idle client only
  * holds a connection slot, never a thread. The handler runs on the I/O thread and must not
