@@ -43,28 +43,28 @@ typedef struct admin_call {
   cJSON *params;      /* the request's JSON body, when it had one */
 } admin_call;
 
-/* One audit line: appended with a single write (O_APPEND), so concurrent lines never interleave. */
-static void audit(kiln_server *s, const kx_call *c, const admin_call *a, int status, const char *result) {
+void kx_admin_audit(kiln_server *s, const kx_call *c, const char *who, const char *peer, const char *action,
+                    const char *model, const cJSON *params, int status, const char *result) {
   char when[KX_UTC_SIZE];
   kx_utc_now(1, when);
   kx_buf b = {0};
   kx_buf_printf(&b, "{\"time\":\"%s\",\"type\":\"audit\",\"remote\":", when);
-  kx_buf_json_string(&b, a->peer ? a->peer : "");
+  kx_buf_json_string(&b, peer ? peer : "");
   kx_buf_puts(&b, ",\"request_id\":");
   kx_buf_json_string(&b, c->request_id);
   kx_buf_puts(&b, ",\"auth\":");
-  kx_buf_json_string(&b, a->who);
+  kx_buf_json_string(&b, who);
   kx_buf_puts(&b, ",\"method\":");
   kx_buf_json_string(&b, c->method);
   kx_buf_puts(&b, ",\"path\":");
   kx_buf_json_string(&b, c->path);
   kx_buf_puts(&b, ",\"action\":");
-  kx_buf_json_string(&b, a->action ? a->action : "");
+  kx_buf_json_string(&b, action ? action : "");
   kx_buf_puts(&b, ",\"model\":");
-  kx_buf_json_string(&b, a->model);
-  char *params = a->params ? cJSON_PrintUnformatted(a->params) : NULL;
-  kx_buf_printf(&b, ",\"params\":%s,\"status\":%d,\"result\":", params ? params : "null", status);
-  free(params);
+  kx_buf_json_string(&b, model ? model : "");
+  char *text = params ? cJSON_PrintUnformatted(params) : NULL;
+  kx_buf_printf(&b, ",\"params\":%s,\"status\":%d,\"result\":", text ? text : "null", status);
+  free(text);
   kx_buf_json_string(&b, result);
   kx_buf_puts(&b, "}\n");
   size_t len;
@@ -85,6 +85,10 @@ static void audit(kiln_server *s, const kx_call *c, const admin_call *a, int sta
     kiln_log_fields(KILN_LOG_INFO, f, 2, "%s", line);
   }
   free(line);
+}
+
+static void audit(kiln_server *s, const kx_call *c, const admin_call *a, int status, const char *result) {
+  kx_admin_audit(s, c, a->who, a->peer, a->action, a->model, a->params, status, result);
 }
 
 /* Audits an admin call and answers it: `body` on success (error NULL), else the error (taken) with

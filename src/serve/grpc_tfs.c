@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "serve/codec_grpc.h"
 #include "tensorflow_serving/apis/get_model_metadata.pb-c.h"
 #include "tensorflow_serving/apis/get_model_status.pb-c.h"
@@ -145,7 +147,18 @@ typedef struct reload_job {
   kiln_server *s;
   kx_call c;
   kiln_model_server_config cfg;
+  char peer[64];
 } reload_job;
+
+/* The admin audit line of a reload: its outcome, with the model names of the new list. */
+static void audit_reload(kiln_server *s, const kx_call *c, const char *who, const char *peer,
+                         const kiln_model_server_config *cfg, kiln_status e) {
+  cJSON *params = cJSON_CreateObject(), *models = params ? cJSON_AddArrayToObject(params, "models") : NULL;
+  for (int i = 0; models && cfg && i < cfg->n_models; i++) cJSON_AddItemToArray(models, cJSON_CreateString(cfg->models[i].name));
+  kx_admin_audit(s, c, who, peer, "reload_config", "", params, e ? kx_http_status(kiln_status_code(e)) : 200,
+                 e ? kiln_status_message(e) : "ok");
+  cJSON_Delete(params);
+}
 
 /* Loads the new model list off the I/O thread (as TF Serving does, the answer waits for it). */
 static void *reload_main(void *arg) {
@@ -154,6 +167,7 @@ static void *reload_main(void *arg) {
   pthread_mutex_lock(&s->reload_lock);
   kiln_status e = kiln_server_reload(s, &j->cfg);
   pthread_mutex_unlock(&s->reload_lock);
+  audit_reload(s, &j->c, "token", j->peer, &j->cfg, e);
   if (e) {
     kx_answer_error(s, &j->c, e);
   } else {
@@ -170,17 +184,17 @@ static void *reload_main(void *arg) {
 }
 
 void kx_grpc_tfs_reload(kiln_server *s, kx_call *c, const kiln_grpc_request *req) {
-  kiln_status e = NULL;
   if (!s->admin_enabled) {
-    e = kiln_error(KILN_PERMISSION_DENIED, "HandleReloadConfigRequest is an admin call, and the admin API is disabled: "
-                                           "start kiln serve with --admin_token_file");
-  } else {
-    const char *who = kx_admin_authenticate(s, req->authorization);
-    if (strcmp(who, "token") != 0)
-      e = strcmp(who, "no token") == 0
-              ? kiln_error(KILN_UNAUTHENTICATED, "HandleReloadConfigRequest needs the admin token: authorization: Bearer TOKEN")
-              : kiln_error(KILN_PERMISSION_DENIED, "the admin token is wrong");
+    kx_answer_error(s, c, kiln_error(KILN_PERMISSION_DENIED, "HandleReloadConfigRequest is an admin call, and the admin API "
+                                                             "is disabled: start kiln serve with --admin_token_file"));
+    return;
   }
+  kiln_status e = NULL;
+  const char *who = kx_admin_authenticate(s, req->authorization);
+  if (strcmp(who, "token") != 0)
+    e = strcmp(who, "no token") == 0
+            ? kiln_error(KILN_UNAUTHENTICATED, "HandleReloadConfigRequest needs the admin token: authorization: Bearer TOKEN")
+            : kiln_error(KILN_PERMISSION_DENIED, "the admin token is wrong");
   Tensorflow__Serving__ReloadConfigRequest *m =
       e ? NULL : tensorflow__serving__reload_config_request__unpack(NULL, req->len, req->message);
   if (!e && !m) e = unparsable("tensorflow.serving.ReloadConfigRequest");
@@ -191,6 +205,7 @@ void kx_grpc_tfs_reload(kiln_server *s, kx_call *c, const kiln_grpc_request *req
   if (!e) {
     j->s = s;
     j->c = *c;
+    snprintf(j->peer, sizeof j->peer, "%s", req->peer ? req->peer : "");
     atomic_fetch_add(&s->reloads, 1);
     pthread_t t;
     int rc = pthread_create(&t, NULL, reload_main, j);
@@ -201,6 +216,7 @@ void kx_grpc_tfs_reload(kiln_server *s, kx_call *c, const kiln_grpc_request *req
     atomic_fetch_sub(&s->reloads, 1);
     e = kiln_error(KILN_UNAVAILABLE, "cannot start the reload: %s", strerror(rc));
   }
+  audit_reload(s, c, who, req->peer, NULL, e);
   if (j) kiln_model_server_config_free(&j->cfg);
   free(j);
   kx_answer_error(s, c, e);

@@ -331,6 +331,12 @@ void kx_grpc_v2_infer(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
 /* Whether the server is ready: every configured model loaded once, not draining, every model with
  * an AVAILABLE version (REST's /v2/health/ready and gRPC's ServerReady). */
 int kx_server_ready(kiln_server *s);
+/* One admin audit line (JSON, to --admin_audit_log or the log), appended with a single write
+ * (O_APPEND) so that concurrent lines never interleave: who ("token", "no token", "wrong
+ * token"), the client, the action and model (or ""), its parameters (NULL: none), the HTTP status
+ * (a gRPC call's mapped one) and the result ("ok" or the error). */
+void kx_admin_audit(kiln_server *s, const kx_call *c, const char *who, const char *peer, const char *action,
+                    const char *model, const struct cJSON *params, int status, const char *result);
 /* The admin token check of an Authorization value: "token" when it is right, else "no token" or
  * "wrong token" (admin.c). */
 const char *kx_admin_authenticate(const kiln_server *s, const char *authorization);

@@ -10,6 +10,7 @@ size limits, metrics, request ids and trace context.
 
 Every server listens on 127.0.0.1 on free ports; every load loop is bounded in count and time.
 """
+import json
 import os
 import shutil
 import signal
@@ -289,7 +290,14 @@ class GrpcTest(unittest.TestCase):
         x = RNG.standard_normal((2, 8)).astype(np.float32)
         out = self.predict.Predict(predict_request("extra", {"x": tensor_proto(x)}), timeout=10)
         np.testing.assert_allclose(from_tensor_proto(out.outputs["y"]), mlp_reference(x, 3.0), rtol=1e-5, atol=1e-5)
-        print("HandleReloadConfigRequest: needs the admin token, refuses a duplicate name, adds a model that then serves")
+        audits = [json.loads(line) for line in self.server.log_text().splitlines()
+                  if '"type":"audit"' in line.replace(" ", "") and "reload_config" in line]
+        audits = [json.loads(a["msg"]) if "msg" in a and a["msg"].startswith("{") else a for a in audits]
+        self.assertEqual([(a["auth"], a["status"]) for a in audits],
+                         [("no token", 401), ("wrong token", 403), ("token", 400), ("token", 200)], audits)
+        self.assertEqual(audits[-1]["params"]["models"], ["mlp", "two", "slow", "extra"])
+        print("HandleReloadConfigRequest: needs the admin token, refuses a duplicate name, adds a model that then serves; "
+              "4 audit lines")
 
     # ------------------------------------------------------------ KServe V2
 
