@@ -58,7 +58,6 @@ static void stream_release(kx_grpc_stream *st) {
 
 /* ---------------------------------------------------------------- answers */
 
-
 /* The gRPC status for a kiln error code: the same canonical numbers. */
 static int grpc_code(kiln_code code) { return code == KILN_IO ? KILN_GRPC_INTERNAL : (int)code; }
 
