@@ -50,7 +50,7 @@ static void draw_bar(const kiln_train_progress *p) {
 static void on_progress(void *arg, const kiln_train_progress *p) {
   progress_view *v = arg;
   train_metrics_update(v->metrics, p);
-  char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32];
+  char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32], gpu[32];
   if (v->tty) {
     double now = kiln_now();
     if (p->end_of_epoch || now - v->last_draw >= 0.1) {
@@ -73,6 +73,7 @@ static void on_progress(void *arg, const kiln_train_progress *p) {
   snprintf(lr, sizeof lr, "%.6g", p->learning_rate);
   snprintf(vloss, sizeof vloss, "%.6g", p->val_loss);
   snprintf(vacc, sizeof vacc, "%.6g", p->val_accuracy);
+  snprintf(gpu, sizeof gpu, "%.6g", p->gpu_utilization);
   kiln_log_field fields[] = {{"epoch", epoch},
                              {"step", step},
                              {"loss", loss},
@@ -80,7 +81,8 @@ static void on_progress(void *arg, const kiln_train_progress *p) {
                              {"samples_per_s", rate},
                              {"learning_rate", lr},
                              {"val_loss", p->end_of_epoch && !isnan(p->val_loss) ? vloss : NULL},
-                             {"val_accuracy", p->end_of_epoch && !isnan(p->val_accuracy) ? vacc : NULL}};
+                             {"val_accuracy", p->end_of_epoch && !isnan(p->val_accuracy) ? vacc : NULL},
+                             {"gpu_utilization", isnan(p->gpu_utilization) ? NULL : gpu}};
   kiln_log_fields(KILN_LOG_INFO, fields, (int)(sizeof fields / sizeof fields[0]), p->end_of_epoch ? "epoch end" : "train step");
 }
 
