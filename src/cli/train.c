@@ -171,6 +171,7 @@ int cmd_train(int argc, char **argv) {
   long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 0, metrics_port = -1;
   double lr = 0;
   int resume = 0, recompute = 0;
+  const char *device = NULL;
   const cli_flag flags[] = {
       {"config", CLI_STRING, &o.run_file, "RUN.json", "the run file (default: the built-in Fashion-MNIST run)"},
       {"epochs", CLI_INT, &epochs, "N", "epochs (overrides the run file)"},
@@ -190,6 +191,7 @@ int cmd_train(int argc, char **argv) {
       {"metrics-port", CLI_INT, &metrics_port, "PORT", "serve the run's Prometheus metrics on /metrics (0: any free port)"},
       {"metrics-host", CLI_STRING, &metrics_host, "ADDR", "address for --metrics-port (default 0.0.0.0)"},
       {"export", CLI_STRING, &export_dir, "REPO/NAME", "export the model as ONNX into the next version folder"},
+      CLI_DEVICE_FLAG(device),
       {0},
   };
   const cli_spec spec = {"kiln train", "[--config RUN.json] [flags]",
@@ -201,6 +203,7 @@ int cmd_train(int argc, char **argv) {
   int rc = cli_parse(&spec, argc, argv, &args);
   if (rc >= 0) return rc;
   cli_list_free(&args);
+  if ((rc = cli_device_require("kiln train", device)) >= 0) return rc;
   if (metrics_port > 65535) {
     fprintf(stderr, "kiln train: --metrics-port must be a port number (0 to 65535)\n");
     return EXIT_USAGE;
