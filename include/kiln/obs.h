@@ -6,8 +6,9 @@
  * standard metrics (process_resident_memory_bytes, process_virtual_memory_bytes,
  * process_cpu_seconds_total, process_open_fds, process_threads, process_start_time_seconds) and,
  * when NVIDIA's NVML library loads (libnvidia-ml.so.1, or $KILN_NVML_LIBRARY), every GPU's
- * kiln_gpu_utilization_ratio, kiln_gpu_memory_used_bytes and kiln_gpu_memory_total_bytes
- * {gpu="<index>",name="<device>"} when rendered. */
+ * kiln_gpu_utilization_ratio, kiln_gpu_memory_used_bytes, kiln_gpu_memory_total_bytes,
+ * kiln_gpu_temperature_celsius and kiln_gpu_power_watts {gpu="<index>",name="<device>"} when
+ * rendered (each only for the devices that report it). */
 #ifndef KILN_OBS_H
 #define KILN_OBS_H
 
@@ -60,6 +61,48 @@ kiln_status kiln_metrics_render(kiln_metrics *r, char **text, size_t *len);
 
 /* This process's resident set size in bytes (from /proc/self/statm), 0 when unknown. */
 size_t kiln_process_rss(void);
+
+/* ---------------------------------------------------------------- GPUs (nvml.c)
+ *
+ * NVIDIA GPUs as the driver's NVML library (libnvidia-ml.so.1, or $KILN_NVML_LIBRARY) reports them,
+ * loaded at run time: kiln needs no CUDA at build time, and a machine without a GPU simply has
+ * none. For layers outside obs (the trainer's gpu_utilization scalar, the CLI's --device check). */
+
+/* The longest device name NVML writes, its NUL included (NVML_DEVICE_NAME_V2_BUFFER_SIZE). */
+#define KILN_GPU_NAME_BYTES 96
+/* Devices read at once; further ones are left out (a node has at most 16 in practice). */
+#define KILN_GPU_MAX 64
+
+/* One device's numbers, read now; a reading NVML refused (not supported, lost device, a driver
+ * without the function) is marked absent. */
+typedef struct kiln_gpu_reading {
+  unsigned index;                /* NVML's device index: CUDA's with CUDA_DEVICE_ORDER=PCI_BUS_ID */
+  char name[KILN_GPU_NAME_BYTES]; /* "" when NVML cannot tell it */
+  int has_utilization;
+  double utilization; /* 0..1: fraction of the last sample period a kernel ran */
+  int has_memory;
+  double memory_used_bytes;
+  double memory_total_bytes;
+  int has_temperature;
+  double temperature_celsius; /* the GPU die's sensor */
+  int has_power;
+  double power_watts; /* the board's draw, NVML's milliwatts / 1000 */
+} kiln_gpu_reading;
+
+typedef struct kiln_gpus kiln_gpus;
+
+/* Loads and initialises NVML. An error (KILN_UNAVAILABLE) when the library is absent, is not NVML
+ * or nvmlInit_v2 fails; its message names the library and the reason, for a caller that must say
+ * why it sees no GPU (most callers just go on without one). */
+kiln_status kiln_gpus_open(kiln_gpus **out);
+/* Reads up to `max` devices into out (NVML's indexes, in order); returns how many, 0 when NVML
+ * cannot count them. Thread-safe. */
+int kiln_gpus_read(kiln_gpus *g, kiln_gpu_reading *out, int max);
+/* The mean utilization (0..1) over the devices that report one, read now: 1 with *mean set, 0
+ * when none does. */
+int kiln_gpus_mean_utilization(kiln_gpus *g, double *mean);
+/* Shuts NVML down (balancing kiln_gpus_open's init) and unloads it. NULL is ignored. */
+void kiln_gpus_close(kiln_gpus *g);
 
 /* ---------------------------------------------------------------- tracing (trace.c, otlp.c)
  *

@@ -33,6 +33,9 @@ typedef struct kiln_train_progress {
   double learning_rate;
   int end_of_epoch;            /* set once per epoch, after validation */
   double val_loss, val_accuracy; /* at the end of an epoch: NaN when the run has no validation data */
+  /* The mean utilization (0..1) of the GPUs NVML sees, read at the steps that are logged (every
+   * log_every steps and each epoch's end); NaN at other steps and without NVML or a GPU. */
+  double gpu_utilization;
 } kiln_train_progress;
 
 typedef void (*kiln_train_progress_fn)(void *arg, const kiln_train_progress *p);

@@ -84,6 +84,7 @@ int cmd_bench(int argc, char **argv) {
   double max_seconds = 60;
   int json = 0, profile = 0;
   cli_list shapes = {0};
+  const char *device = NULL;
   const cli_flag flags[] = {
       {"batch", CLI_INT, &batch, "N", "batch size: the value of each input's symbolic first dimension (default 1)"},
       {"threads", CLI_INT, &threads, "T", "threads (default $KILN_NUM_THREADS, else the CPU count)"},
@@ -93,6 +94,7 @@ int cmd_bench(int argc, char **argv) {
       {"shape", CLI_LIST, &shapes, "NAME=D0,D1,..", "the full shape of an input with other symbolic dimensions"},
       {"json", CLI_BOOL, &json, NULL, "print exactly one JSON object on stdout"},
       {"profile", CLI_BOOL, &profile, NULL, "also print where the time goes, per operator and per node (stderr)"},
+      CLI_DEVICE_FLAG(device),
       {0},
   };
   const cli_spec spec = {"kiln bench", "MODEL [--batch N] [--threads T] [--iters K] [--json]",
@@ -111,6 +113,10 @@ int cmd_bench(int argc, char **argv) {
     cli_list_free(&shapes);
     fprintf(stderr, "kiln bench: --batch and --iters must be at least 1, --threads non-negative\n");
     return EXIT_USAGE;
+  }
+  if ((rc = cli_device_require("kiln bench", device)) >= 0) {
+    cli_list_free(&shapes);
+    return rc;
   }
   if (warmup < 0) warmup = iters / 10 < 2 ? 2 : iters / 10 > 10 ? 10 : iters / 10;
 

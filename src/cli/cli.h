@@ -51,6 +51,32 @@ int cli_path(char *buf, size_t size, const char *fmt, ...) __attribute__((format
 /* Prints "kiln: <message>" to stderr, frees the status and returns the exit code it maps to. */
 int cli_fail(kiln_status s);
 
+/* ---------------------------------------------------------------- --device (device.c) */
+
+/* The highest N --device cuda:N takes; a bound on outside input, far above any node's GPU count. */
+#define CLI_DEVICE_MAX_INDEX 1023
+
+/* Where a command runs: the CPU, or CUDA device `index` (NVML's numbering). */
+typedef struct cli_device {
+  int cuda;
+  int index;
+} cli_device;
+
+/* The --device flag as each command declares it (snake_case or kebab-case, the word is the same). */
+#define CLI_DEVICE_FLAG(dest) \
+  {"device", CLI_STRING, &(dest), "DEV", "cpu (default) or cuda[:N]; this kiln has no CUDA backend yet: cuda exits 2"}
+
+/* Parses --device's value: "cpu" (NULL too: the default), "cuda" (device 0) or "cuda:N" with N
+ * in 0..CLI_DEVICE_MAX_INDEX, digits only. An error names the flag, the value and what it takes. */
+kiln_status cli_device_parse(const char *value, cli_device *out);
+/* Parses `value` and, for a CUDA device, asks NVML whether it is there. NULL for the CPU; an error
+ * otherwise, since kiln has no CUDA backend yet: "no such GPU (NVML sees K GPUs: ...)" with why
+ * NVML sees none, or, for a GPU that is there, that this kiln cannot run on it. */
+kiln_status cli_device_check(const char *value);
+/* cli_device_check for a command: -1 to go on (the CPU), or EXIT_USAGE after printing
+ * "<command>: <message>" on stderr. */
+int cli_device_require(const char *command, const char *value);
+
 int cmd_info(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

@@ -61,10 +61,12 @@ int cmd_run(int argc, char **argv) {
   cli_list input_flags = {0};
   const char *out_dir = ".";
   long threads = 0;
+  const char *device = NULL;
   const cli_flag flags[] = {
       {"input", CLI_LIST, &input_flags, "NAME=FILE", "an input as .npy, or .pb (ONNX TensorProto); repeat per input"},
       {"output", CLI_STRING, &out_dir, "DIR", "folder for the outputs (default: the current folder)"},
       {"threads", CLI_INT, &threads, "N", "threads (default $KILN_NUM_THREADS, else the CPU count)"},
+      CLI_DEVICE_FLAG(device),
       {0},
   };
   const cli_spec spec = {"kiln run", "MODEL --input NAME=FILE... [--output DIR] [--threads N]",
@@ -79,6 +81,10 @@ int cmd_run(int argc, char **argv) {
   }
   const char *model_path = args.items[0];
   cli_list_free(&args);
+  if ((rc = cli_device_require("kiln run", device)) >= 0) {
+    cli_list_free(&input_flags);
+    return rc;
+  }
   kiln_model *m = NULL;
   kiln_session *session = NULL;
   kiln_pool *pool = NULL;

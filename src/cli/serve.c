@@ -128,6 +128,7 @@ int cmd_serve(int argc, char **argv) {
   const char *otlp_endpoint = NULL;
   double trace_ratio = -1; /* -1: not given (1 with --otlp_endpoint) */
   long otlp_queue = 4096;
+  const char *device = NULL;
   const cli_flag flags[] = {
       {"model_name", CLI_STRING, &model_name, "NAME", "name of the one model to serve (with --model_base_path)"},
       {"model_base_path", CLI_STRING, &base_path, "DIR", "its repository: DIR/<version>/model.onnx"},
@@ -165,6 +166,7 @@ int cmd_serve(int argc, char **argv) {
       {"otlp_endpoint", CLI_STRING, &otlp_endpoint, "URL", "export trace spans as OTLP/HTTP JSON to URL (a base URL gets /v1/traces), e.g. http://jaeger:4318"},
       {"trace_sampling_ratio", CLI_DOUBLE, &trace_ratio, "R", "share of new traces recorded, 0-1; a traceparent's sampled flag decides for its trace (default 1)"},
       {"otlp_max_queue_spans", CLI_INT, &otlp_queue, "N", "spans waiting for export at most; beyond, spans are dropped and counted (default 4096)"},
+      CLI_DEVICE_FLAG(device),
       {0},
   };
   const cli_spec spec = {
@@ -180,6 +182,7 @@ int cmd_serve(int argc, char **argv) {
   int rc = cli_parse(&spec, argc, argv, &args);
   if (rc >= 0) return rc;
   cli_list_free(&args);
+  if ((rc = cli_device_require("kiln serve", device)) >= 0) return rc;
   kiln_log_level level;
   if (log_level && parse_level(log_level, &level) != 0) {
     fprintf(stderr, "kiln serve: --log_level '%s' is not one of debug, info, warn, error\n", log_level);

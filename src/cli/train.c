@@ -50,7 +50,7 @@ static void draw_bar(const kiln_train_progress *p) {
 static void on_progress(void *arg, const kiln_train_progress *p) {
   progress_view *v = arg;
   train_metrics_update(v->metrics, p);
-  char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32];
+  char loss[32], acc[32], rate[32], lr[32], vloss[32], vacc[32], epoch[32], step[32], gpu[32];
   if (v->tty) {
     double now = kiln_now();
     if (p->end_of_epoch || now - v->last_draw >= 0.1) {
@@ -73,6 +73,7 @@ static void on_progress(void *arg, const kiln_train_progress *p) {
   snprintf(lr, sizeof lr, "%.6g", p->learning_rate);
   snprintf(vloss, sizeof vloss, "%.6g", p->val_loss);
   snprintf(vacc, sizeof vacc, "%.6g", p->val_accuracy);
+  snprintf(gpu, sizeof gpu, "%.6g", p->gpu_utilization);
   kiln_log_field fields[] = {{"epoch", epoch},
                              {"step", step},
                              {"loss", loss},
@@ -80,7 +81,8 @@ static void on_progress(void *arg, const kiln_train_progress *p) {
                              {"samples_per_s", rate},
                              {"learning_rate", lr},
                              {"val_loss", p->end_of_epoch && !isnan(p->val_loss) ? vloss : NULL},
-                             {"val_accuracy", p->end_of_epoch && !isnan(p->val_accuracy) ? vacc : NULL}};
+                             {"val_accuracy", p->end_of_epoch && !isnan(p->val_accuracy) ? vacc : NULL},
+                             {"gpu_utilization", isnan(p->gpu_utilization) ? NULL : gpu}};
   kiln_log_fields(KILN_LOG_INFO, fields, (int)(sizeof fields / sizeof fields[0]), p->end_of_epoch ? "epoch end" : "train step");
 }
 
@@ -169,6 +171,7 @@ int cmd_train(int argc, char **argv) {
   long epochs = 0, batch = 0, threads = 0, seed = -1, every = 0, keep = 0, log_every = 0, metrics_port = -1;
   double lr = 0;
   int resume = 0, recompute = 0;
+  const char *device = NULL;
   const cli_flag flags[] = {
       {"config", CLI_STRING, &o.run_file, "RUN.json", "the run file (default: the built-in Fashion-MNIST run)"},
       {"epochs", CLI_INT, &epochs, "N", "epochs (overrides the run file)"},
@@ -188,6 +191,7 @@ int cmd_train(int argc, char **argv) {
       {"metrics-port", CLI_INT, &metrics_port, "PORT", "serve the run's Prometheus metrics on /metrics (0: any free port)"},
       {"metrics-host", CLI_STRING, &metrics_host, "ADDR", "address for --metrics-port (default 0.0.0.0)"},
       {"export", CLI_STRING, &export_dir, "REPO/NAME", "export the model as ONNX into the next version folder"},
+      CLI_DEVICE_FLAG(device),
       {0},
   };
   const cli_spec spec = {"kiln train", "[--config RUN.json] [flags]",
@@ -199,6 +203,7 @@ int cmd_train(int argc, char **argv) {
   int rc = cli_parse(&spec, argc, argv, &args);
   if (rc >= 0) return rc;
   cli_list_free(&args);
+  if ((rc = cli_device_require("kiln train", device)) >= 0) return rc;
   if (metrics_port > 65535) {
     fprintf(stderr, "kiln train: --metrics-port must be a port number (0 to 65535)\n");
     return EXIT_USAGE;

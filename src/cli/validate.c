@@ -66,6 +66,7 @@ int cmd_validate(int argc, char **argv) {
   const char *golden = NULL, *eval = NULL, *baseline = NULL, *report = NULL, *label = "label";
   double rtol = 1e-4, atol = 1e-5, min_accuracy = -1, max_p99 = 0, max_regression = -1;
   long latency_runs = 200, batch = 256;
+  const char *device = NULL;
   const cli_flag flags[] = {
       {"golden", CLI_STRING, &golden, "DIR", "golden cases: sub-folders of input_K / output_K .npy or .pb files"},
       {"rtol", CLI_DOUBLE, &rtol, "X", "golden relative tolerance (default 1e-4)"},
@@ -80,6 +81,7 @@ int cmd_validate(int argc, char **argv) {
       {"baseline", CLI_STRING, &baseline, "DIR", "version folder to compare with (signature, accuracy, latency)"},
       {"max-regression", CLI_DOUBLE, &max_regression, "Z", "allowed regression against --baseline, a fraction (default 0.05)"},
       {"report", CLI_STRING, &report, "FILE", "write the JSON report there (atomically), pass or fail"},
+      CLI_DEVICE_FLAG(device),
       {0},
   };
   const cli_spec spec = {
@@ -99,6 +101,8 @@ int cmd_validate(int argc, char **argv) {
   }
   const char *version_dir = args.items[0];
   cli_list_free(&args); /* version_dir points into argv */
+  kiln_status device_error = cli_device_check(device);
+  if (device_error) return fail_usage(report, NULL, device_error);
   if (batch < 1 || batch > 1 << 16)
     return fail_usage(report, NULL, kiln_error(KILN_INVALID_ARGUMENT, "--batch-size must be in 1..65536"));
   if (latency_runs < 0 || latency_runs > MAX_LATENCY_RUNS)

@@ -68,7 +68,8 @@ const int kiln_latency_bucket_count = (int)(sizeof kiln_latency_buckets / sizeof
 static const char *const process_metric_names[] = {
     "process_cpu_seconds_total",  "process_open_fds",           "process_resident_memory_bytes",
     "process_start_time_seconds", "process_threads",            "process_virtual_memory_bytes",
-    "kiln_gpu_utilization_ratio", "kiln_gpu_memory_used_bytes", "kiln_gpu_memory_total_bytes"};
+    "kiln_gpu_utilization_ratio", "kiln_gpu_memory_used_bytes", "kiln_gpu_memory_total_bytes",
+    "kiln_gpu_temperature_celsius", "kiln_gpu_power_watts"};
 
 /* ---------------------------------------------------------------- registry */
 
@@ -702,21 +703,57 @@ static void put_gpu_sample(kx_buf *b, const char *name, const kx_gpu_reading *g,
   kx_buf_putc(b, '\n');
 }
 
-/* Every GPU NVML sees, read now: each family once with a sample per device that reported it. */
+/* Each GPU family's reading of one device: 1 with *v set, 0 when the device did not report it. */
+static int gpu_memory_total(const kx_gpu_reading *g, double *v) {
+  *v = g->memory_total_bytes;
+  return g->has_memory;
+}
+static int gpu_memory_used(const kx_gpu_reading *g, double *v) {
+  *v = g->memory_used_bytes;
+  return g->has_memory;
+}
+static int gpu_power(const kx_gpu_reading *g, double *v) {
+  *v = g->power_watts;
+  return g->has_power;
+}
+static int gpu_temperature(const kx_gpu_reading *g, double *v) {
+  *v = g->temperature_celsius;
+  return g->has_temperature;
+}
+static int gpu_utilization(const kx_gpu_reading *g, double *v) {
+  *v = g->utilization;
+  return g->has_utilization;
+}
+
+/* Sorted by name, as the registry's own families are. */
+static const struct {
+  const char *name, *help;
+  int (*read)(const kx_gpu_reading *g, double *v);
+} gpu_families[] = {
+    {"kiln_gpu_memory_total_bytes", "Memory of the GPU in bytes (NVML).", gpu_memory_total},
+    {"kiln_gpu_memory_used_bytes", "GPU memory allocated by all processes, in bytes (NVML).", gpu_memory_used},
+    {"kiln_gpu_power_watts", "Power drawn by the GPU board in watts (NVML, read in milliwatts).", gpu_power},
+    {"kiln_gpu_temperature_celsius", "Temperature of the GPU die in degrees Celsius (NVML).", gpu_temperature},
+    {"kiln_gpu_utilization_ratio",
+     "Fraction of the last sample period (1/6 s to 1 s) in which a kernel ran on the GPU (NVML).", gpu_utilization},
+};
+
+/* Every GPU NVML sees, read now: each family once with a sample per device that reported it; a
+ * family no device reports (a driver without the function, a board without the sensor) is left
+ * out whole. */
 static void put_gpu_metrics(kx_buf *b, kx_nvml *nvml) {
   kx_gpu_reading gpus[KX_GPU_MAX];
   int n = kx_nvml_read(nvml, gpus, KX_GPU_MAX);
-  if (n == 0) return;
-  put_header(b, "kiln_gpu_memory_total_bytes", "Memory of the GPU in bytes (NVML).", "gauge");
-  for (int i = 0; i < n; i++)
-    if (gpus[i].has_memory) put_gpu_sample(b, "kiln_gpu_memory_total_bytes", &gpus[i], gpus[i].memory_total_bytes);
-  put_header(b, "kiln_gpu_memory_used_bytes", "GPU memory allocated by all processes, in bytes (NVML).", "gauge");
-  for (int i = 0; i < n; i++)
-    if (gpus[i].has_memory) put_gpu_sample(b, "kiln_gpu_memory_used_bytes", &gpus[i], gpus[i].memory_used_bytes);
-  put_header(b, "kiln_gpu_utilization_ratio",
-             "Fraction of the last sample period (1/6 s to 1 s) in which a kernel ran on the GPU (NVML).", "gauge");
-  for (int i = 0; i < n; i++)
-    if (gpus[i].has_utilization) put_gpu_sample(b, "kiln_gpu_utilization_ratio", &gpus[i], gpus[i].utilization);
+  for (size_t f = 0; f < sizeof gpu_families / sizeof gpu_families[0]; f++) {
+    int header = 0;
+    for (int i = 0; i < n; i++) {
+      double v;
+      if (!gpu_families[f].read(&gpus[i], &v)) continue;
+      if (!header) put_header(b, gpu_families[f].name, gpu_families[f].help, "gauge");
+      header = 1;
+      put_gpu_sample(b, gpu_families[f].name, &gpus[i], v);
+    }
+  }
 }
 
 /* Loads NVML on the first call; its absence is the normal case on a machine without a GPU, so

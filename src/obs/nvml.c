@@ -1,6 +1,6 @@
-/* GPU utilization and memory through NVML, loaded with dlopen so that kiln builds and runs on
- * machines without NVIDIA's driver; the few NVML types and prototypes used are declared here
- * (NVML's ABI: plain C, these layouts are frozen by the _v2 entry points). */
+/* GPU utilization, memory, temperature and power through NVML, loaded with dlopen so that kiln
+ * builds and runs on machines without NVIDIA's driver; the few NVML types and prototypes used are
+ * declared here (NVML's ABI: plain C, these layouts are frozen by the _v2 entry points). */
 #include "obs/nvml.h"
 
 #include <dlfcn.h>
@@ -20,6 +20,8 @@ typedef struct nvml_memory { /* nvmlMemory_t (v1), bytes */
 } nvml_memory;
 
 #define NVML_SUCCESS 0
+/* nvmlTemperatureSensors_t's NVML_TEMPERATURE_GPU: the GPU die's sensor, degrees C */
+#define NVML_TEMPERATURE_GPU 0
 
 struct kx_nvml {
   void *library;
@@ -30,6 +32,9 @@ struct kx_nvml {
   nvml_return (*device_name)(nvml_device device, char *name, unsigned int length);
   nvml_return (*utilization)(nvml_device device, nvml_utilization *utilization);
   nvml_return (*memory)(nvml_device device, nvml_memory *memory);
+  /* optional (NULL when the library lacks them): an old driver only loses these metrics */
+  nvml_return (*temperature)(nvml_device device, int sensor, unsigned int *celsius);
+  nvml_return (*power)(nvml_device device, unsigned int *milliwatts);
 };
 
 /* dlsym's object pointer as a function pointer: POSIX guarantees the conversion works. */
@@ -41,6 +46,13 @@ struct kx_nvml {
       goto fail;                                                                          \
     }                                                                                     \
     memcpy(&(n)->field, &address, sizeof address);                                        \
+  } while (0)
+
+/* An optional function: left NULL when absent. */
+#define RESOLVE_OPTIONAL(n, field, symbol)                                                \
+  do {                                                                                    \
+    void *address = dlsym((n)->library, symbol);                                          \
+    if (address) memcpy(&(n)->field, &address, sizeof address);                           \
   } while (0)
 
 kiln_status kx_nvml_open(const char *path, kx_nvml **out) {
@@ -66,6 +78,8 @@ kiln_status kx_nvml_open(const char *path, kx_nvml **out) {
   RESOLVE(n, device_name, "nvmlDeviceGetName");
   RESOLVE(n, utilization, "nvmlDeviceGetUtilizationRates");
   RESOLVE(n, memory, "nvmlDeviceGetMemoryInfo");
+  RESOLVE_OPTIONAL(n, temperature, "nvmlDeviceGetTemperature");
+  RESOLVE_OPTIONAL(n, power, "nvmlDeviceGetPowerUsage");
   nvml_return r = n->init();
   if (r != NVML_SUCCESS) {
     dlclose(n->library);
@@ -105,6 +119,15 @@ int kx_nvml_read(kx_nvml *n, kx_gpu_reading *out, int max) {
       g->memory_used_bytes = (double)m.used;
       g->memory_total_bytes = (double)m.total;
     }
+    unsigned int celsius = 0, milliwatts = 0;
+    if (n->temperature && n->temperature(device, NVML_TEMPERATURE_GPU, &celsius) == NVML_SUCCESS) {
+      g->has_temperature = 1;
+      g->temperature_celsius = (double)celsius;
+    }
+    if (n->power && n->power(device, &milliwatts) == NVML_SUCCESS) {
+      g->has_power = 1;
+      g->power_watts = milliwatts / 1000.0;
+    }
   }
   return got;
 }
@@ -114,4 +137,45 @@ void kx_nvml_close(kx_nvml *n) {
   n->shutdown(); /* balances our nvmlInit_v2; NVML counts them, other users keep theirs */
   dlclose(n->library);
   free(n);
+}
+
+/* ---------------------------------------------------------------- kiln/obs.h's kiln_gpus */
+
+struct kiln_gpus {
+  kx_nvml *nvml;
+};
+
+kiln_status kiln_gpus_open(kiln_gpus **out) {
+  *out = NULL;
+  kiln_gpus *g = calloc(1, sizeof *g);
+  if (!g) return kiln_error(KILN_RESOURCE_EXHAUSTED, "NVML: out of memory");
+  kiln_status s = kx_nvml_open(NULL, &g->nvml);
+  if (s) {
+    free(g);
+    return s;
+  }
+  *out = g;
+  return NULL;
+}
+
+int kiln_gpus_read(kiln_gpus *g, kiln_gpu_reading *out, int max) { return g ? kx_nvml_read(g->nvml, out, max) : 0; }
+
+int kiln_gpus_mean_utilization(kiln_gpus *g, double *mean) {
+  kiln_gpu_reading gpus[KILN_GPU_MAX];
+  int n = kiln_gpus_read(g, gpus, KILN_GPU_MAX), reported = 0;
+  double sum = 0;
+  for (int i = 0; i < n; i++) {
+    if (!gpus[i].has_utilization) continue;
+    sum += gpus[i].utilization;
+    reported++;
+  }
+  if (reported == 0) return 0;
+  *mean = sum / reported;
+  return 1;
+}
+
+void kiln_gpus_close(kiln_gpus *g) {
+  if (!g) return;
+  kx_nvml_close(g->nvml);
+  free(g);
 }

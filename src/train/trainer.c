@@ -279,21 +279,32 @@ static kiln_train_progress progress_now(kiln_trainer *t, int64_t epoch) {
                            .elapsed_s = elapsed, .step_loss = t->step_loss,
                            .step_samples = t->step_samples,
                            .learning_rate = kx_schedule_lr(&t->run.optim.schedule, t->run.optim.step),
-                           .val_loss = NAN, .val_accuracy = NAN};
+                           .val_loss = NAN, .val_accuracy = NAN, .gpu_utilization = NAN};
   return p;
+}
+
+/* The GPUs' mean utilization now, NaN without NVML. Read only at logged steps: each reading is a
+ * few driver calls per device. */
+static double gpu_utilization(kiln_trainer *t) {
+  double mean;
+  return t->gpus && kiln_gpus_mean_utilization(t->gpus, &mean) ? mean : NAN;
 }
 
 static void log_scalars(kiln_trainer *t, const kiln_train_progress *p, int with_validation) {
   if (!t->events) return;
-  const char *tags[] = {"loss", "accuracy", "learning_rate", "samples_per_s", "val_loss", "val_accuracy"};
-  float values[] = {(float)p->loss, (float)p->accuracy, (float)p->learning_rate, (float)p->samples_per_s, (float)p->val_loss,
-                    (float)p->val_accuracy};
-  int n = with_validation ? 6 : 4;
-  if (!t->run.accuracy) { /* no accuracy metric: drop its tags */
-    tags[1] = tags[2], tags[2] = tags[3], tags[3] = tags[4];
-    values[1] = values[2], values[2] = values[3], values[3] = values[4];
-    n = with_validation ? 4 : 3;
+  const char *tags[7];
+  float values[7];
+  int n = 0;
+  tags[n] = "loss", values[n++] = (float)p->loss;
+  if (t->run.accuracy) tags[n] = "accuracy", values[n++] = (float)p->accuracy;
+  tags[n] = "learning_rate", values[n++] = (float)p->learning_rate;
+  tags[n] = "samples_per_s", values[n++] = (float)p->samples_per_s;
+  if (with_validation) {
+    tags[n] = "val_loss", values[n++] = (float)p->val_loss;
+    if (t->run.accuracy) tags[n] = "val_accuracy", values[n++] = (float)p->val_accuracy;
   }
+  /* one scalar for all GPUs, the name the issue and the seed's example use; per device in /metrics */
+  if (!isnan(p->gpu_utilization)) tags[n] = "gpu_utilization", values[n++] = (float)p->gpu_utilization;
   kiln_status s = kx_events_scalars(t->events, p->global_step, tags, values, n);
   if (!s) s = kx_events_flush(t->events);
   if (s) { /* TensorBoard is a view: losing it does not stop training */
@@ -328,8 +339,10 @@ static kiln_status run_epoch(kiln_trainer *t, int64_t epoch, kiln_train_result *
     result->steps++;
     result->samples += total;
     kiln_train_progress p = progress_now(t, epoch);
+    int logged = t->run.optim.step % t->run.log_every == 0;
+    if (logged) p.gpu_utilization = gpu_utilization(t);
     report(t, &p);
-    if (t->run.optim.step % t->run.log_every == 0 && t->world.rank == 0) log_scalars(t, &p, 0);
+    if (logged && t->world.rank == 0) log_scalars(t, &p, 0);
     if (t->checkpoint_every > 0 && t->run.optim.step % t->checkpoint_every == 0) s = kx_trainer_checkpoint(t, epoch, 0);
   }
   if (s) return s;
@@ -337,6 +350,7 @@ static kiln_status run_epoch(kiln_trainer *t, int64_t epoch, kiln_train_result *
   kiln_train_progress p = progress_now(t, epoch);
   p.end_of_epoch = 1;
   if (t->valid && (s = kx_trainer_evaluate(t, t->valid, &p.val_loss, &p.val_accuracy))) return s;
+  p.gpu_utilization = gpu_utilization(t);
   result->train_loss = p.loss;
   result->train_accuracy = p.accuracy;
   result->test_loss = p.val_loss;
@@ -410,6 +424,10 @@ static kiln_status create(kiln_trainer *t, const kiln_train_options *o) {
   kx_net_sync_weights(t->net);
   const char *logdir = o->logdir ? o->logdir : "runs";
   if (t->world.rank == 0 && logdir[0] && (s = kx_events_open(logdir, &t->events))) return kiln_status_prefix(s, "TensorBoard logdir: ");
+  if (t->world.rank == 0 && (s = kiln_gpus_open(&t->gpus))) { /* no GPU is the common case, not an error */
+    kiln_log(KILN_LOG_DEBUG, "train: no gpu_utilization: %s", kiln_status_message(s));
+    kiln_status_free(s);
+  }
   return NULL;
 }
 
@@ -435,6 +453,7 @@ int64_t kiln_trainer_log_every(const kiln_trainer *t) { return t->run.log_every;
 void kiln_trainer_free(kiln_trainer *t) {
   if (!t) return;
   kx_events_close(t->events);
+  kiln_gpus_close(t->gpus);
   kiln_dataset_free(t->train);
   kiln_dataset_free(t->valid);
   kx_net_free(t->net);

@@ -4,6 +4,7 @@
 #define KILN_TRAIN_TRAINER_H
 
 #include "kiln/data.h"
+#include "kiln/obs.h"
 #include "kiln/train.h"
 #include "train/events.h"
 #include "train/train.h"
@@ -35,6 +36,7 @@ struct kiln_trainer {
   int64_t checkpoint_every;
   int keep_checkpoints;
   kx_events *events;
+  kiln_gpus *gpus;           /* rank 0 with NVML: the gpu_utilization it logs (NULL: no GPU) */
   int failed;                /* an error was returned: kiln_trainer_free does not finalize MPI */
   char schema_sha256[65];    /* SHA-256 of the schema.json the last export wrote ("" before one) */
 };

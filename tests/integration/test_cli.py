@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """The kiln command line, end to end: help and usage errors, info, run (with every kind of bad
-input a user can give it), bench --json and conformance.
+input a user can give it), bench --json, conformance, and --device on run, bench, serve, validate
+and train (with no NVML, and with the fake NVML library's two GPUs: kiln has no CUDA backend yet, so
+every cuda device exits 2 and says why, never running on the CPU instead).
 
-    test_cli.py KILN
+    test_cli.py KILN FAKE_NVML_LIBRARY
 """
 import json
 import os
@@ -17,11 +19,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 KILN = None
+FAKE_NVML = None
 DATA = "/usr/include/onnx/backend/test/data/node"
 
 
-def kiln(*args):
-    return subprocess.run([KILN] + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+def kiln(*args, env=None):
+    return subprocess.run([KILN] + [str(a) for a in args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def mlp_model(path, rng):
@@ -156,6 +159,87 @@ class Cli(unittest.TestCase):
         self.assertLessEqual(result["p50_us"], result["p99_us"])
         self.assertEqual(result["batch"], 4)
 
+
+    # --- --device
+    def device_commands(self):
+        """Each command with arguments it accepts, so that --device is what decides."""
+        x = self.save("dev_x.npy", np.zeros((2, 8), np.float32))
+        os.makedirs(self.path("dev_out"), exist_ok=True)  # so that a run that went ahead would leave y.npy
+        return {"run": ["run", self.model, "--input", "x=" + x, "--output", self.path("dev_out")],
+                "bench": ["bench", self.model, "--iters", 2, "--threads", 1],
+                "serve": ["serve", "--model_name", "m", "--model_base_path", self.path("no_repo"), "--rest_api_port", 0,
+                          "--port", 0],
+                "validate": ["validate", self.path("no_version")],
+                "train": ["train", "--epochs", 1, "--logdir", "", "--checkpoint-dir", self.path("dev_ckpt")]}
+
+    def nvml_env(self, library):
+        return dict(os.environ, KILN_NVML_LIBRARY=library)
+
+    def test_device_in_help(self):
+        for cmd in self.device_commands():
+            r = kiln(cmd, "--help")
+            self.assertEqual(r.returncode, 0, cmd)
+            self.assertRegex(r.stdout, r"--device DEV +cpu \(default\) or cuda\[:N\]", cmd)
+
+    def test_device_cpu_runs(self):
+        x = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+        want = np.maximum(x @ self.w1.T + self.b1, 0) @ self.w2
+        for flags in ([], ["--device", "cpu"], ["--device=cpu"]):
+            out = self.path("cpu_out%d" % len(flags))
+            os.makedirs(out, exist_ok=True)
+            r = kiln("run", self.model, "--input", "x=" + self.save("cpu_x.npy", x), "--output", out, *flags)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            np.testing.assert_allclose(np.load(os.path.join(out, "y.npy")), want, rtol=1e-5, atol=1e-5)
+            r = kiln("bench", self.model, "--iters", 3, "--threads", 1, "--json", *flags)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["batch"], 1)
+        # serve, validate and train get past --device cpu to their next check
+        self.assertFails(kiln("serve", "--device", "cpu"), "give either --model_name")
+        self.assertFails(kiln("validate", self.path("no_version"), "--device", "cpu"), "no_version")
+        self.assertFails(kiln("train", "--device", "cpu", "--epochs", -1), "must not be negative")
+
+    def test_device_bad_values(self):
+        for cmd, args in self.device_commands().items():
+            for value in ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:+1", "cuda: 1", "cuda:1x", "cuda:0x1", "cuda1",
+                          "cuda:1024", "cuda:99999999999999999999", "cpu:0", ""]:
+                r = kiln(*args, "--device", value)
+                self.assertFails(r, "kiln %s: --device '%s': expected cpu, cuda or cuda:N (N a GPU index, 0 to 1023)"
+                                 % (cmd, value))
+            self.assertFails(kiln(*args, "--device"), "--device")
+
+    def test_device_cuda_without_nvml(self):
+        missing = self.path("no-such-libnvidia-ml.so.1")
+        for cmd, args in self.device_commands().items():
+            for value in ["cuda", "cuda:0", "cuda:3"]:
+                r = kiln(*args, "--device", value, env=self.nvml_env(missing))
+                self.assertFails(r, "kiln %s: --device %s: no such GPU (NVML sees 0 GPUs: NVML: cannot load %s"
+                                 % (cmd, value, missing))
+        self.assertFalse(os.path.exists(os.path.join(self.path("dev_out"), "y.npy")), "nothing ran on the CPU")
+
+    def test_device_cuda_missing_gpu_with_fake_nvml(self):
+        for cmd, args in self.device_commands().items():
+            r = kiln(*args, "--device", "cuda:5", env=self.nvml_env(FAKE_NVML))
+            self.assertFails(r, "kiln %s: --device cuda:5: no such GPU (NVML sees 2 GPUs: cuda:0 'Fake GPU A', "
+                             "cuda:1 'Fake \"B\" \\ 80GB')" % cmd)
+        # nvmlInit failing (9: NVML_ERROR_DRIVER_NOT_LOADED, a library without its driver) is told as such
+        env = dict(self.nvml_env(FAKE_NVML), FAKE_NVML_INIT_RESULT="9")
+        self.assertFails(kiln("run", self.model, "--device", "cuda", env=env), "NVML sees 0 GPUs: NVML: nvmlInit_v2 in")
+
+    def test_device_cuda_present_gpu_has_no_backend(self):
+        for cmd, args in self.device_commands().items():
+            for value, name in [("cuda", "Fake GPU A"), ("cuda:0", "Fake GPU A"), ("cuda:1", 'Fake "B" \\ 80GB')]:
+                r = kiln(*args, "--device=" + value, env=self.nvml_env(FAKE_NVML))
+                self.assertFails(r, "kiln %s: --device %s ('%s'): this kiln has no CUDA backend yet; run with --device cpu"
+                                 % (cmd, value, name))
+                self.assertEqual(r.stdout, "", cmd)
+        self.assertFalse(os.path.exists(os.path.join(self.path("dev_out"), "y.npy")), "nothing ran on the CPU")
+        # serve's snake_case spelling is the same word; validate's report says why it did not run
+        report = self.path("dev_report.json")
+        r = kiln("validate", self.path("no_version"), "--device", "cuda:0", "--report", report, env=self.nvml_env(FAKE_NVML))
+        self.assertFails(r, "no CUDA backend yet")
+        with open(report) as f:
+            self.assertIn("no CUDA backend yet", f.read())
+
     # --- conformance
     def test_conformance_pass_and_fail(self):
         case = os.path.join(DATA, "test_relu")
@@ -177,4 +261,5 @@ class Cli(unittest.TestCase):
 
 if __name__ == "__main__":
     KILN = os.path.abspath(sys.argv.pop(1))
+    FAKE_NVML = os.path.abspath(sys.argv.pop(1))
     unittest.main(verbosity=2)

@@ -41,7 +41,8 @@ ALERTS = {"KilnHighLatencyP99", "KilnHighErrorRatio", "KilnQueueSaturated", "Kil
 # Series Prometheus makes itself for every target, and the labels it adds to every series.
 PROMETHEUS_SERIES = {"up"}
 TARGET_LABELS = {"job", "instance"}
-GPU_FAMILIES = {"kiln_gpu_utilization_ratio", "kiln_gpu_memory_used_bytes", "kiln_gpu_memory_total_bytes"}
+GPU_FAMILIES = {"kiln_gpu_utilization_ratio", "kiln_gpu_memory_used_bytes", "kiln_gpu_memory_total_bytes",
+                "kiln_gpu_temperature_celsius", "kiln_gpu_power_watts"}
 
 # ---------------------------------------------------------------- reading PromQL
 
@@ -381,7 +382,9 @@ class Live(unittest.TestCase):
             a, b = ("0", "Fake GPU A"), ("1", 'Fake "B" \\ 80GB')
             self.assertEqual(gpus, {"kiln_gpu_utilization_ratio": {a: 0.37, b: 1.0},
                                     "kiln_gpu_memory_used_bytes": {a: 1073741824, b: 42949672960},
-                                    "kiln_gpu_memory_total_bytes": {a: 17179869184, b: 85899345920}}, what)
+                                    "kiln_gpu_memory_total_bytes": {a: 17179869184, b: 85899345920},
+                                    "kiln_gpu_temperature_celsius": {a: 41, b: 83},
+                                    "kiln_gpu_power_watts": {a: 71.5, b: 349.999}}, what)
             self.assertIn("process_threads", families_of(text), what)
             print("%s: GPU metrics of the fake NVML's 2 devices, process_threads present" % what)
 

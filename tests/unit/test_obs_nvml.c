@@ -1,5 +1,6 @@
 /* obs layer: GPU metrics through NVML loaded at run time, against tests/unit/fake_nvml.c (two
- * devices with known numbers, built as a loadable module): the readings, the exposition lines,
+ * devices with known numbers, built as a loadable module, and again as an old driver's library
+ * without the optional temperature and power functions): the readings, the exposition lines,
  * and the absent library, missing function and failed nvmlInit cases, which leave the GPU
  * metrics out without an error. */
 #include <dlfcn.h>
@@ -11,6 +12,9 @@
 
 #ifndef KILN_FAKE_NVML
 #error "KILN_FAKE_NVML (the path of the fake NVML module) must be defined by the build"
+#endif
+#ifndef KILN_FAKE_NVML_OLD
+#error "KILN_FAKE_NVML_OLD (the fake NVML module without temperature and power) must be defined by the build"
 #endif
 
 static int contains(const char *text, const char *part) { return text && strstr(text, part) != NULL; }
@@ -78,6 +82,11 @@ static void test_readings(void) {
   CHECK(g[1].index == 1 && strcmp(g[1].name, "Fake \"B\" \\ 80GB") == 0);
   CHECK(g[1].has_utilization && g[1].utilization == 1.0);
   CHECK(g[1].has_memory && g[1].memory_used_bytes == 42949672960.0 && g[1].memory_total_bytes == 85899345920.0);
+  /* fake_nvml.c: 41 and 83 degrees C, 71500 and 349999 milliwatts */
+  CHECK(g[0].has_temperature && g[0].temperature_celsius == 41.0);
+  CHECK(g[1].has_temperature && g[1].temperature_celsius == 83.0);
+  CHECK(g[0].has_power && g[0].power_watts == 71.5);
+  CHECK(g[1].has_power && g[1].power_watts == 349.999);
   /* the caller's array bounds the devices read */
   CHECK(kx_nvml_read(n, g, 1) == 1 && g[0].index == 0);
   CHECK(kx_nvml_read(n, g, 0) == 0);
@@ -86,11 +95,58 @@ static void test_readings(void) {
   CHECK(kx_nvml_read(n, g, KX_GPU_MAX) == 2);
   CHECK(g[0].has_utilization && !g[1].has_utilization && g[1].has_memory);
   CHECK(unsetenv("FAKE_NVML_NO_UTILIZATION") == 0);
+  CHECK(setenv("FAKE_NVML_NO_TEMPERATURE", "1", 1) == 0);
+  CHECK(setenv("FAKE_NVML_NO_POWER", "1", 1) == 0);
+  CHECK(kx_nvml_read(n, g, KX_GPU_MAX) == 2);
+  CHECK(g[0].has_temperature && g[0].has_power && !g[1].has_temperature && !g[1].has_power);
+  CHECK(g[1].has_utilization && g[1].has_memory);
+  CHECK(unsetenv("FAKE_NVML_NO_TEMPERATURE") == 0 && unsetenv("FAKE_NVML_NO_POWER") == 0);
   kx_nvml_close(n);
   if (open_inits) CHECK(open_inits() == 0); /* nvmlShutdown balanced nvmlInit_v2 */
   kx_nvml_close(NULL);
   CHECK(kx_nvml_read(NULL, g, KX_GPU_MAX) == 0);
   if (fake) dlclose(fake);
+}
+
+/* A library without the optional functions loads; only temperature and power are absent. */
+static void test_old_driver(void) {
+  kx_nvml *n = NULL;
+  CHECK_OK(kx_nvml_open(KILN_FAKE_NVML_OLD, &n));
+  CHECK(n != NULL);
+  kx_gpu_reading g[KX_GPU_MAX];
+  CHECK(kx_nvml_read(n, g, KX_GPU_MAX) == 2);
+  for (int i = 0; i < 2; i++) CHECK(g[i].has_utilization && g[i].has_memory && !g[i].has_temperature && !g[i].has_power);
+  CHECK(g[0].utilization == 0.37 && g[1].memory_total_bytes == 85899345920.0);
+  kx_nvml_close(n);
+
+  char *text = render_with(KILN_FAKE_NVML_OLD);
+  CHECK(count_of(text, "\nkiln_gpu_utilization_ratio{") == 2 && count_of(text, "\nkiln_gpu_memory_used_bytes{") == 2);
+  CHECK(!contains(text, "kiln_gpu_temperature_celsius") && !contains(text, "kiln_gpu_power_watts"));
+  free(text);
+}
+
+/* kiln/obs.h's kiln_gpus, as the trainer and the CLI use it: the library from the environment. */
+static void test_public_api(void) {
+  kiln_gpus *g = (kiln_gpus *)&g;
+  CHECK(setenv("KILN_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1", 1) == 0);
+  CHECK_ERROR(kiln_gpus_open(&g), KILN_UNAVAILABLE, "NVML: cannot load /nonexistent/libnvidia-ml.so.1");
+  CHECK(g == NULL);
+  CHECK(setenv("KILN_NVML_LIBRARY", KILN_FAKE_NVML, 1) == 0);
+  CHECK_OK(kiln_gpus_open(&g));
+  kiln_gpu_reading r[KILN_GPU_MAX];
+  CHECK(kiln_gpus_read(g, r, KILN_GPU_MAX) == 2 && r[1].index == 1 && r[1].temperature_celsius == 83.0);
+  double mean = -1;
+  CHECK(kiln_gpus_mean_utilization(g, &mean) == 1 && mean == (0.37 + 1.0) / 2);
+  /* a device without a reading is left out of the mean, not counted as idle */
+  CHECK(setenv("FAKE_NVML_NO_UTILIZATION", "1", 1) == 0);
+  CHECK(kiln_gpus_mean_utilization(g, &mean) == 1 && mean == 0.37);
+  CHECK(unsetenv("FAKE_NVML_NO_UTILIZATION") == 0);
+  kiln_gpus_close(g);
+  kiln_gpus_close(NULL);
+  CHECK(kiln_gpus_read(NULL, r, KILN_GPU_MAX) == 0);
+  mean = -1;
+  CHECK(kiln_gpus_mean_utilization(NULL, &mean) == 0 && mean == -1);
+  CHECK(unsetenv("KILN_NVML_LIBRARY") == 0);
 }
 
 static void test_open_failures(void) {
@@ -122,6 +178,12 @@ static void test_rendered_lines(void) {
       "# TYPE kiln_gpu_memory_used_bytes gauge\n",
       "\nkiln_gpu_memory_used_bytes{gpu=\"0\",name=\"Fake GPU A\"} 1073741824\n",
       "\nkiln_gpu_memory_used_bytes{gpu=\"1\",name=\"Fake \\\"B\\\" \\\\ 80GB\"} 42949672960\n",
+      "# TYPE kiln_gpu_power_watts gauge\n",
+      "\nkiln_gpu_power_watts{gpu=\"0\",name=\"Fake GPU A\"} 71.5\n",
+      "\nkiln_gpu_power_watts{gpu=\"1\",name=\"Fake \\\"B\\\" \\\\ 80GB\"} 349.999\n",
+      "# TYPE kiln_gpu_temperature_celsius gauge\n",
+      "\nkiln_gpu_temperature_celsius{gpu=\"0\",name=\"Fake GPU A\"} 41\n",
+      "\nkiln_gpu_temperature_celsius{gpu=\"1\",name=\"Fake \\\"B\\\" \\\\ 80GB\"} 83\n",
       "# TYPE kiln_gpu_utilization_ratio gauge\n",
       "\nkiln_gpu_utilization_ratio{gpu=\"0\",name=\"Fake GPU A\"} 0.37\n",
       "\nkiln_gpu_utilization_ratio{gpu=\"1\",name=\"Fake \\\"B\\\" \\\\ 80GB\"} 1\n",
@@ -130,8 +192,12 @@ static void test_rendered_lines(void) {
     if (!contains(text, lines[i])) fprintf(stderr, "missing: %s", lines[i]);
     CHECK(contains(text, lines[i]));
   }
-  CHECK(count_of(text, "# TYPE kiln_gpu_") == 3);
-  CHECK(count_of(text, "\nkiln_gpu_") == 6);
+  CHECK(count_of(text, "# TYPE kiln_gpu_") == 5);
+  CHECK(count_of(text, "\nkiln_gpu_") == 10);
+  /* sorted by name, as the registry's own families */
+  CHECK(strstr(text, "# TYPE kiln_gpu_memory_used_bytes") < strstr(text, "# TYPE kiln_gpu_power_watts") &&
+        strstr(text, "# TYPE kiln_gpu_power_watts") < strstr(text, "# TYPE kiln_gpu_temperature_celsius") &&
+        strstr(text, "# TYPE kiln_gpu_temperature_celsius") < strstr(text, "# TYPE kiln_gpu_utilization_ratio"));
   CHECK(contains(text, "\nkiln_test_gauge 3\n") && contains(text, "# TYPE process_cpu_seconds_total counter"));
   free(text);
 
@@ -143,12 +209,23 @@ static void test_rendered_lines(void) {
   CHECK(unsetenv("FAKE_NVML_NO_UTILIZATION") == 0);
   free(text);
 
+  /* the same for temperature and power */
+  CHECK(setenv("FAKE_NVML_NO_TEMPERATURE", "1", 1) == 0 && setenv("FAKE_NVML_NO_POWER", "1", 1) == 0);
+  text = render_with(KILN_FAKE_NVML);
+  CHECK(count_of(text, "\nkiln_gpu_temperature_celsius{") == 1 && count_of(text, "\nkiln_gpu_power_watts{") == 1);
+  CHECK(contains(text, "\nkiln_gpu_temperature_celsius{gpu=\"0\",name=\"Fake GPU A\"} 41\n"));
+  CHECK(contains(text, "\nkiln_gpu_power_watts{gpu=\"0\",name=\"Fake GPU A\"} 71.5\n"));
+  CHECK(unsetenv("FAKE_NVML_NO_TEMPERATURE") == 0 && unsetenv("FAKE_NVML_NO_POWER") == 0);
+  free(text);
+
   /* the GPU names are the exposition's: the registry refuses them */
   kiln_metrics *r = NULL;
   CHECK_OK(kiln_metrics_create(&r));
   kiln_log_set_level(KILN_LOG_ERROR + 1); /* the refusals are logged; not here */
   CHECK(kiln_metrics_gauge(r, "kiln_gpu_utilization_ratio", "taken", 0, NULL) == NULL);
   CHECK(kiln_metrics_gauge(r, "kiln_gpu_memory_used_bytes", "taken", 0, NULL) == NULL);
+  CHECK(kiln_metrics_gauge(r, "kiln_gpu_temperature_celsius", "taken", 0, NULL) == NULL);
+  CHECK(kiln_metrics_gauge(r, "kiln_gpu_power_watts", "taken", 0, NULL) == NULL);
   CHECK(kiln_metrics_gauge(r, "process_threads", "taken", 0, NULL) == NULL);
   kiln_log_set_level(KILN_LOG_INFO);
   kiln_metrics_free(r);
@@ -202,5 +279,5 @@ static void test_loaded_once(void) {
   CHECK(unsetenv("KILN_NVML_LIBRARY") == 0);
 }
 
-TEST_MAIN(TEST(test_readings), TEST(test_open_failures), TEST(test_rendered_lines), TEST(test_absent_library),
+TEST_MAIN(TEST(test_readings), TEST(test_old_driver), TEST(test_public_api), TEST(test_open_failures), TEST(test_rendered_lines), TEST(test_absent_library),
           TEST(test_loaded_once))
