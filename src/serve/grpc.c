@@ -1,5 +1,5 @@
 /* The gRPC front ends' common part: the method table of TF Serving's PredictionService and
- * ModelService and KServe V2's GRPCInferenceService, each call's kx_call (request id, trace,
+ * ModelService, KServe V2's GRPCInferenceService and grpc.health.v1.Health, each call's kx_call (request id, trace,
  * deadline), and the answers: a unary call's status and message, a stream's messages. Metrics,
  * the access log and spans are those of REST, with the gRPC method as the path. */
 #include "serve/serve.h"
@@ -34,6 +34,7 @@ static const method methods[] = {
     {"/inference.GRPCInferenceService/ModelMetadata", KILN_GRPC_UNARY, KX_API_GRPC_V2_METADATA, kx_grpc_v2_model_metadata},
     {"/inference.GRPCInferenceService/ModelInfer", KILN_GRPC_UNARY, KX_API_GRPC_V2_INFER, kx_grpc_v2_infer},
     {"/inference.GRPCInferenceService/ModelStreamInfer", KILN_GRPC_STREAMING, KX_API_GRPC_V2_STREAM, stream_message},
+    {"/grpc.health.v1.Health/Check", KILN_GRPC_UNARY, KX_API_GRPC_HEALTH, kx_grpc_health_check},
 };
 
 static const method *find_method(const char *path) {

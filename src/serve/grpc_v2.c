@@ -1,4 +1,5 @@
-/* KServe V2's gRPC front end (inference.GRPCInferenceService, as Triton serves it): health,
+/* KServe V2's gRPC front end (inference.GRPCInferenceService, as Triton serves it) and gRPC's own
+ * health check (grpc.health.v1.Health/Check, what Kubernetes' grpc probes call): health,
  * server and model metadata, ModelInfer, and ModelStreamInfer, whose messages each go the way of
  * a ModelInfer and are answered on the stream in the order they finish. */
 #include "serve/serve.h"
@@ -6,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grpc/health/v1/health.pb-c.h"
 #include "kserve/grpc_predict_v2.pb-c.h"
 #include "serve/codec_grpc.h"
 
@@ -31,6 +33,26 @@ void kx_grpc_v2_ready(kiln_server *s, kx_call *c, const kiln_grpc_request *req) 
   Inference__ServerReadyResponse r = INFERENCE__SERVER_READY_RESPONSE__INIT;
   r.ready = kx_server_ready(s);
   kx_grpc_answer_message(s, c, &r.base);
+}
+
+void kx_grpc_health_check(kiln_server *s, kx_call *c, const kiln_grpc_request *req) {
+  Grpc__Health__V1__HealthCheckRequest *m = grpc__health__v1__health_check_request__unpack(NULL, req->len, req->message);
+  static const char *services[] = {"", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
+                                   "inference.GRPCInferenceService", "grpc.health.v1.Health"};
+  int known = 0;
+  for (size_t i = 0; m && i < sizeof services / sizeof *services; i++) known |= strcmp(m->service, services[i]) == 0;
+  if (!m) {
+    kx_answer_error(s, c, unparsable("grpc.health.v1.HealthCheckRequest"));
+  } else if (!known) {
+    kx_answer_error(s, c, kiln_error(KILN_NOT_FOUND, "unknown service '%s'", m->service));
+  } else {
+    /* every service kiln serves is ready when the server is: its models loaded, not draining */
+    Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.status = kx_server_ready(s) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                                  : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    kx_grpc_answer_message(s, c, &r.base);
+  }
+  if (m) grpc__health__v1__health_check_request__free_unpacked(m, NULL);
 }
 
 void kx_grpc_v2_model_ready(kiln_server *s, kx_call *c, const kiln_grpc_request *req) {

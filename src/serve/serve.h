@@ -328,6 +328,9 @@ void kx_grpc_v2_model_ready(kiln_server *s, kx_call *c, const kiln_grpc_request 
 void kx_grpc_v2_server_metadata(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
 void kx_grpc_v2_model_metadata(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
 void kx_grpc_v2_infer(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
+/* grpc.health.v1.Health/Check: SERVING while kx_server_ready, else NOT_SERVING; NOT_FOUND for a
+ * service kiln does not serve (grpc_v2.c). */
+void kx_grpc_health_check(kiln_server *s, kx_call *c, const kiln_grpc_request *req);
 /* Whether the server is ready: every configured model loaded once, not draining, every model with
  * an AVAILABLE version (REST's /v2/health/ready and gRPC's ServerReady). */
 int kx_server_ready(kiln_server *s);

@@ -12,7 +12,9 @@ load() returns a namespace with one attribute per module, named as upstream (pre
 tensor_pb2, types_pb2, tensor_shape_pb2, model_pb2, get_model_metadata_pb2, get_model_status_pb2,
 model_management_pb2, model_server_config_pb2, file_system_storage_path_source_pb2, status_pb2,
 error_codes_pb2, meta_graph_pb2, prediction_service_pb2_grpc, model_service_pb2_grpc,
-grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc); the modules are also importable the usual way
+grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, health_pb2 — gRPC's health messages, loaded from
+their file because grpcio owns the package name `grpc`: call them through
+channel.unary_unary("/grpc.health.v1.Health/Check", ...)); the modules are also importable the usual way
 (`from tensorflow_serving.apis import predict_pb2`, `from kserve import grpc_predict_v2_pb2`) once
 load() has run. The stubs go to a temporary folder removed at exit; set KILN_GRPC_STUBS_DIR to a
 folder to generate there instead and reuse it across processes (a folder already holding the
@@ -25,6 +27,7 @@ Its bundled protoc is used for the messages too where Debian's protoc is missing
 """
 import atexit
 import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -55,6 +58,7 @@ FILES = [
     ("tensorflow_serving/apis", "prediction_service"),
     ("tensorflow_serving/apis", "model_service"),
     ("kserve", "grpc_predict_v2"),
+    ("grpc/health/v1", "health"),
 ]
 # The files that declare services, and so get a *_pb2_grpc.py.
 SERVICES = {"prediction_service", "model_service", "grpc_predict_v2"}
@@ -105,6 +109,14 @@ def load():
     ns = types.SimpleNamespace(path=out)
     for d, m in FILES:
         package = d.replace("/", ".")
+        if package.startswith("grpc."):
+            # grpcio owns the package name grpc: its health messages are loaded from their file
+            path = os.path.join(out, d, m + "_pb2.py")
+            spec = importlib.util.spec_from_file_location(package.replace(".", "_") + "_" + m + "_pb2", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            setattr(ns, m + "_pb2", module)
+            continue
         setattr(ns, m + "_pb2", importlib.import_module(package + "." + m + "_pb2"))
         if m in SERVICES:
             setattr(ns, m + "_pb2_grpc", importlib.import_module(package + "." + m + "_pb2_grpc"))

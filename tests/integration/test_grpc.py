@@ -321,6 +321,35 @@ class GrpcTest(unittest.TestCase):
                          timeout=10)
         print("V2: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata (equal to REST's)")
 
+    def test_health_check(self):
+        h = S.health_pb2
+        check = self.channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=h.HealthCheckRequest.SerializeToString,
+                                         response_deserializer=h.HealthCheckResponse.FromString)
+        for service in ("", "inference.GRPCInferenceService", "tensorflow.serving.PredictionService"):
+            self.assertEqual(check(h.HealthCheckRequest(service=service), timeout=10).status, h.HealthCheckResponse.SERVING)
+        self.expect_code(grpc.StatusCode.NOT_FOUND, check, h.HealthCheckRequest(service="nope"), timeout=10, contains="nope")
+        watch = self.channel.unary_stream("/grpc.health.v1.Health/Watch", request_serializer=h.HealthCheckRequest.SerializeToString,
+                                          response_deserializer=h.HealthCheckResponse.FromString)
+        with self.assertRaises(grpc.RpcError) as cm:
+            list(watch(h.HealthCheckRequest(), timeout=10))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        # a server with a model that has no version is up but not serving
+        d = tempfile.mkdtemp(prefix="kiln_grpc_health_", dir=self.dir)
+        os.makedirs(os.path.join(d, "empty"))
+        server = Server(KILN, ["--model_name=empty", "--model_base_path=" + os.path.join(d, "empty")], d, ready=False)
+        try:
+            deadline = time.monotonic() + 10
+            while "gRPC API listening" not in server.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with grpc.insecure_channel("127.0.0.1:%d" % server.grpc_port) as ch:
+                c2 = ch.unary_unary("/grpc.health.v1.Health/Check", request_serializer=h.HealthCheckRequest.SerializeToString,
+                                    response_deserializer=h.HealthCheckResponse.FromString)
+                self.assertEqual(c2(h.HealthCheckRequest(), timeout=10).status, h.HealthCheckResponse.NOT_SERVING)
+        finally:
+            server.kill()
+        print("grpc.health.v1 Check: SERVING for the server and its services, NOT_FOUND for others, NOT_SERVING "
+              "without a loaded model; Watch UNIMPLEMENTED")
+
     def test_v2_infer(self):
         x = RNG.standard_normal((4, 8)).astype(np.float32)
         rest = v2_output(request(self.server.port, "POST", "/v2/models/mlp/infer", v2_json(x)))[0]
