@@ -33,6 +33,10 @@
 #define READS_PER_EVENT 16    /* then other connections get their turn */
 #define LINGER_MS 1000        /* longest wait for the client to close after our last response */
 #define KEEP_BUFFER (1 << 20) /* request buffers larger than this are freed between requests */
+/* How long an idle keep-alive connection stays open once the server drains: a client that sends
+ * its next request meanwhile is still answered (with Connection: close) instead of finding the
+ * connection closed under it. */
+#define DRAIN_IDLE_MS 1000
 
 typedef struct http_io http_io;
 typedef struct conn conn;
@@ -556,9 +560,14 @@ static int conn_after_response(conn *c) {
   c->out_body = NULL;
   c->out_body_len = c->out_body_off = 0;
   reset_request(c);
-  if (c->close_after || kx_io_group_draining(c->io->server->group)) return conn_linger(c);
+  if (c->close_after) return conn_linger(c);
   c->state = C_READ;
-  if (conn_arm(c, T_IDLE, c->io->server->opt.idle_timeout_ms) != 0) return conn_free(c);
+  /* A response without "Connection: close" whose drain began while it was on its way: the client
+   * may already be sending its next request, so it gets the drain's idle window (that request is
+   * answered with close) rather than a socket closed under it. */
+  int ms = c->io->server->opt.idle_timeout_ms;
+  if (kx_io_group_draining(c->io->server->group) && ms > DRAIN_IDLE_MS) ms = DRAIN_IDLE_MS;
+  if (conn_arm(c, T_IDLE, ms) != 0) return conn_free(c);
   return conn_update_interest(c);
 }
 
@@ -830,11 +839,6 @@ static void on_conn(kx_io *base, int fd, const char *peer) {
   memcpy(c->peer, peer, sizeof c->peer);
   conn_start(c);
 }
-
-/* How long an idle keep-alive connection stays open once the server drains: a client that sends
- * its next request meanwhile is still answered (with Connection: close) instead of finding the
- * connection closed under it. */
-#define DRAIN_IDLE_MS 1000
 
 /* On each loop, once it has dropped the listener: give idle connections DRAIN_IDLE_MS (or the
  * idle timeout, if shorter) to send one more request. */
