@@ -134,6 +134,26 @@ static const char *expected_kind(kiln_dtype t) {
   }
 }
 
+int kx_codec_find(const kiln_value_info *infos, int n, const char *name) {
+  for (int i = 0; i < n; i++)
+    if (infos[i].name && !strcmp(infos[i].name, name)) return i;
+  return -1;
+}
+
+kiln_status kx_codec_claim_input(const kx_signature *sig, const char *name, int *seen, int *index) {
+  int i = kx_codec_find(sig->inputs, sig->n_inputs, name);
+  if (i < 0) return kx_codec_unknown_name(sig->inputs, sig->n_inputs, "input", name);
+  if (seen[i]++) return kiln_error(KILN_INVALID_ARGUMENT, "input '%s' is given twice", name);
+  *index = i;
+  return NULL;
+}
+
+kiln_status kx_codec_check_all_inputs(const kx_signature *sig, const int *seen) {
+  for (int i = 0; i < sig->n_inputs; i++)
+    if (!seen[i]) return kiln_error(KILN_INVALID_ARGUMENT, "missing input '%s'", sig->inputs[i].name);
+  return NULL;
+}
+
 kiln_status kx_codec_unknown_name(const kiln_value_info *infos, int n, const char *what, const char *name) {
   kx_buf b = {0};
   for (int i = 0; i < n; i++) {

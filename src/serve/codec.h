@@ -136,6 +136,14 @@ kiln_status kx_codec_fill(const struct cJSON *v, const char *input, const kiln_t
 /* Writes V2 "data" (flat or nested, row-major) into t; its element count must be t's. */
 kiln_status kx_codec_fill_flat(const struct cJSON *data, const char *input, const kiln_tensor *t);
 kiln_status kx_codec_unknown_name(const kiln_value_info *infos, int n, const char *what, const char *name);
+/* The index of the value called `name` among infos[0..n), or -1. */
+int kx_codec_find(const kiln_value_info *infos, int n, const char *name);
+/* A request's input `name`: its index into *index, counted in seen[] (sig->n_inputs zeroed entries
+ * at the start of the request); INVALID_ARGUMENT for an unknown name (listing the model's inputs)
+ * or one given twice. */
+kiln_status kx_codec_claim_input(const kx_signature *sig, const char *name, int *seen, int *index);
+/* INVALID_ARGUMENT "missing input 'x'" for the first input seen[] has not counted. */
+kiln_status kx_codec_check_all_inputs(const kx_signature *sig, const int *seen);
 char *kx_codec_format_dims(char *s, size_t size, int rank, const int64_t *dims);
 void kx_codec_release_all(kiln_tensor *t, int n);
 /* Checks output i before encoding: present, a dtype JSON can carry, data for its elements. */

@@ -70,9 +70,7 @@ kiln_status kx_grpc_check_outputs(const kx_signature *sig, const kx_v2_request *
 }
 
 kiln_status kx_grpc_select_output(const kx_signature *sig, const char *name, kx_v2_request *sel) {
-  int i = -1;
-  for (int j = 0; j < sig->n_outputs && i < 0; j++)
-    if (sig->outputs[j].name && !strcmp(sig->outputs[j].name, name)) i = j;
+  int i = kx_codec_find(sig->outputs, sig->n_outputs, name);
   if (i < 0) return kx_codec_unknown_name(sig->outputs, sig->n_outputs, "output", name);
   for (int j = 0; j < sel->n_outputs; j++)
     if (sel->outputs[j].index == i) return kiln_error(KILN_INVALID_ARGUMENT, "output '%s' is requested twice", name);
@@ -91,12 +89,6 @@ kiln_status kx_grpc_select_all(const kx_signature *sig, size_t n_requested, kx_v
     sel->n_outputs = sig->n_outputs;
   }
   return NULL;
-}
-
-int kx_grpc_find_input(const kx_signature *sig, const char *name) {
-  for (int i = 0; i < sig->n_inputs; i++)
-    if (sig->inputs[i].name && !strcmp(sig->inputs[i].name, name)) return i;
-  return -1;
 }
 
 /* ------------------------------------------------------------------ dtypes */
@@ -366,13 +358,11 @@ static kiln_status decode_predict(const kx_signature *sig, const Tensorflow__Ser
   for (size_t k = 0; k < req->n_inputs && !s; k++) {
     const Tensorflow__Serving__PredictRequest__InputsEntry *e = req->inputs[k];
     const char *name = e->key ? e->key : "";
-    int i = kx_grpc_find_input(sig, name);
-    if (i < 0) s = kx_codec_unknown_name(sig->inputs, sig->n_inputs, "input", name);
-    else if (seen[i]++) s = kiln_error(KILN_INVALID_ARGUMENT, "input '%s' is given twice", name);
-    else s = kx_grpc_tensor_from_proto(&sig->inputs[i], e->value, &inputs[i], &total);
+    int i;
+    s = kx_codec_claim_input(sig, name, seen, &i);
+    if (!s) s = kx_grpc_tensor_from_proto(&sig->inputs[i], e->value, &inputs[i], &total);
   }
-  for (int i = 0; i < sig->n_inputs && !s; i++)
-    if (!seen[i]) s = kiln_error(KILN_INVALID_ARGUMENT, "missing input '%s'", sig->inputs[i].name);
+  if (!s) s = kx_codec_check_all_inputs(sig, seen);
   free(seen);
   return s;
 }

@@ -29,7 +29,5 @@ kiln_status kx_grpc_select_all(const kx_signature *sig, size_t n_requested, kx_v
 /* Appends the output called `name` to sel; unknown or repeated names are INVALID_ARGUMENT. */
 kiln_status kx_grpc_select_output(const kx_signature *sig, const char *name, kx_v2_request *sel);
 
-/* The index of the input called name, or -1. */
-int kx_grpc_find_input(const kx_signature *sig, const char *name);
 
 #endif

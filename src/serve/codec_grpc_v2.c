@@ -139,12 +139,12 @@ static kiln_status decode_input(const kx_signature *sig, const Inference__ModelI
                                 size_t k, const ProtobufCBinaryData *raw, int *seen, kiln_tensor *inputs,
                                 int64_t *total) {
   const char *name = e->name ? e->name : "";
-  int i = kx_grpc_find_input(sig, name);
-  if (i < 0) return kx_codec_unknown_name(sig->inputs, sig->n_inputs, "input", name);
-  if (seen[i]++) return kiln_error(KILN_INVALID_ARGUMENT, "input '%s' is given twice", name);
+  int i;
+  kiln_status s = kx_codec_claim_input(sig, name, seen, &i);
+  if (s) return s;
   const kiln_value_info *info = &sig->inputs[i];
   kiln_dtype want;
-  kiln_status s = kx_codec_check_input(info, &want);
+  s = kx_codec_check_input(info, &want);
   if (s) return s;
   const char *dt = e->datatype ? e->datatype : "";
   kiln_dtype dtype = kx_v2_dtype_from_name(dt);
@@ -227,8 +227,7 @@ static kiln_status decode_infer(const kx_signature *sig, const Inference__ModelI
   int64_t total = 0;
   for (size_t k = 0; k < req->n_inputs && !s; k++)
     s = decode_input(sig, req->inputs[k], k, raw ? &req->raw_input_contents[k] : NULL, seen, inputs, &total);
-  for (int i = 0; i < sig->n_inputs && !s; i++)
-    if (!seen[i]) s = kiln_error(KILN_INVALID_ARGUMENT, "missing input '%s'", sig->inputs[i].name);
+  if (!s) s = kx_codec_check_all_inputs(sig, seen);
   free(seen);
   return s;
 }

@@ -6,12 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int input_index(const kx_signature *sig, const char *name) {
-  for (int i = 0; i < sig->n_inputs; i++)
-    if (sig->inputs[i].name && !strcmp(sig->inputs[i].name, name)) return i;
-  return -1;
-}
-
 /* An object that names inputs, as opposed to TF's {"b64": "..."} encoding of one string value. */
 static int is_named(const cJSON *v) {
   return cJSON_IsObject(v) && !(v->child && !v->child->next && v->child->string && !strcmp(v->child->string, "b64"));
@@ -20,14 +14,12 @@ static int is_named(const cJSON *v) {
 /* Checks that an object names every input exactly once; `where` prefixes messages. */
 static kiln_status check_names(const kx_signature *sig, const cJSON *obj, const char *where, int *seen) {
   memset(seen, 0, (size_t)sig->n_inputs * sizeof *seen);
+  int i;
   for (const cJSON *c = obj->child; c; c = c->next) {
-    int i = input_index(sig, c->string);
-    if (i < 0) return kiln_status_prefix(kx_codec_unknown_name(sig->inputs, sig->n_inputs, "input", c->string), "%s", where);
-    if (seen[i]++) return kiln_error(KILN_INVALID_ARGUMENT, "%sinput '%s' is given twice", where, c->string);
+    kiln_status s = kx_codec_claim_input(sig, c->string, seen, &i);
+    if (s) return kiln_status_prefix(s, "%s", where);
   }
-  for (int i = 0; i < sig->n_inputs; i++)
-    if (!seen[i]) return kiln_error(KILN_INVALID_ARGUMENT, "%smissing input '%s'", where, sig->inputs[i].name);
-  return NULL;
+  return kiln_status_prefix(kx_codec_check_all_inputs(sig, seen), "%s", where);
 }
 
 /* An empty list says nothing of the dimensions inside it: take them from the signature (free ones
@@ -139,7 +131,7 @@ static kiln_status decode_columns(const kx_signature *sig, const cJSON *v, size_
   kiln_status s = check_names(sig, v, "", seen);
   free(seen);
   for (const cJSON *c = v->child; c && !s; c = c->next) {
-    int i = input_index(sig, c->string);
+    int i = kx_codec_find(sig->inputs, sig->n_inputs, c->string);
     s = decode_value(&sig->inputs[i], c, len, &inputs[i], &total);
   }
   return s;

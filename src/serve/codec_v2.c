@@ -7,12 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int find(const kiln_value_info *infos, int n, const char *name) {
-  for (int i = 0; i < n; i++)
-    if (infos[i].name && !strcmp(infos[i].name, name)) return i;
-  return -1;
-}
-
 static uint32_t read_u32le(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
@@ -73,13 +67,12 @@ static kiln_status decode_input(const kx_signature *sig, const cJSON *e, int64_t
   if (!cJSON_IsString(jn))
     return kiln_error(KILN_INVALID_ARGUMENT, "\"inputs\" entry %lld has no \"name\" string", (long long)k);
   const char *name = jn->valuestring;
-  int i = find(sig->inputs, sig->n_inputs, name);
-  if (i < 0) return kx_codec_unknown_name(sig->inputs, sig->n_inputs, "input", name);
-  if (seen[i]++) return kiln_error(KILN_INVALID_ARGUMENT, "input '%s' is given twice", name);
+  int i;
+  kiln_status s = kx_codec_claim_input(sig, name, seen, &i);
+  if (s) return s;
   const kiln_value_info *info = &sig->inputs[i];
   kiln_dtype want;
-  kiln_status s = kx_codec_check_input(info, &want);
-  if (s) return s;
+  if ((s = kx_codec_check_input(info, &want))) return s;
 
   const cJSON *jt = cJSON_GetObjectItemCaseSensitive(e, "datatype");
   if (!cJSON_IsString(jt)) return kiln_error(KILN_INVALID_ARGUMENT, "input '%s' has no \"datatype\" string", name);
@@ -176,7 +169,7 @@ static kiln_status decode_outputs(const kx_signature *sig, const cJSON *root, kx
     const cJSON *jn = cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "name") : NULL;
     if (!cJSON_IsString(jn))
       return kiln_error(KILN_INVALID_ARGUMENT, "\"outputs\" entry %d has no \"name\" string", k);
-    int i = find(sig->outputs, sig->n_outputs, jn->valuestring);
+    int i = kx_codec_find(sig->outputs, sig->n_outputs, jn->valuestring);
     if (i < 0) return kx_codec_unknown_name(sig->outputs, sig->n_outputs, "output", jn->valuestring);
     for (int j = 0; j < req->n_outputs; j++)
       if (req->outputs[j].index == i)
@@ -228,8 +221,7 @@ static kiln_status decode_infer(const kx_signature *sig, const cJSON *root, cons
   const unsigned char *bin = (const unsigned char *)body + json_len;
   for (const cJSON *e = ins->child; e && !s; e = e->next, k++)
     s = decode_input(sig, e, k, bin, &offset, json_len, seen, inputs, &total);
-  for (int i = 0; i < sig->n_inputs && !s; i++)
-    if (!seen[i]) s = kiln_error(KILN_INVALID_ARGUMENT, "missing input '%s'", sig->inputs[i].name);
+  if (!s) s = kx_codec_check_all_inputs(sig, seen);
   free(seen);
   return s;
 }
